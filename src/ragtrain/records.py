@@ -1,0 +1,108 @@
+"""Reading and writing the workflow's JSONL records.
+
+Every stage goes through this module so that bad input is reported the same way
+(`path:line: what is wrong`) and no output is ever left half-written: files are
+written to a temporary sibling and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+class RecordError(ValueError):
+    """Bad input, located: the message starts with `path:line:`."""
+
+    def __init__(self, path: str | Path, line: int | None, reason: str):
+        self.path = str(path)
+        self.line = line
+        self.reason = reason
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {reason}")
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, record) for each non-blank line; raise RecordError on bad JSON."""
+    path = Path(path)
+    if not path.exists():
+        raise RecordError(path, None, "file not found")
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecordError(
+                    path, lineno, f"invalid JSON ({e.msg} at column {e.colno})"
+                ) from e
+            if not isinstance(record, dict):
+                raise RecordError(
+                    path, lineno, f"expected a JSON object, got {type(record).__name__}"
+                )
+            yield lineno, record
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    return [record for _, record in iter_jsonl(path)]
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = ""):
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
+    """Write records atomically; return how many were written."""
+    n = 0
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise RecordError(path, None, "file not found") from e
+    except json.JSONDecodeError as e:
+        raise RecordError(path, e.lineno, f"invalid JSON ({e.msg})") from e
+
+
+def require(record: dict, field: str, kind: type | tuple[type, ...], path, lineno) -> Any:
+    """Return record[field], or raise a RecordError naming the field and the record."""
+    rid = record.get("id", record.get("_id"))
+    who = f"record {rid!r}" if rid is not None else "record"
+    if field not in record:
+        raise RecordError(path, lineno, f"{who} has no field {field!r}")
+    value = record[field]
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise RecordError(
+            path, lineno, f"{who}: field {field!r} should be {names}, got {type(value).__name__}"
+        )
+    return value

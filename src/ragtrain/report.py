@@ -1,0 +1,121 @@
+"""The run's report: summary.md, summary.csv and a bar chart of the evaluations."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from ragtrain.records import atomic_path, read_json
+
+COLUMNS = [
+    "model",
+    "dataset",
+    "retrieval",
+    "n",
+    "em",
+    "f1",
+    "accuracy",
+    "refusal_rate",
+    "correct_refusal",
+    "false_refusal",
+    "tokens_per_second",
+]
+PLOTTED = ["em", "f1", "accuracy", "correct_refusal"]
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _markdown_table(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def load_rows(metric_files: list[str]) -> list[dict]:
+    rows = [read_json(path) for path in metric_files]
+    return sorted(rows, key=lambda r: (r["dataset"], r["model"], r["retrieval"]))
+
+
+def write_summary(rows: list[dict], retrieval_files: list[str], run: str, path: Path) -> None:
+    retrieval_rows = []
+    for file in sorted(retrieval_files):
+        stats = read_json(file)
+        parts = Path(file).parts  # .../retrieval/<retriever>/<dataset>/stats.json
+        k = stats["k"]
+        retrieval_rows.append(
+            {
+                "retriever": parts[-3],
+                "dataset": parts[-2],
+                "k": k,
+                "answer_recall": stats.get(f"answer_recall@{k}"),
+                "gold_recall": stats.get(f"gold_recall@{k}"),
+                "n": stats["n"],
+            }
+        )
+    text = [
+        f"# ragtrain report: run `{run}`",
+        "",
+        "## Evaluation",
+        "",
+        "EM, F1 and accuracy are over answerable questions; `correct_refusal` is the share of"
+        " unanswerable questions the model declined, `false_refusal` the share of answerable ones."
+        " Retrieval `none` is the closed-book contrast.",
+        "",
+        _markdown_table(rows, COLUMNS),
+        "",
+    ]
+    if retrieval_rows:
+        text += [
+            "## Retrieval",
+            "",
+            "Answer recall@k: share of answerable questions with a gold answer in the top-k"
+            " passages; gold recall@k: share with a gold passage among them.",
+            "",
+            _markdown_table(
+                retrieval_rows, ["retriever", "dataset", "k", "answer_recall", "gold_recall", "n"]
+            ),
+            "",
+        ]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(text), encoding="utf-8")
+
+
+def write_table(rows: list[dict], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_path(path) as tmp:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+
+
+def write_plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = [f"{r['model']}\n{r['dataset']}/{r['retrieval']}" for r in rows]
+    x = np.arange(len(rows))
+    width = 0.8 / len(PLOTTED)
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(rows) + 2), 4))
+    for i, metric in enumerate(PLOTTED):
+        values = [r.get(metric) or 0.0 for r in rows]
+        ax.bar(x + (i - (len(PLOTTED) - 1) / 2) * width, values, width, label=metric)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score")
+    ax.legend(ncols=len(PLOTTED), fontsize=8, loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,442 @@
+"""A seeded generator of a small fictional world for RAG training and evaluation.
+
+Every name is assembled from invented syllables, so no model can answer from memory: the
+questions are answerable only from the generated passages. The world holds people,
+organisations and cities; each gets one short passage stating its attributes verbatim.
+Distractor passages about near-namesakes (same first name, surname or name root, different
+facts) make retrieval non-trivial. Unanswerable questions come in two kinds: an attribute
+the corpus deliberately never states (a withheld birth or founding year), and an entity that
+appears nowhere in the corpus.
+
+Birth years (1930-1985) and founding years (1990-2023) never overlap and populations are
+written with thousands separators, so a withheld year cannot turn up elsewhere by accident.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from ragtrain.records import write_json, write_jsonl
+
+# single letters repeated so that clusters and diphthongs stay occasional (pronounceable)
+ONSETS = tuple("bdfgklmnprstvz") * 3 + ("br", "dr", "kr", "st", "th", "sh", "tr", "gr")
+VOWELS = tuple("aeiou") * 4 + ("ai", "ei", "ou")
+# fmt: off
+CODAS = ("n", "r", "l", "s", "th", "nd", "rn", "sk", "nt", "v", "sh", "m", "lm")
+ORG_SUFFIXES = ("Systems", "Works", "Holdings", "Guild", "Foundry", "Collective", "Company",
+                "Trust", "Industries")
+CITY_SUFFIXES = ("vale", "mark", "holm", "ford", "wick", "stead", "haven", "bury", "gate", "mere")
+COUNTRY_SUFFIXES = ("ia", "land", "ar", "esh")
+PROFESSIONS = ("cartographer", "glassblower", "archivist", "ferry pilot", "tax assessor",
+               "beekeeper", "violin maker", "surveyor", "botanist", "typesetter", "locksmith",
+               "hydrologist", "auctioneer", "stonemason", "translator", "actuary")
+INDUSTRIES = ("shipbuilding", "textiles", "rail freight", "insurance", "mining", "publishing",
+              "ceramics", "telegraphy", "brewing", "aviation", "salt trading", "clockmaking")
+# fmt: on
+PERSON_FLAVOUR = (
+    "Friends say {first} is patient and exacting.",
+    "In spare hours {first} keeps a small walled garden.",
+    "{first} rarely misses a concert in the old quarter.",
+    "Neighbours know {first} as a keen long-distance walker.",
+)
+ORG_FLAVOUR = (
+    "It is known for long apprenticeships and careful records.",
+    "The firm publishes a short report every spring.",
+    "Its staff are spread across several regional offices.",
+)
+CITY_FLAVOUR = (
+    "The old town is known for its covered markets.",
+    "Ferries cross the river several times a day.",
+    "Its stone bridges draw visitors in the summer months.",
+)
+
+# kind -> relation -> question; each relation is also the entity's attribute key
+SINGLE = {
+    "person": {
+        "birthplace": "Where was {} born?",
+        "birth_year": "In what year was {} born?",
+        "profession": "What does {} do for a living?",
+        "employer": "Which organisation does {} work for?",
+    },
+    "organisation": {
+        "headquarters": "In which city is {} headquartered?",
+        "founding_year": "In what year was {} founded?",
+        "founder": "Who founded {}?",
+        "industry": "Which industry does {} work in?",
+    },
+    "city": {
+        "country": "In which country is {}?",
+        "river": "On which river does {} lie?",
+        "population": "What is the population of {}?",
+    },
+}
+# relation -> ("kind asked about, bridge attribute, the bridge's attribute", question)
+MULTI = {
+    "employer_headquarters": (
+        "person employer headquarters",
+        "In which city is the headquarters of the organisation that {} works for?",
+    ),
+    "employer_founder": (
+        "person employer founder",
+        "Who founded the organisation that {} works for?",
+    ),
+    "birthplace_country": (
+        "person birthplace country",
+        "In which country is the city where {} was born?",
+    ),
+    "founder_birthplace": ("organisation founder birthplace", "Where was the founder of {} born?"),
+    "headquarters_river": (
+        "organisation headquarters river",
+        "On which river lies the city where {} is headquartered?",
+    ),
+}
+WITHHELD = {"person": "birth_year", "organisation": "founding_year"}
+WITHHELD_RATE = 0.2  # share of people / organisations whose year the corpus never states
+TYPES = ("single", "multihop", "unanswerable")
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Seed, world size and question mix; question counts are per split, rates per split."""
+
+    seed: int = 13
+    people: int = 60
+    organisations: int = 20
+    places: int = 15
+    distractors: int = 30
+    questions: dict[str, int] = field(
+        default_factory=lambda: {"train": 200, "dev": 50, "test": 100}
+    )
+    multihop_rate: float = 0.2
+    unanswerable_rate: float = 0.15
+
+    def __post_init__(self):
+        for name in ("people", "organisations", "places"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.distractors < 0:
+            raise ValueError(f"distractors must be >= 0, got {self.distractors}")
+        rates = (self.multihop_rate, self.unanswerable_rate)
+        if not all(0 <= r <= 1 for r in rates) or sum(rates) > 1:
+            raise ValueError(f"rates must lie in [0, 1] and sum to at most 1, got {rates}")
+        for split, n in self.questions.items():
+            # split names become file names beside corpus.jsonl and stats.json
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", split) or split in ("corpus", "stats"):
+                raise ValueError(f"bad split name {split!r}")
+            if not isinstance(n, int) or n < 0:
+                raise ValueError(f"split {split!r}: question count must be an int >= 0, got {n!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> WorldConfig:
+        known = {f.name for f in fields(cls)}
+        for key in d:
+            if key not in known:
+                raise ValueError(f"unknown world config key {key!r}; known: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass
+class World:
+    """The corpus and its question splits; distractor_ids are the near-namesake passages."""
+
+    passages: list[dict]
+    splits: dict[str, list[dict]]
+    distractor_ids: list[str] = field(default_factory=list)
+
+
+class _Names:
+    """Invents pronounceable names; no name equals, contains or is contained in another."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self.taken: list[str] = []
+
+    def word(self, syllables: int, coda: float = 0.7) -> str:
+        """Capitalised (onset) vowel (onset vowel)... (coda), e.g. "Marel", "Ostri"."""
+        rng = self.rng
+        first = self.syllable() if rng.random() < 0.85 else rng.choice(VOWELS)
+        rest = [self.syllable() for _ in range(syllables - 1)]
+        end = rng.choice(CODAS) if rng.random() < coda else ""
+        return (first + "".join(rest) + end).capitalize()
+
+    def syllable(self) -> str:
+        return self.rng.choice(ONSETS) + self.rng.choice(VOWELS)
+
+    def fresh(self, make: Callable[[], str], avoid: str = "") -> str:
+        for _ in range(1000):
+            name = make()
+            if (
+                len(name) >= 4
+                and name not in avoid
+                and not any(name in t or t in name for t in self.taken)
+            ):
+                self.taken.append(name)
+                return name
+        raise RuntimeError("could not invent a new unique name")
+
+    def variant(self, ns: dict) -> Callable[[], str]:
+        """A maker of names sharing a part (first name, surname, root) with entity `ns`."""
+        rng, kind = self.rng, ns["kind"]
+        if kind == "person":
+            first, last = ns["name"].split()
+            return lambda: (
+                f"{first} {self.word(2)}" if rng.random() < 0.5 else f"{self.word(2)} {last}"
+            )
+        if kind == "organisation":
+            root = ns["name"].rsplit(" ", 1)[0]
+        else:
+            root = next(ns["name"].removesuffix(s) for s in CITY_SUFFIXES if ns["name"].endswith(s))
+
+        def make() -> str:
+            # an optional extra syllable keeps the space open once all suffixes are taken
+            stem = root + rng.choice(("", self.syllable()))
+            if kind == "organisation":
+                return f"{stem} {rng.choice(ORG_SUFFIXES)}"
+            return stem + rng.choice(CITY_SUFFIXES)
+
+        return make
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
+def _city(name: str, rng: random.Random, countries: list, rivers: list) -> dict:
+    population = rng.randint(12, 900) * 1000 + rng.randint(1, 9) * 100
+    return {
+        "kind": "city",
+        "name": name,
+        "country": rng.choice(countries),
+        "river": rng.choice(rivers),
+        "population": f"{population:,}",
+        "withheld": None,
+    }
+
+
+def _person(name: str, rng: random.Random, cities: list, orgs: list) -> dict:
+    return {
+        "kind": "person",
+        "name": name,
+        "birthplace": rng.choice(cities)["name"],
+        "birth_year": str(rng.randint(1930, 1985)),
+        "profession": rng.choice(PROFESSIONS),
+        "employer": rng.choice(orgs)["name"] if orgs else None,
+        "withheld": None,
+    }
+
+
+def _org(name: str, rng: random.Random, cities: list, people: list) -> dict:
+    founder = rng.choice(people)
+    earliest = max(1990, int(founder["birth_year"]) + 22)
+    return {
+        "kind": "organisation",
+        "name": name,
+        "headquarters": rng.choice(cities)["name"],
+        "founding_year": str(rng.randint(earliest, 2023)),
+        "founder": founder["name"],
+        "industry": rng.choice(INDUSTRIES),
+        "withheld": None,
+    }
+
+
+def _render(e: dict, rng: random.Random) -> str:
+    """One to three sentences stating the entity's attributes verbatim (bar a withheld one)."""
+    n, hidden = e["name"], e["withheld"]
+    if e["kind"] == "person":
+        born = f"in {e['birthplace']}" + ("" if hidden else f" in {e['birth_year']}")
+        job, org = _a(e["profession"]), e["employer"]
+        facts = rng.choice(
+            [
+                f"{n} was born {born}. {n} works as {job} for {org}.",
+                f"Born {born}, {n} is {job}. {n} is employed by {org}.",
+                f"{n} is {job} at {org}. {n} was born {born}.",
+            ]
+        )
+        flavour = rng.choice(PERSON_FLAVOUR).format(first=n.split()[0])
+    elif e["kind"] == "organisation":
+        year = "" if hidden else f" in {e['founding_year']}"
+        ind, founder, hq = e["industry"], e["founder"], e["headquarters"]
+        facts = rng.choice(
+            [
+                f"{n} is {_a(ind)} company founded{year} by {founder}. "
+                f"Its headquarters are in {hq}.",
+                f"Founded by {founder}{year}, {n} works in {ind} and is headquartered in {hq}.",
+            ]
+        )
+        flavour = rng.choice(ORG_FLAVOUR)
+    else:
+        country, river, pop = e["country"], e["river"], e["population"]
+        facts = rng.choice(
+            [
+                f"{n} is a city in {country} on the river {river}, with a population of {pop}.",
+                f"Lying on the river {river}, {n} is a city in {country}. "
+                f"About {pop} people live there.",
+            ]
+        )
+        flavour = rng.choice(CITY_FLAVOUR)
+    return f"{facts} {flavour}"
+
+
+def _example(question: str, answers: list[str], gold: list[str], meta: dict) -> dict:
+    return {"question": question, "answers": answers, "docs": [], "gold_doc_ids": gold,
+            "meta": meta}  # fmt: skip
+
+
+def generate_world(cfg: WorldConfig) -> World:
+    """Build the corpus and the question splits; the same config always gives the same world."""
+    rng = random.Random(cfg.seed)
+    names = _Names(rng)
+    countries = [
+        names.fresh(lambda: names.word(2, coda=1) + rng.choice(COUNTRY_SUFFIXES))
+        for _ in range(max(2, cfg.places // 4))
+    ]
+    rivers = [
+        names.fresh(lambda: names.word(rng.choice((1, 2)), coda=1))
+        for _ in range(max(2, cfg.places // 2))
+    ]
+    cities = [
+        _city(
+            names.fresh(lambda: names.word(2, coda=0.3) + rng.choice(CITY_SUFFIXES)),
+            rng,
+            countries,
+            rivers,
+        )
+        for _ in range(cfg.places)
+    ]
+    people = [
+        _person(names.fresh(lambda: f"{names.word(2)} {names.word(2)}"), rng, cities, [])
+        for _ in range(cfg.people)
+    ]
+    orgs = [
+        _org(
+            names.fresh(lambda: f"{names.word(2)} {rng.choice(ORG_SUFFIXES)}"), rng, cities, people
+        )
+        for _ in range(cfg.organisations)
+    ]
+    for p in people:
+        p["employer"] = rng.choice(orgs)["name"]
+    for group in (people, orgs):
+        for e in rng.sample(group, round(WITHHELD_RATE * len(group))):
+            e["withheld"] = WITHHELD[e["kind"]]
+
+    real = [*cities, *people, *orgs]
+    makers = {
+        "city": lambda n: _city(n, rng, countries, rivers),
+        "person": lambda n: _person(n, rng, cities, orgs),
+        "organisation": lambda n: _org(n, rng, cities, people),
+    }
+    key_fact = {"city": "population", "person": "birth_year", "organisation": "founding_year"}
+    distractors = []
+    for _ in range(cfg.distractors):
+        ns = rng.choice(real)
+        name, fact = names.fresh(names.variant(ns)), key_fact[ns["kind"]]
+        d = makers[ns["kind"]](name)
+        while d[fact] == ns[fact]:  # a namesake must not share the headline fact
+            d = makers[ns["kind"]](name)
+        distractors.append(d)
+
+    # shuffled so that neither position nor id tells a distractor from a real entity
+    docs = [(e, False) for e in real] + [(d, True) for d in distractors]
+    rng.shuffle(docs)
+    passages, pid, distractor_ids = [], {}, []
+    for i, (e, is_distractor) in enumerate(docs):
+        doc_id = f"doc-{i:05d}"
+        passages.append({"id": doc_id, "title": e["name"], "text": _render(e, rng)})
+        if is_distractor:
+            distractor_ids.append(doc_id)
+        else:
+            pid[e["name"]] = doc_id
+    blob = "\n".join(f"{p['title']}\n{p['text']}" for p in passages)
+    splits = _questions(cfg, rng, names, real, pid, blob)
+    return World(passages=passages, splits=splits, distractor_ids=distractor_ids)
+
+
+def _questions(
+    cfg: WorldConfig,
+    rng: random.Random,
+    names: _Names,
+    real: list[dict],
+    pid: dict[str, str],
+    blob: str,
+) -> dict[str, list[dict]]:
+    by_name = {e["name"]: e for e in real}
+    pools: dict[str, list[dict]] = {t: [] for t in TYPES}
+    withheld = []
+    for e in real:
+        n, gold = e["name"], [pid[e["name"]]]
+        for rel, template in SINGLE[e["kind"]].items():
+            q, meta = template.format(n), {"relation": rel, "entity": n}
+            if rel == e["withheld"]:
+                meta = {"type": "unanswerable", **meta, "reason": "withheld", "withheld": e[rel]}
+                withheld.append(_example(q, [], gold, meta))
+            else:
+                pools["single"].append(_example(q, [e[rel]], gold, {"type": "single", **meta}))
+        for rel, (path, template) in MULTI.items():
+            kind, hop, attr = path.split()
+            if e["kind"] == kind:
+                mid = by_name[e[hop]]
+                meta = {"type": "multihop", "relation": rel, "entity": n, "bridge": mid["name"]}
+                ex = _example(template.format(n), [mid[attr]], [*gold, pid[mid["name"]]], meta)
+                pools["multihop"].append(ex)
+
+    plan = {}
+    for split, total in cfg.questions.items():
+        multi = round(total * cfg.multihop_rate)
+        unans = min(round(total * cfg.unanswerable_rate), total - multi)
+        plan[split] = {"single": total - multi - unans, "multihop": multi, "unanswerable": unans}
+    for t in ("single", "multihop"):
+        need, have = sum(p[t] for p in plan.values()), len(pools[t])
+        if need > have:
+            raise ValueError(
+                f"world too small: {need} distinct {t} questions requested across splits but "
+                f"only {have} exist (people={cfg.people}, organisations={cfg.organisations}, "
+                f"places={cfg.places}); enlarge the world or ask for fewer questions"
+            )
+
+    # about half the unanswerable questions withhold a fact, the rest ask after a stranger
+    need = sum(p["unanswerable"] for p in plan.values())
+    pools["unanswerable"] = rng.sample(withheld, min(len(withheld), need // 2))
+    while len(pools["unanswerable"]) < need:
+        ns = rng.choice(real)
+        name = names.fresh(names.variant(ns), avoid=blob)
+        rel, template = rng.choice(list(SINGLE[ns["kind"]].items()))
+        meta = {"type": "unanswerable", "relation": rel, "entity": name}
+        ex = _example(template.format(name), [], [], meta | {"reason": "unknown_entity"})
+        pools["unanswerable"].append(ex)
+
+    for pool in pools.values():
+        rng.shuffle(pool)
+    splits = {}
+    for split, counts in plan.items():
+        examples = [pools[t].pop() for t, k in counts.items() for _ in range(k)]
+        rng.shuffle(examples)
+        splits[split] = [{"id": f"{split}-{i:05d}", **ex} for i, ex in enumerate(examples)]
+    return splits
+
+
+def world_stats(world: World) -> dict:
+    """Passage counts, and question counts per split and per type."""
+    splits = {}
+    for split, examples in world.splits.items():
+        counts = {t: sum(ex["meta"]["type"] == t for ex in examples) for t in TYPES}
+        splits[split] = {"total": len(examples), **counts}
+    return {
+        "passages": len(world.passages),
+        "distractor_passages": len(world.distractor_ids),
+        "questions": sum(s["total"] for s in splits.values()),
+        "types": {t: sum(s[t] for s in splits.values()) for t in TYPES},
+        "splits": splits,
+    }
+
+
+def write_world(world: World, out_dir: Path) -> None:
+    """Write corpus.jsonl, one <split>.jsonl per split and stats.json into out_dir."""
+    out_dir = Path(out_dir)
+    write_jsonl(out_dir / "corpus.jsonl", world.passages)
+    for split, examples in world.splits.items():
+        write_jsonl(out_dir / f"{split}.jsonl", examples)
+    write_json(out_dir / "stats.json", world_stats(world))

@@ -1,0 +1,109 @@
+"""Stages run alone through `python -m ragtrain`: bad input gives `path:line: reason`, no output."""
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def ragtrain(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "ragtrain", *args], capture_output=True, text=True, cwd=ROOT
+    )
+
+
+def test_help_lists_every_stage():
+    proc = ragtrain("--help")
+    assert proc.returncode == 0
+    for stage in (
+        "world",
+        "corpus",
+        "dataset",
+        "index",
+        "retrieve",
+        "base-model",
+        "evaluate",
+        "report",
+    ):
+        assert stage in proc.stdout
+
+
+def test_malformed_jsonl_line_stops_the_stage_without_output(tmp_path):
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"question": "q1", "answer": ["a"]}\n{"question": "q2", "answer": \n')
+    out, stats = tmp_path / "examples.jsonl", tmp_path / "stats.json"
+    proc = ragtrain(
+        "dataset",
+        "--params",
+        '{"path": "x", "format": "nq_open"}',
+        "--input",
+        str(data),
+        "--output",
+        str(out),
+        "--stats",
+        str(stats),
+    )
+    assert proc.returncode == 1
+    assert f"{data}:2: invalid JSON" in proc.stderr
+    assert not out.exists() and not stats.exists()
+    assert list(tmp_path.iterdir()) == [data]
+
+
+def test_record_without_question_names_field_and_record(tmp_path):
+    data = tmp_path / "qa.jsonl"
+    data.write_text(
+        '{"id": "a", "question": "q", "golden_answers": ["x"]}\n'
+        '{"id": "b", "golden_answers": ["y"]}\n'
+    )
+    out = tmp_path / "examples.jsonl"
+    proc = ragtrain(
+        "dataset",
+        "--params",
+        '{"path": "x", "format": "flashrag"}',
+        "--input",
+        str(data),
+        "--output",
+        str(out),
+        "--stats",
+        str(tmp_path / "s.json"),
+    )
+    assert proc.returncode == 1
+    assert f"{data}:2:" in proc.stderr and "'b'" in proc.stderr and "'question'" in proc.stderr
+    assert not out.exists()
+
+
+def test_world_then_dataset_split(tmp_path):
+    params = json.dumps(
+        {
+            "people": 10,
+            "organisations": 4,
+            "places": 4,
+            "distractors": 2,
+            "questions": {"train": 6, "test": 4},
+        }
+    )
+    files = {
+        name: tmp_path / f"{name}.json{'l' if name != 'stats' else ''}"
+        for name in ("corpus", "questions", "stats")
+    }
+    proc = ragtrain(
+        "world", "--params", params, *[a for k, v in files.items() for a in (f"--{k}", str(v))]
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "test.jsonl"
+    proc = ragtrain(
+        "dataset",
+        "--params",
+        '{"world": "w", "split": "test"}',
+        "--input",
+        str(files["questions"]),
+        "--output",
+        str(out),
+        "--stats",
+        str(tmp_path / "test-stats.json"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    examples = [json.loads(line) for line in out.open()]
+    assert len(examples) == 4
+    assert all(ex["meta"]["split"] == "test" and ex["docs"] == [] for ex in examples)

@@ -1,0 +1,80 @@
+import copy
+
+import pytest
+import yaml
+
+from ragtrain.config import ConfigError, prepare
+from tests.conftest import ROOT
+
+BASE = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def config(**changes):
+    cfg = copy.deepcopy(BASE)
+    cfg.update(changes)
+    return cfg
+
+
+def test_demo_config_fills_node_defaults():
+    cfg = prepare(BASE)
+    assert cfg["retrievers"]["bm25"]["k1"] == 1.5  # kind default
+    assert cfg["retrievers"]["bm25"]["k"] == 3  # given
+    assert cfg["models"]["base"]["kind"] == "base"
+    assert cfg["models"]["base"]["trust_remote_code"] is False
+    assert cfg["worlds"]["world"]["questions"]["test"] == 150
+    assert cfg["datasets"]["test"]["format"] == "auto"
+
+
+def test_evaluate_expands_to_one_node_per_model_dataset_retrieval():
+    cfg = prepare(BASE)
+    got = {(e["model"], e["dataset"], e["retrieval"], e["prompt"]) for e in cfg["evaluations"]}
+    assert got == {
+        ("base", "test", "bm25", "rag"),
+        ("base", "test", "dense", "rag"),
+        ("base", "test", "none", "closed_book"),
+    }
+    # Per-entry generation overrides merge over the global generation defaults.
+    cfg2 = prepare(config(evaluate=[{**BASE["evaluate"][0], "generation": {"max_new_tokens": 5}}]))
+    gen = cfg2["evaluations"][0]["generation"]
+    assert gen["max_new_tokens"] == 5
+    assert gen["backend"] == "vllm"
+
+
+@pytest.mark.parametrize(
+    ("section", "name", "field", "value", "key"),
+    [
+        ("retrievers", "bm25", "corpus", "wiki", "retrievers.bm25.corpus"),
+        ("corpora", "world", "world", "mars", "corpora.world.world"),
+        ("datasets", "test", "split", "holdout", "datasets.test.split"),
+    ],
+)
+def test_unknown_name_names_the_key(section, name, field, value, key):
+    cfg = copy.deepcopy(BASE)
+    cfg[section][name][field] = value
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
+        prepare(cfg)
+    assert repr(value) in str(err.value)
+
+
+def test_unknown_name_in_evaluate():
+    cfg = config(evaluate=[{"models": ["sft"], "datasets": ["test"], "retrieval": ["none"]}])
+    with pytest.raises(ConfigError, match=r"evaluate\[0\]\.models.*'sft'"):
+        prepare(cfg)
+    cfg = config(evaluate=[{"models": ["base"], "datasets": ["test"], "retrieval": ["splade"]}])
+    with pytest.raises(ConfigError, match=r"evaluate\[0\]\.retrieval.*'splade'"):
+        prepare(cfg)
+
+
+def test_cycle_is_rejected():
+    cfg = copy.deepcopy(BASE)
+    cfg["models"]["a"] = {"gguf": "x.gguf", "init": "b"}
+    cfg["models"]["b"] = {"gguf": "x.gguf", "init": "a"}
+    with pytest.raises(ConfigError, match=r"cycle: a -> b -> a"):
+        prepare(cfg)
+
+
+def test_a_node_needs_exactly_one_source():
+    cfg = copy.deepcopy(BASE)
+    cfg["models"]["base"]["hub"] = "org/model"
+    with pytest.raises(ConfigError, match=r"models\.base.*exactly one of gguf, path, hub"):
+        prepare(cfg)

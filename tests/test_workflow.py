@@ -1,0 +1,115 @@
+"""The workflow through Snakemake: dry runs of every config, lint, and the tiny DAG end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+CONFIGS = sorted((ROOT / "config").rglob("*.yaml"))
+
+
+def snakemake(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run(
+        [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(
+            f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+@pytest.mark.parametrize("configfile", CONFIGS, ids=lambda p: p.name)
+def test_dry_run_of_every_config(configfile, tmp_path):
+    proc = snakemake("-n", "--configfile", str(configfile), "--directory", str(tmp_path))
+    assert "rule all" in proc.stdout or "all" in proc.stdout
+
+
+def test_lint():
+    proc = snakemake("--lint", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_unknown_name_stops_before_any_job(tmp_path):
+    cfg = yaml.safe_load((ROOT / "tests" / "tiny.yaml").read_text())
+    cfg["retrievers"]["bm25"]["corpus"] = "wikipedia"
+    configfile = tmp_path / "bad.yaml"
+    configfile.write_text(yaml.safe_dump(cfg))
+    proc = snakemake(
+        "-n", "--configfile", str(configfile), "--directory", str(tmp_path), check=False
+    )
+    assert proc.returncode != 0
+    assert "retrievers.bm25.corpus" in proc.stderr + proc.stdout
+    assert "wikipedia" in proc.stderr + proc.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def tiny_config(tmp_path: Path, tiny_model: Path, **generation) -> Path:
+    cfg = yaml.safe_load((ROOT / "tests" / "tiny.yaml").read_text())
+    cfg["models"]["base"]["path"] = str(tiny_model)
+    cfg["generation"].update(generation)
+    configfile = tmp_path / "tiny.yaml"
+    configfile.write_text(yaml.safe_dump(cfg))
+    return configfile
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("backend", ["vllm", "hf"])
+def test_end_to_end(backend, tiny_model, tmp_path):
+    configfile = tiny_config(tmp_path, tiny_model, backend=backend)
+    snakemake("--cores", "2", "--configfile", str(configfile), "--directory", str(tmp_path))
+
+    results = tmp_path / "results" / "tiny"
+    for retrieval in ("bm25", "dense", "none"):
+        metrics = json.loads((results / "eval/base/test" / retrieval / "metrics.json").read_text())
+        assert metrics["n"] == 8
+        assert metrics["n_answerable"] + metrics["n_unanswerable"] == 8
+        assert metrics["generated_tokens"] > 0
+        predictions = [
+            json.loads(line)
+            for line in (results / "eval/base/test" / retrieval / "predictions.jsonl").open()
+        ]
+        assert len(predictions) == 8
+        assert all(
+            set(p) >= {"prompt", "docs", "prediction", "answers", "scores"} for p in predictions
+        )
+        expected_docs = 0 if retrieval == "none" else 2
+        assert all(len(p["docs"]) == expected_docs for p in predictions)
+    for retriever in ("bm25", "dense"):
+        stats = json.loads((results / "retrieval" / retriever / "test" / "stats.json").read_text())
+        assert 0.0 <= stats["answer_recall@2"] <= 1.0
+    # The synthetic questions name their entity: BM25 finds the gold passage for most.
+    bm25 = json.loads((results / "retrieval/bm25/test/stats.json").read_text())
+    assert bm25["gold_recall@2"] >= 0.5
+
+    summary = (results / "report" / "summary.md").read_text()
+    assert "| base | test | bm25 |" in summary
+    csv_lines = (results / "report" / "summary.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("model,dataset,retrieval,n,em,f1")
+    assert len(csv_lines) == 1 + 3
+    assert (results / "report" / "metrics.png").stat().st_size > 1000
+
+    # Nothing left to do on a second look.
+    proc = snakemake("-n", "--configfile", str(configfile), "--directory", str(tmp_path))
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+    if backend == "hf":
+        report = tmp_path / "report.html"
+        snakemake(
+            "--configfile", str(configfile), "--directory", str(tmp_path), "--report", str(report)
+        )
+        assert report.stat().st_size > 10_000

@@ -1,0 +1,118 @@
+# Config access and input functions: names in the config resolve to paths here.
+import json
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from ragtrain.config import NO_RETRIEVAL, ConfigError, prepare
+
+try:
+    CFG = prepare(config)
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+
+RUN = CFG["run"]
+RESULTS = f"results/{RUN}"
+LOGS = f"logs/{RUN}"
+SRC = Path(workflow.basedir) / "src"
+PROMPTS = Path(workflow.basedir) / "resources" / "prompts"
+# Rules run `python -m ragtrain` from this checkout: with the interpreter that runs
+# Snakemake (the venv's), or under `--sdm conda` with each rule's own env.
+_uses_conda = "conda" in {
+    m.name.lower() for m in workflow.deployment_settings.deployment_method
+}
+_path = (
+    ""
+    if _uses_conda
+    else f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH; "
+)
+shell.prefix(
+    f"set -euo pipefail; {_path}"
+    # (doubled braces: Snakemake formats the prefix too)
+    f"export PYTHONPATH={shlex.quote(str(SRC))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+)
+
+
+def names(section):
+    """A wildcard constraint matching exactly the config's names in a section."""
+    return "|".join(sorted(CFG[section])) or "^$"
+
+
+wildcard_constraints:
+    world=names("worlds"),
+    corpus=names("corpora"),
+    retriever=names("retrievers"),
+    dataset=names("datasets"),
+    model=names("models"),
+    retrieval="|".join([*sorted(CFG["retrievers"]), NO_RETRIEVAL]),
+
+
+def node(section, name):
+    """A node's config as one JSON string: passed as `params` so that a change reruns it."""
+    return json.dumps(CFG[section][name], sort_keys=True)
+
+
+def evaluation(w):
+    for ev in CFG["evaluations"]:
+        if (ev["model"], ev["dataset"], ev["retrieval"]) == (
+            w.model,
+            w.dataset,
+            w.retrieval,
+        ):
+            return ev
+    raise WorkflowError(f"no evaluation of {w.model} on {w.dataset} with {w.retrieval}")
+
+
+def corpus_input(w):
+    source = CFG["corpora"][w.corpus]
+    if source.get("world"):
+        return f"{RESULTS}/worlds/{source['world']}/corpus.jsonl"
+    return source["path"]
+
+
+def dataset_input(w):
+    source = CFG["datasets"][w.dataset]
+    if source.get("world"):
+        return f"{RESULTS}/worlds/{source['world']}/questions.jsonl"
+    return source["path"]
+
+
+def index_input(w):
+    corpus = CFG["retrievers"][w.retriever]["corpus"]
+    return f"{RESULTS}/corpus/{corpus}/corpus.jsonl"
+
+
+def model_dir(name):
+    return f"{RESULTS}/models/{name}"
+
+
+def eval_examples(w):
+    if w.retrieval == NO_RETRIEVAL:
+        return f"{RESULTS}/data/{w.dataset}/examples.jsonl"
+    return f"{RESULTS}/retrieval/{w.retrieval}/{w.dataset}/examples.jsonl"
+
+
+def eval_prompt(w):
+    return str(PROMPTS / f"{evaluation(w)['prompt']}.jinja")
+
+
+def eval_metrics():
+    return [
+        f"{RESULTS}/eval/{ev['model']}/{ev['dataset']}/{ev['retrieval']}/metrics.json"
+        for ev in CFG["evaluations"]
+    ]
+
+
+def retrieval_stats():
+    pairs = {
+        (ev["retrieval"], ev["dataset"])
+        for ev in CFG["evaluations"]
+        if ev["retrieval"] != NO_RETRIEVAL
+    }
+    return [f"{RESULTS}/retrieval/{r}/{d}/stats.json" for r, d in sorted(pairs)]
+
+
+def all_targets():
+    return [f"{RESULTS}/report/summary.md"]

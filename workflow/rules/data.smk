@@ -1,0 +1,46 @@
+rule world:
+    output:
+        corpus=f"{RESULTS}/worlds/{{world}}/corpus.jsonl",
+        questions=f"{RESULTS}/worlds/{{world}}/questions.jsonl",
+        stats=f"{RESULTS}/worlds/{{world}}/stats.json",
+    log:
+        f"{LOGS}/world/{{world}}.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        node=lambda w: node("worlds", w.world),
+    shell:
+        "python -m ragtrain world --params {params.node:q} --corpus {output.corpus:q}"
+        " --questions {output.questions:q} --stats {output.stats:q} > {log:q} 2>&1"
+
+
+rule corpus:
+    input:
+        corpus_input,
+    output:
+        f"{RESULTS}/corpus/{{corpus}}/corpus.jsonl",
+    log:
+        f"{LOGS}/corpus/{{corpus}}.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        node=lambda w: node("corpora", w.corpus),
+    shell:
+        "python -m ragtrain corpus --params {params.node:q} --input {input:q} --output {output:q} > {log:q} 2>&1"
+
+
+rule dataset:
+    input:
+        dataset_input,
+    output:
+        examples=f"{RESULTS}/data/{{dataset}}/examples.jsonl",
+        stats=f"{RESULTS}/data/{{dataset}}/stats.json",
+    log:
+        f"{LOGS}/dataset/{{dataset}}.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        node=lambda w: node("datasets", w.dataset),
+    shell:
+        "python -m ragtrain dataset --params {params.node:q} --input {input:q}"
+        " --output {output.examples:q} --stats {output.stats:q} > {log:q} 2>&1"
