@@ -27,8 +27,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) all
 
+# pytest exits 5 when it collects no test: not a failure of the suite itself.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests || [ $$? -eq 5 ]
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

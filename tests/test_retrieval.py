@@ -62,3 +62,17 @@ def test_packaged_encoder_resolves_to_a_local_folder():
     folder = Path(resolve_encoder("sentence-transformers/all-MiniLM-L6-v2"))
     assert (folder / "modules.json").exists()
     assert resolve_encoder("org/some-other-encoder") == "org/some-other-encoder"
+
+
+def test_gold_recall_counts_each_gold_passage(tmp_path):
+    params = {**RETRIEVER_DEFAULTS["bm25"], "kind": "bm25", "corpus": "c"}
+    build_index(CORPUS, params, tmp_path / "index")
+    multihop = {
+        "id": "m",
+        "question": "Where was Marel Dovant born?",
+        "answers": ["Valdoria"],
+        "gold_doc_ids": ["p1", "p3"],
+    }
+    _, stats = retrieve([multihop], Index(tmp_path / "index"), k=1)
+    assert stats["gold_recall@1"] == 0.5
+    assert stats["answer_recall@1"] == 0.0

@@ -38,10 +38,13 @@ def by_id(w: World) -> dict[str, dict]:
 def test_same_config_same_world_and_files(tmp_path):
     a, b = generate_world(WorldConfig()), generate_world(WorldConfig())
     assert a == b
-    write_world(a, tmp_path / "a")
-    write_world(b, tmp_path / "b")
-    for name in ("corpus.jsonl", "train.jsonl", "dev.jsonl", "test.jsonl", "stats.json"):
+    names = ("corpus.jsonl", "questions.jsonl", "stats.json")
+    for world_, folder in ((a, tmp_path / "a"), (b, tmp_path / "b")):
+        write_world(world_, *(folder / name for name in names))
+    for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    splits = [q["meta"]["split"] for q in read_jsonl(tmp_path / "a" / "questions.jsonl")]
+    assert splits.count("test") == len(a.splits["test"])
 
 
 def test_other_seed_other_world(world):
@@ -158,10 +161,12 @@ def test_rates_are_respected(big):
 
 
 def test_write_world_and_stats(world, tmp_path):
-    write_world(world, tmp_path)
+    write_world(world, tmp_path / "corpus.jsonl", tmp_path / "q.jsonl", tmp_path / "stats.json")
     assert read_jsonl(tmp_path / "corpus.jsonl") == world.passages
-    for split, exs in world.splits.items():
-        assert read_jsonl(tmp_path / f"{split}.jsonl") == exs
+    by_split: dict[str, list] = {}
+    for q in read_jsonl(tmp_path / "q.jsonl"):
+        by_split.setdefault(q["meta"].pop("split"), []).append(q)
+    assert by_split == world.splits
     stats = read_json(tmp_path / "stats.json")
     assert stats["passages"] == len(world.passages)
     assert stats["distractor_passages"] == WorldConfig().distractors

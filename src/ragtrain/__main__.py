@@ -32,18 +32,12 @@ def _params(value: str) -> dict:
 
 
 def cmd_world(args) -> None:
-    from ragtrain.world import WorldConfig, generate_world, world_stats
+    from ragtrain.world import WorldConfig, generate_world, write_world
 
     world = generate_world(WorldConfig.from_dict(args.params))
-    questions = [
-        {**ex, "meta": {**ex.get("meta", {}), "split": split}}
-        for split, examples in world.splits.items()
-        for ex in examples
-    ]
-    write_jsonl(args.corpus, world.passages)
-    write_jsonl(args.questions, questions)
-    write_json(args.stats, world_stats(world))
-    log.info("world: %d passages, %d questions", len(world.passages), len(questions))
+    write_world(world, args.corpus, args.questions, args.stats)
+    n_questions = sum(len(examples) for examples in world.splits.values())
+    log.info("world: %d passages, %d questions", len(world.passages), n_questions)
 
 
 def cmd_corpus(args) -> None:

@@ -167,6 +167,12 @@ class VLLMGenerator:
     """vLLM's offline engine; on CPU the KV cache takes `gpu_memory_utilization` of host RAM."""
 
     def __init__(self, model_dir: str, params: dict):
+        import torch
+
+        if not torch.cuda.is_available() and (os.cpu_count() or 1) <= 4:
+            # vLLM on CPU keeps a core for its scheduler; on 2 cores that halves the
+            # model's compute (measured: 15.7 -> 32.6 generated tok/s with none reserved).
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         from vllm import LLM
 
         # The engine is seeded, not the requests: on CPU in eager mode a per-request

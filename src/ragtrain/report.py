@@ -24,17 +24,17 @@ COLUMNS = [
 PLOTTED = ["em", "f1", "accuracy", "correct_refusal"]
 
 
-def _fmt(value) -> str:
+def _fmt(value, column: str) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.3f}"
+        return f"{value:.1f}" if column == "tokens_per_second" else f"{value:.3f}"
     return str(value)
 
 
 def _markdown_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(_fmt(row.get(c), c) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -76,7 +76,8 @@ def write_summary(rows: list[dict], retrieval_files: list[str], run: str, path: 
             "## Retrieval",
             "",
             "Answer recall@k: share of answerable questions with a gold answer in the top-k"
-            " passages; gold recall@k: share with a gold passage among them.",
+            " passages; gold recall@k: share of the gold passages retrieved"
+            " (a multi-hop question has two).",
             "",
             _markdown_table(
                 retrieval_rows, ["retriever", "dataset", "k", "answer_recall", "gold_recall", "n"]

@@ -2,8 +2,8 @@
 
 An index is a folder: `retriever.json` (the node's config), `corpus.jsonl` (the
 passages, in index order) and the backend's files. `retrieve` attaches the top-k
-passages to each example and returns answer recall@k (and gold-passage recall@k
-where examples name their gold passages).
+passages to each example and returns answer recall@k (and gold-passage recall@k,
+the share of an example's gold passages retrieved, where examples name them).
 """
 
 from __future__ import annotations
@@ -145,8 +145,10 @@ def retrieve(examples: list[dict], index: Index, k: int) -> tuple[list[dict], di
         if ex["answers"]:
             answer_hits.append(answer_recall([d["text"] for d in docs], ex["answers"]))
         if ex.get("gold_doc_ids"):
+            # Share of the gold passages retrieved: a multi-hop question needs all of them.
             got = {d["id"] for d in docs}
-            gold_hits.append(float(any(g in got for g in ex["gold_doc_ids"])))
+            gold = ex["gold_doc_ids"]
+            gold_hits.append(sum(g in got for g in gold) / len(gold))
     stats = {
         "retriever": index.params["kind"],
         "k": k,

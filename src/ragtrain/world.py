@@ -433,10 +433,16 @@ def world_stats(world: World) -> dict:
     }
 
 
-def write_world(world: World, out_dir: Path) -> None:
-    """Write corpus.jsonl, one <split>.jsonl per split and stats.json into out_dir."""
-    out_dir = Path(out_dir)
-    write_jsonl(out_dir / "corpus.jsonl", world.passages)
-    for split, examples in world.splits.items():
-        write_jsonl(out_dir / f"{split}.jsonl", examples)
-    write_json(out_dir / "stats.json", world_stats(world))
+def write_world(world: World, corpus: Path, questions: Path, stats: Path) -> None:
+    """Write the passages, every split's questions in one file (`meta.split` says which) and
+    the counts."""
+    write_jsonl(corpus, world.passages)
+    write_jsonl(
+        questions,
+        (
+            {**ex, "meta": {**ex["meta"], "split": split}}
+            for split, examples in world.splits.items()
+            for ex in examples
+        ),
+    )
+    write_json(stats, world_stats(world))

@@ -1,0 +1,78 @@
+"""The HF backend on the tiny model (vLLM is covered end to end in test_workflow)."""
+
+import pytest
+
+from ragtrain.config import GENERATION_DEFAULTS
+from ragtrain.generation import HFGenerator, Sampling, device_defaults, load_generator
+from ragtrain.prompts import PromptTemplate
+from tests.conftest import ROOT
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Where was Marel Dovant born?"}],
+    [
+        {
+            "role": "user",
+            "content": "A much longer question, so that this prompt needs left padding "
+            "when it shares a batch with the short one above: who founded Orvane Systems?",
+        }
+    ],
+    [{"role": "user", "content": "Hi"}],
+]
+
+
+def hf(model, **overrides):
+    return HFGenerator(str(model), device_defaults({**GENERATION_DEFAULTS, **overrides}))
+
+
+def test_batched_greedy_equals_one_by_one(tiny_model):
+    """Left padding must not change greedy answers."""
+    sampling = Sampling(max_new_tokens=6)
+    batched = hf(tiny_model, batch_size=3).chat(CONVERSATIONS, sampling)
+    single = hf(tiny_model, batch_size=1).chat(CONVERSATIONS, sampling)
+    assert [c[0].text for c in batched] == [c[0].text for c in single]
+    assert all(0 < c[0].num_tokens <= 6 for c in batched)
+
+
+def test_n_samples_per_prompt_and_throughput(tiny_model):
+    generator = hf(tiny_model, batch_size=2)
+    out = generator.chat(CONVERSATIONS, Sampling(max_new_tokens=4, temperature=1.0, n=3))
+    assert [len(c) for c in out] == [3, 3, 3]
+    assert generator.throughput.tokens == sum(x.num_tokens for c in out for x in c)
+    assert generator.throughput.tokens_per_second > 0
+
+
+def test_device_defaults_on_cpu():
+    filled = device_defaults(GENERATION_DEFAULTS)
+    assert filled["dtype"] == "float32"
+    assert filled["enforce_eager"] is True
+    assert filled["gpu_memory_utilization"] == 0.3
+    assert device_defaults({**GENERATION_DEFAULTS, "dtype": "bfloat16"})["dtype"] == "bfloat16"
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match=r"generation\.backend"):
+        load_generator("x", {**GENERATION_DEFAULTS, "backend": "tgi"})
+
+
+def test_rag_prompt_lists_docs_and_question():
+    template = PromptTemplate(ROOT / "resources/prompts/rag.jinja")
+    text = template.render(
+        {
+            "question": "Where was Marel Dovant born?",
+            "docs": [
+                {"title": "Marel Dovant", "text": "Born in Kesh."},
+                {"title": "K", "text": "x"},
+            ],
+        }
+    )
+    assert "Document [1] (Title: Marel Dovant) Born in Kesh." in text
+    assert "Document [2] (Title: K) x" in text
+    assert text.endswith("Question: Where was Marel Dovant born?")
+    assert "I don't know" in text
+
+
+def test_template_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.jinja"
+    bad.write_text("line one\n{% for d in docs %}\n")
+    with pytest.raises(ValueError, match=rf"{bad}:\d+: template syntax error"):
+        PromptTemplate(bad)
