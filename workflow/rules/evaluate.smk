@@ -10,8 +10,9 @@ rule evaluate:
         f"{LOGS}/evaluate/{{model}}/{{dataset}}/{{retrieval}}.log",
     conda:
         "../../envs/generate.yaml"
-    # Generation takes the whole CPU; two engines side by side only thrash.
-    threads: workflow.cores
+    # Snakemake caps threads at --cores: on a small CPU one engine at a time, as two
+    # side by side only thrash.
+    threads: 4
     params:
         node=lambda w: json.dumps(evaluation(w), sort_keys=True),
     shell:
