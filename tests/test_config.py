@@ -78,3 +78,20 @@ def test_a_node_needs_exactly_one_source():
     cfg["models"]["base"]["hub"] = "org/model"
     with pytest.raises(ConfigError, match=r"models\.base.*exactly one of gguf, path, hub"):
         prepare(cfg)
+
+
+def test_top_level_seed_is_the_default_of_worlds_and_generation():
+    cfg = copy.deepcopy(BASE)
+    cfg["seed"] = 7
+    del cfg["worlds"]["world"]["seed"]
+    cfg["generation"].pop("seed", None)
+    prepared = prepare(cfg)
+    assert prepared["worlds"]["world"]["seed"] == 7
+    assert prepared["evaluations"][0]["generation"]["seed"] == 7
+
+
+def test_bad_world_values_fail_at_config_time():
+    cfg = copy.deepcopy(BASE)
+    cfg["worlds"]["world"]["multihop_rate"] = 0.9
+    with pytest.raises(ConfigError, match=r"worlds\.world: rates must"):
+        prepare(cfg)

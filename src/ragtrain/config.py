@@ -10,9 +10,13 @@ offending key in the message.
 from __future__ import annotations
 
 import copy
+from dataclasses import asdict
 from typing import Any
 
+from ragtrain.world import WorldConfig
+
 NO_RETRIEVAL = "none"
+DEFAULT_SEED = 13
 
 
 class ConfigError(ValueError):
@@ -24,16 +28,6 @@ class ConfigError(ValueError):
 
 
 # Defaults for the entries of each user-named section, per kind where kinds differ.
-WORLD_DEFAULTS: dict[str, Any] = {
-    "seed": 13,
-    "people": 60,
-    "organisations": 20,
-    "places": 15,
-    "distractors": 30,
-    "questions": {"train": 200, "dev": 50, "test": 100},
-    "multihop_rate": 0.2,
-    "unanswerable_rate": 0.15,
-}
 CORPUS_DEFAULTS: dict[str, Any] = {"format": "beir"}
 RETRIEVER_DEFAULTS: dict[str, dict[str, Any]] = {
     "bm25": {"k": 3, "k1": 1.5, "b": 0.75, "method": "lucene", "stopwords": "en"},
@@ -97,8 +91,14 @@ def _one_source(section: str, name: str, node: dict, choices: tuple[str, ...]) -
 
 
 def _fill_nodes(config: dict) -> None:
+    # The top-level seed is the default seed of every world and of generation.
+    seed = config.setdefault("seed", DEFAULT_SEED)
     for name, node in config["worlds"].items():
-        config["worlds"][name] = _merge(WORLD_DEFAULTS, node)
+        config["worlds"][name] = _merge({**asdict(WorldConfig()), "seed": seed}, node)
+        try:
+            WorldConfig.from_dict(config["worlds"][name])
+        except ValueError as e:
+            raise ConfigError(f"worlds.{name}", str(e)) from None
     for name, node in config["corpora"].items():
         _one_source("corpora", name, node, ("world", "path"))
         config["corpora"][name] = _merge(CORPUS_DEFAULTS, node)
@@ -124,7 +124,9 @@ def _fill_nodes(config: dict) -> None:
         if kind == "base":
             _one_source("models", name, node, ("gguf", "path", "hub"))
         config["models"][name] = _merge(MODEL_DEFAULTS[kind], node)
-    config["generation"] = _merge(GENERATION_DEFAULTS, config.get("generation") or {})
+    config["generation"] = _merge(
+        {**GENERATION_DEFAULTS, "seed": seed}, config.get("generation") or {}
+    )
 
 
 def _check_references(config: dict) -> None:

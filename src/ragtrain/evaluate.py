@@ -37,11 +37,17 @@ def evaluate(
                 "meta": ex.get("meta", {}),
             }
         )
+    # Per question type (single / multihop / unanswerable in the synthetic data).
+    by_type: dict[str, list[dict]] = {}
+    for ex, score in zip(examples, scores, strict=True):
+        if "type" in ex.get("meta", {}):
+            by_type.setdefault(ex["meta"]["type"], []).append(score)
     metrics = {
         "model": params["model"],
         "dataset": params["dataset"],
         "retrieval": params["retrieval"],
         **aggregate(scores),
+        "by_type": {kind: aggregate(group) for kind, group in sorted(by_type.items())},
         "generated_tokens": generator.throughput.tokens,
         "tokens_per_second": round(generator.throughput.tokens_per_second, 1),
     }

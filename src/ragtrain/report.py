@@ -71,6 +71,24 @@ def write_summary(rows: list[dict], retrieval_files: list[str], run: str, path: 
         _markdown_table(rows, COLUMNS),
         "",
     ]
+    typed = [
+        {
+            "model": r["model"],
+            "dataset": r["dataset"],
+            "retrieval": r["retrieval"],
+            "type": kind,
+            **m,
+        }
+        for r in rows
+        for kind, m in r.get("by_type", {}).items()
+    ]
+    if typed:
+        text += [
+            "## By question type",
+            "",
+            _markdown_table(typed, ["model", "dataset", "retrieval", "type", "n", *PLOTTED]),
+            "",
+        ]
     if retrieval_rows:
         text += [
             "## Retrieval",

@@ -124,8 +124,8 @@ class WorldConfig:
         if not all(0 <= r <= 1 for r in rates) or sum(rates) > 1:
             raise ValueError(f"rates must lie in [0, 1] and sum to at most 1, got {rates}")
         for split, n in self.questions.items():
-            # split names become file names beside corpus.jsonl and stats.json
-            if not re.fullmatch(r"[A-Za-z0-9_-]+", split) or split in ("corpus", "stats"):
+            # datasets name splits in the config (datasets.<name>.split)
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", split):
                 raise ValueError(f"bad split name {split!r}")
             if not isinstance(n, int) or n < 0:
                 raise ValueError(f"split {split!r}: question count must be an int >= 0, got {n!r}")

@@ -4,7 +4,8 @@ import shlex
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+SRC = Path(workflow.basedir) / "src"
+sys.path.insert(0, str(SRC))
 
 from ragtrain.config import NO_RETRIEVAL, ConfigError, prepare
 
@@ -16,7 +17,6 @@ except ConfigError as error:
 RUN = CFG["run"]
 RESULTS = f"results/{RUN}"
 LOGS = f"logs/{RUN}"
-SRC = Path(workflow.basedir) / "src"
 PROMPTS = Path(workflow.basedir) / "resources" / "prompts"
 # Rules run `python -m ragtrain` from this checkout: with the interpreter that runs
 # Snakemake (the venv's), or under `--sdm conda` with each rule's own env.

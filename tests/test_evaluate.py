@@ -1,0 +1,95 @@
+"""Evaluation scoring with a stand-in generator (the real backends run in test_workflow)."""
+
+from ragtrain.evaluate import evaluate
+from ragtrain.generation import Completion, Throughput
+from ragtrain.prompts import PromptTemplate
+from tests.conftest import ROOT
+
+
+class Scripted:
+    """Answers from a script, so the expected metrics can be computed by hand."""
+
+    def __init__(self, answers):
+        self.answers = answers
+        self.throughput = Throughput()
+        self.seen = []
+
+    def chat(self, conversations, sampling):
+        self.seen.extend(conversations)
+        self.throughput.add(10 * len(conversations), 1.0)
+        return [
+            [Completion(self.answers[c[-1]["content"].split("Question: ")[-1]], 5)]
+            for c in conversations
+        ]
+
+
+EXAMPLES = [
+    {
+        "id": "1",
+        "question": "Where was Marel born?",
+        "answers": ["Kesh"],
+        "docs": [{"id": "p1", "title": "Marel", "text": "Marel was born in Kesh.", "score": 3.2}],
+        "meta": {"type": "single"},
+    },
+    {
+        "id": "2",
+        "question": "Who founded Orvane?",
+        "answers": ["Tollan Brisk"],
+        "docs": [],
+        "meta": {"type": "multihop"},
+    },
+    {
+        "id": "3",
+        "question": "When was Ilse born?",
+        "answers": [],
+        "docs": [],
+        "meta": {"type": "unanswerable"},
+    },
+    {
+        "id": "4",
+        "question": "When was Quorn born?",
+        "answers": [],
+        "docs": [],
+        "meta": {"type": "unanswerable"},
+    },
+]
+SCRIPT = {
+    "Where was Marel born?": "Kesh.",  # EM 1
+    "Who founded Orvane?": "It was Tollan.",  # EM 0, F1 2*(1/3*1/2)/(1/3+1/2) = 0.4
+    "When was Ilse born?": "I don't know.",  # correct refusal
+    "When was Quorn born?": "1962",  # made up
+}
+PARAMS = {
+    "model": "m",
+    "dataset": "d",
+    "retrieval": "bm25",
+    "generation": {"max_new_tokens": 8, "temperature": 0.0, "top_p": 1.0, "top_k": -1},
+}
+
+
+def test_metrics_and_prediction_records():
+    template = PromptTemplate(ROOT / "resources/prompts/rag.jinja")
+    predictions, metrics = evaluate(EXAMPLES, Scripted(SCRIPT), template, PARAMS)
+    assert metrics["em"] == 0.5
+    assert metrics["f1"] == 0.7
+    assert metrics["accuracy"] == 0.5
+    assert metrics["correct_refusal"] == 0.5
+    assert metrics["false_refusal"] == 0.0
+    assert metrics["refusal_rate"] == 0.25
+    assert (metrics["n"], metrics["n_answerable"], metrics["n_unanswerable"]) == (4, 2, 2)
+    assert metrics["by_type"]["multihop"]["f1"] == 0.4
+    assert metrics["by_type"]["unanswerable"]["em"] is None
+    assert metrics["tokens_per_second"] == 40.0
+
+    first = predictions[0]
+    assert first["prediction"] == "Kesh."
+    assert first["answers"] == ["Kesh"]
+    assert first["docs"] == [{"id": "p1", "title": "Marel", "score": 3.2}]
+    assert "Document [1] (Title: Marel) Marel was born in Kesh." in first["prompt"]
+    assert first["scores"] == {
+        "em": 1.0,
+        "f1": 1.0,
+        "accuracy": 1.0,
+        "refusal": False,
+        "answerable": True,
+    }
