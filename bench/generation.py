@@ -51,15 +51,31 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=64, help="prompts")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16, help="HF generate batch size")
+    parser.add_argument(
+        "--closed-book", action="store_true", help="the closed-book prompt (short, decode-bound)"
+    )
     parser.add_argument("--dtype", default="auto", help="auto: float32 on CPU, bfloat16 on GPU")
     parser.add_argument(
         "--memory", type=float, default=None, help="vLLM gpu_memory_utilization (CPU: of host RAM)"
     )
     args = parser.parse_args()
 
-    template = PromptTemplate(ROOT / "resources/prompts/rag.jinja")
+    from transformers import AutoTokenizer
+
+    prompt = "closed_book" if args.closed_book else "rag"
+    template = PromptTemplate(ROOT / f"resources/prompts/{prompt}.jinja")
     examples = read_jsonl(args.examples)[: args.n]
     conversations = [template.conversation(ex) for ex in examples]
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    prompt_tokens = [
+        len(
+            tokenizer(
+                tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False),
+                add_special_tokens=False,
+            ).input_ids
+        )
+        for c in conversations
+    ]
     # Force the full length so both backends generate the same number of tokens.
     sampling = Sampling(max_new_tokens=args.max_new_tokens)
     params = {
@@ -70,7 +86,11 @@ def main() -> None:
     }
 
     results = [run(b, args.model, conversations, sampling, params) for b in ("hf", "vllm")]
-    print(f"{len(conversations)} prompts, up to {args.max_new_tokens} new tokens, greedy")
+    mean_prompt = sum(prompt_tokens) / len(prompt_tokens)
+    print(
+        f"{len(conversations)} {prompt} prompts of {mean_prompt:.0f} tokens on average,"
+        f" up to {args.max_new_tokens} new tokens, greedy"
+    )
     print(f"{'backend':8} {'load s':>7} {'tokens':>7} {'gen s':>7} {'tok/s':>8}")
     for r in results:
         print(
