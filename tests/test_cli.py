@@ -107,3 +107,20 @@ def test_world_then_dataset_split(tmp_path):
     examples = [json.loads(line) for line in out.open()]
     assert len(examples) == 4
     assert all(ex["meta"]["split"] == "test" and ex["docs"] == [] for ex in examples)
+
+
+def test_beir_corpus_stage(tmp_path):
+    beir = tmp_path / "corpus.jsonl"
+    beir.write_text(
+        '{"_id": "d1", "title": "Kesh", "text": "Kesh is a town.", "metadata": {}}\n'
+        '{"_id": 7, "text": "No title here."}\n'
+    )
+    out = tmp_path / "out.jsonl"
+    proc = ragtrain(
+        "corpus", "--params", '{"path": "x"}', "--input", str(beir), "--output", str(out)
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line) for line in out.open()] == [
+        {"id": "d1", "title": "Kesh", "text": "Kesh is a town."},
+        {"id": "7", "title": "", "text": "No title here."},
+    ]

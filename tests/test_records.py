@@ -53,3 +53,19 @@ def test_require_names_field_and_record(tmp_path):
         require({"id": "q1"}, "question", str, tmp_path / "f.jsonl", 7)
     with pytest.raises(RecordError, match=r"field 'answers' should be list, got str"):
         require({"id": "q1", "answers": "x"}, "answers", list, "f.jsonl", 1)
+
+
+def test_atomic_dir_replaces_a_folder_only_on_success(tmp_path):
+    from ragtrain.records import atomic_dir
+
+    out = tmp_path / "index"
+    out.mkdir()
+    (out / "old").write_text("x")
+    with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
+        (tmp / "new").write_text("y")
+        raise RuntimeError
+    assert [p.name for p in out.iterdir()] == ["old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+    with atomic_dir(out) as tmp:
+        (tmp / "new").write_text("y")
+    assert [p.name for p in out.iterdir()] == ["new"]

@@ -10,12 +10,12 @@ Sources (exactly one per model node):
 from __future__ import annotations
 
 import logging
-import shutil
 import site
 import sysconfig
 from pathlib import Path
 
 from ragtrain.generation import torch_dtype
+from ragtrain.records import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +72,9 @@ def import_base_model(params: dict, out_dir: str | Path) -> None:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     if tokenizer.chat_template is None:
         raise ValueError("models: the tokenizer has no chat template; RAG prompts need one")
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     n = sum(p.numel() for p in model.parameters())
     log.info(
         "base model: %s parameters, %s layers -> %s",

