@@ -58,6 +58,17 @@ def test_unknown_name_stops_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def planned_jobs(dry_run_output: str) -> dict[str, int]:
+    """The "Job stats" table of a dry run: rule -> number of jobs."""
+    table = dry_run_output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    jobs = {}
+    for line in table.splitlines()[3:]:
+        rule, count = line.split()
+        if rule != "total":
+            jobs[rule] = int(count)
+    return jobs
+
+
 def tiny_config(tmp_path: Path, tiny_model: Path, **generation) -> Path:
     cfg = yaml.safe_load((ROOT / "tests" / "tiny.yaml").read_text())
     cfg["models"]["base"]["path"] = str(tiny_model)
@@ -108,6 +119,14 @@ def test_end_to_end(backend, tiny_model, tmp_path):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
     if backend == "hf":
+        # A new k reruns that retriever's search and what depends on it, not its index.
+        cfg = yaml.safe_load(configfile.read_text())
+        cfg["retrievers"]["bm25"]["k"] = 1
+        configfile.write_text(yaml.safe_dump(cfg))
+        proc = snakemake("-n", "--configfile", str(configfile), "--directory", str(tmp_path))
+        assert planned_jobs(proc.stdout) == {"retrieve": 1, "evaluate": 1, "report": 1, "all": 1}
+        assert "Params have changed since last execution" in proc.stdout
+
         report = tmp_path / "report.html"
         snakemake(
             "--configfile", str(configfile), "--directory", str(tmp_path), "--report", str(report)

@@ -49,20 +49,19 @@ wildcard_constraints:
     retrieval="|".join([*sorted(CFG["retrievers"]), NO_RETRIEVAL]),
 
 
-def node(section, name):
+def node(section, name, drop=()):
     """A node's config as one JSON string: passed as `params` so that a change reruns it."""
-    return json.dumps(CFG[section][name], sort_keys=True)
+    settings = {k: v for k, v in CFG[section][name].items() if k not in drop}
+    return json.dumps(settings, sort_keys=True)
+
+
+EVALUATIONS = {
+    (ev["model"], ev["dataset"], ev["retrieval"]): ev for ev in CFG["evaluations"]
+}
 
 
 def evaluation(w):
-    for ev in CFG["evaluations"]:
-        if (ev["model"], ev["dataset"], ev["retrieval"]) == (
-            w.model,
-            w.dataset,
-            w.retrieval,
-        ):
-            return ev
-    raise WorkflowError(f"no evaluation of {w.model} on {w.dataset} with {w.retrieval}")
+    return EVALUATIONS[(w.model, w.dataset, w.retrieval)]
 
 
 def corpus_input(w):
@@ -99,18 +98,11 @@ def eval_prompt(w):
 
 
 def eval_metrics():
-    return [
-        f"{RESULTS}/eval/{ev['model']}/{ev['dataset']}/{ev['retrieval']}/metrics.json"
-        for ev in CFG["evaluations"]
-    ]
+    return [f"{RESULTS}/eval/{m}/{d}/{r}/metrics.json" for m, d, r in EVALUATIONS]
 
 
 def retrieval_stats():
-    pairs = {
-        (ev["retrieval"], ev["dataset"])
-        for ev in CFG["evaluations"]
-        if ev["retrieval"] != NO_RETRIEVAL
-    }
+    pairs = {(r, d) for _, d, r in EVALUATIONS if r != NO_RETRIEVAL}
     return [f"{RESULTS}/retrieval/{r}/{d}/stats.json" for r, d in sorted(pairs)]
 
 

@@ -9,7 +9,8 @@ rule index:
         "../../envs/data.yaml"
     threads: 2
     params:
-        node=lambda w: node("retrievers", w.retriever),
+        # k is a search setting: a new k reruns `retrieve`, not the index.
+        node=lambda w: node("retrievers", w.retriever, drop=("k",)),
     shell:
         "python -m ragtrain index --params {params.node:q} --corpus {input:q} --output {output:q} > {log:q} 2>&1"
 
