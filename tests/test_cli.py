@@ -124,3 +124,62 @@ def test_beir_corpus_stage(tmp_path):
         {"id": "d1", "title": "Kesh", "text": "Kesh is a town."},
         {"id": "7", "title": "", "text": "No title here."},
     ]
+
+
+def test_stages_alone_take_defaults(tmp_path):
+    """world -> index -> dataset -> retrieve, by hand, with only the settings that have none."""
+    w = {name: str(tmp_path / name) for name in ("corpus.jsonl", "q.jsonl", "w.json")}
+    assert (
+        ragtrain(
+            "world",
+            "--corpus",
+            w["corpus.jsonl"],
+            "--questions",
+            w["q.jsonl"],
+            "--stats",
+            w["w.json"],
+        ).returncode
+        == 0
+    )
+    index = tmp_path / "index"
+    proc = ragtrain(
+        "index",
+        "--params",
+        '{"kind": "bm25"}',
+        "--corpus",
+        w["corpus.jsonl"],
+        "--output",
+        str(index),
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = tmp_path / "test.jsonl"
+    assert (
+        ragtrain(
+            "dataset",
+            "--params",
+            '{"world": "w", "split": "test"}',
+            "--input",
+            w["q.jsonl"],
+            "--output",
+            str(data),
+            "--stats",
+            str(tmp_path / "s.json"),
+        ).returncode
+        == 0
+    )
+    out = tmp_path / "retrieved.jsonl"
+    proc = ragtrain(
+        "retrieve",
+        "--index",
+        str(index),
+        "--examples",
+        str(data),
+        "--output",
+        str(out),
+        "--stats",
+        str(tmp_path / "r.json"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    examples = [json.loads(line) for line in out.open()]
+    assert len(examples) == 100 and all(len(ex["docs"]) == 3 for ex in examples)
+    assert json.loads((tmp_path / "r.json").read_text())["answer_recall@3"] > 0.5

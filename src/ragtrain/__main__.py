@@ -14,7 +14,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from ragtrain.config import NO_RETRIEVAL
+from ragtrain.config import GENERATION_DEFAULTS, MODEL_DEFAULTS, NO_RETRIEVAL, RETRIEVER_DEFAULTS
 from ragtrain.records import RecordError, write_json, write_jsonl
 
 log = logging.getLogger("ragtrain")
@@ -29,6 +29,14 @@ def _params(value: str) -> dict:
     if not isinstance(params, dict):
         raise argparse.ArgumentTypeError("--params must be a JSON object")
     return params
+
+
+def _retriever(params: dict) -> dict:
+    """Defaults of the retriever's kind under the given settings (for stages run alone)."""
+    kind = params.get("kind")
+    if kind not in RETRIEVER_DEFAULTS:
+        raise SystemExit(f"--params: 'kind' must be one of {sorted(RETRIEVER_DEFAULTS)}")
+    return {**RETRIEVER_DEFAULTS[kind], **params}
 
 
 def cmd_world(args) -> None:
@@ -86,7 +94,7 @@ def cmd_index(args) -> None:
     from ragtrain.retrieval import build_index
 
     corpus = read_jsonl(args.corpus)
-    build_index(corpus, args.params, Path(args.output))
+    build_index(corpus, _retriever(args.params), Path(args.output))
     log.info("index: %s over %d passages", args.params["kind"], len(corpus))
 
 
@@ -94,7 +102,8 @@ def cmd_retrieve(args) -> None:
     from ragtrain.records import read_jsonl
     from ragtrain.retrieval import Index, retrieve
 
-    examples, stats = retrieve(read_jsonl(args.examples), Index(args.index), args.params["k"])
+    k = _retriever({**Index.read_params(args.index), **args.params})["k"]
+    examples, stats = retrieve(read_jsonl(args.examples), Index(args.index), k)
     write_jsonl(args.output, examples)
     write_json(args.stats, stats)
     log.info("retrieve: %s", stats)
@@ -103,7 +112,7 @@ def cmd_retrieve(args) -> None:
 def cmd_base_model(args) -> None:
     from ragtrain.models import import_base_model
 
-    import_base_model(args.params, args.output)
+    import_base_model({**MODEL_DEFAULTS["base"], **args.params}, args.output)
 
 
 def cmd_evaluate(args) -> None:
@@ -112,9 +121,15 @@ def cmd_evaluate(args) -> None:
     from ragtrain.prompts import PromptTemplate
     from ragtrain.records import read_jsonl
 
-    params = args.params
+    params = {
+        "model": Path(args.model).name,
+        "dataset": Path(args.examples).parent.name,
+        "retrieval": "given",
+        **args.params,
+    }
+    params["generation"] = {**GENERATION_DEFAULTS, **params.get("generation", {})}
     examples = read_jsonl(args.examples)
-    if params.get("retrieval") == NO_RETRIEVAL:
+    if params["retrieval"] == NO_RETRIEVAL:
         examples = [{**ex, "docs": []} for ex in examples]
     template = PromptTemplate(args.prompt)
     generator = load_generator(args.model, params["generation"])
@@ -144,8 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--params",
                 type=_params,
-                required=True,
-                help="the node's config: JSON or @file.json",
+                default={},
+                help="the node's config as JSON or @file.json; keys left out take their"
+                " defaults (config/README.md)",
             )
         p.set_defaults(func=func)
         return p
