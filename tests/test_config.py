@@ -83,7 +83,7 @@ def test_a_node_needs_exactly_one_source():
 def test_top_level_seed_is_the_default_of_worlds_and_generation():
     cfg = copy.deepcopy(BASE)
     cfg["seed"] = 7
-    del cfg["worlds"]["world"]["seed"]
+    cfg["worlds"]["world"].pop("seed", None)
     cfg["generation"].pop("seed", None)
     prepared = prepare(cfg)
     assert prepared["worlds"]["world"]["seed"] == 7
