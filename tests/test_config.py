@@ -21,7 +21,7 @@ def test_demo_config_fills_node_defaults():
     assert cfg["retrievers"]["bm25"]["k"] == 3  # given
     assert cfg["models"]["base"]["kind"] == "base"
     assert cfg["models"]["base"]["trust_remote_code"] is False
-    assert cfg["worlds"]["world"]["questions"]["test"] == 150
+    assert cfg["worlds"]["world"]["questions"]["test"] == 100
     assert cfg["datasets"]["test"]["format"] == "auto"
 
 
