@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -50,12 +50,10 @@ class Throughput:
 
     tokens: int = 0
     seconds: float = 0.0
-    history: list[tuple[int, float]] = field(default_factory=list)
 
     def add(self, tokens: int, seconds: float) -> None:
         self.tokens += tokens
         self.seconds += seconds
-        self.history.append((tokens, seconds))
 
     @property
     def tokens_per_second(self) -> float:
@@ -164,7 +162,8 @@ class HFGenerator:
 
 
 class VLLMGenerator:
-    """vLLM's offline engine; on CPU the KV cache takes `gpu_memory_utilization` of host RAM."""
+    """vLLM's offline engine. On CPU `gpu_memory_utilization` is the share of host RAM for
+    the worker: weights, activations and KV cache together."""
 
     def __init__(self, model_dir: str, params: dict):
         import torch
