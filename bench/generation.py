@@ -76,8 +76,8 @@ def main() -> None:
         )
         for c in conversations
     ]
-    # Force the full length so both backends generate the same number of tokens.
-    sampling = Sampling(max_new_tokens=args.max_new_tokens)
+    # Full length for every answer, so both backends generate the same number of tokens.
+    sampling = Sampling(max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens)
     params = {
         **GENERATION_DEFAULTS,
         "batch_size": args.batch_size,

@@ -183,3 +183,40 @@ def test_stages_alone_take_defaults(tmp_path):
     examples = [json.loads(line) for line in out.open()]
     assert len(examples) == 100 and all(len(ex["docs"]) == 3 for ex in examples)
     assert json.loads((tmp_path / "r.json").read_text())["answer_recall@3"] > 0.5
+
+
+def test_bad_settings_give_one_line_not_a_traceback(tmp_path):
+    files = [str(tmp_path / n) for n in ("c.jsonl", "q.jsonl", "s.json")]
+    proc = ragtrain(
+        "world",
+        "--params",
+        '{"people": 2, "questions": {"test": 500}}',
+        "--corpus",
+        files[0],
+        "--questions",
+        files[1],
+        "--stats",
+        files[2],
+    )
+    assert proc.returncode == 1
+    assert "world too small" in proc.stderr and "Traceback" not in proc.stderr
+    assert not any((tmp_path / n).exists() for n in ("c.jsonl", "q.jsonl", "s.json"))
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    proc = ragtrain("corpus", "--input", str(empty), "--output", str(tmp_path / "o.jsonl"))
+    assert proc.returncode == 1 and f"{empty}: no passages" in proc.stderr
+
+
+def test_outputs_are_not_private(tmp_path):
+    out = tmp_path / "c.jsonl"
+    ragtrain(
+        "world",
+        "--corpus",
+        str(out),
+        "--questions",
+        str(tmp_path / "q.jsonl"),
+        "--stats",
+        str(tmp_path / "s.json"),
+    )
+    assert out.stat().st_mode & 0o044  # readable by group/others under the usual umask

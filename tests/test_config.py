@@ -95,3 +95,25 @@ def test_bad_world_values_fail_at_config_time():
     cfg["worlds"]["world"]["multihop_rate"] = 0.9
     with pytest.raises(ConfigError, match=r"worlds\.world: rates must"):
         prepare(cfg)
+
+
+def test_world_questions_replace_the_default_splits():
+    cfg = copy.deepcopy(BASE)
+    cfg["worlds"]["world"]["questions"] = {"eval": 20}
+    cfg["datasets"] = {"eval": {"world": "world", "split": "eval"}}
+    cfg["evaluate"] = [{"models": ["base"], "datasets": ["eval"], "retrieval": ["none"]}]
+    assert prepare(cfg)["worlds"]["world"]["questions"] == {"eval": 20}
+
+
+def test_an_evaluation_listed_twice_is_rejected():
+    entry = {"models": ["base"], "datasets": ["test"], "retrieval": ["bm25", "none"]}
+    cfg = config(evaluate=[entry, {**entry, "retrieval": ["none"]}])
+    with pytest.raises(ConfigError, match=r"evaluate\[1\].*base on test with none.*evaluate\[0\]"):
+        prepare(cfg)
+
+
+def test_prompt_templates_must_exist():
+    cfg = config(evaluate=[{**BASE["evaluate"][0], "prompt": "cot"}])
+    with pytest.raises(ConfigError, match=r"evaluate\[0\]\.prompt: no template cot\.jinja"):
+        prepare(cfg, prompts_dir=ROOT / "resources" / "prompts")
+    assert prepare(BASE, prompts_dir=ROOT / "resources" / "prompts")["evaluations"]

@@ -41,6 +41,12 @@ def test_n_samples_per_prompt_and_throughput(tiny_model):
     assert generator.throughput.tokens_per_second > 0
 
 
+def test_greedy_n_repeats_the_one_answer_and_min_tokens_forces_length(tiny_model):
+    out = hf(tiny_model).chat(CONVERSATIONS[:1], Sampling(max_new_tokens=5, n=2, min_new_tokens=5))
+    assert len(out[0]) == 2 and out[0][0] == out[0][1]
+    assert out[0][0].num_tokens == 5
+
+
 def test_device_defaults_on_cpu():
     filled = device_defaults(GENERATION_DEFAULTS)
     assert filled["dtype"] == "float32"

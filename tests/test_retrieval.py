@@ -62,6 +62,8 @@ def test_packaged_encoder_resolves_to_a_local_folder():
     folder = Path(resolve_encoder("sentence-transformers/all-MiniLM-L6-v2"))
     assert (folder / "modules.json").exists()
     assert resolve_encoder("org/some-other-encoder") == "org/some-other-encoder"
+    # Someone's fine-tune of the same name is not the packaged model.
+    assert resolve_encoder("me/all-MiniLM-L6-v2") == "me/all-MiniLM-L6-v2"
 
 
 def test_gold_recall_counts_each_gold_passage(tmp_path):

@@ -36,7 +36,9 @@ def snakemake(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.Co
 @pytest.mark.parametrize("configfile", CONFIGS, ids=lambda p: p.name)
 def test_dry_run_of_every_config(configfile, tmp_path):
     proc = snakemake("-n", "--configfile", str(configfile), "--directory", str(tmp_path))
-    assert "rule all" in proc.stdout or "all" in proc.stdout
+    jobs = planned_jobs(proc.stdout)
+    assert jobs["all"] == 1 and jobs["report"] == 1
+    assert jobs["evaluate"] >= 1
 
 
 def test_lint():
@@ -102,7 +104,8 @@ def test_end_to_end(backend, tiny_model, tmp_path):
         assert all(len(p["docs"]) == expected_docs for p in predictions)
     for retriever in ("bm25", "dense"):
         stats = json.loads((results / "retrieval" / retriever / "test" / "stats.json").read_text())
-        assert 0.0 <= stats["answer_recall@2"] <= 1.0
+        assert stats["kind"] == retriever
+        assert stats["answer_recall@2"] >= 0.5
     # The synthetic questions name their entity: BM25 finds the gold passage for most.
     bm25 = json.loads((results / "retrieval/bm25/test/stats.json").read_text())
     assert bm25["gold_recall@2"] >= 0.5

@@ -21,7 +21,10 @@ log = logging.getLogger("ragtrain")
 
 
 def _params(value: str) -> dict:
-    text = Path(value[1:]).read_text() if value.startswith("@") else value
+    try:
+        text = Path(value[1:]).read_text() if value.startswith("@") else value
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot read {value[1:]}: {e}") from e
     try:
         params = json.loads(text)
     except json.JSONDecodeError as e:
@@ -233,8 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         args.func(args)
-    except (RecordError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
+        # Bad input or settings (RecordError is a ValueError): one line that says where
+        # and what; the traceback only with --verbose.
+        log.debug("traceback", exc_info=True)
         print(f"ragtrain {args.stage}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyError as e:
+        log.debug("traceback", exc_info=True)
+        print(f"ragtrain {args.stage}: error: --params lacks the key {e}", file=sys.stderr)
         return 1
     return 0
 

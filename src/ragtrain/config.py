@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from ragtrain.world import WorldConfig
@@ -50,8 +51,8 @@ GENERATION_DEFAULTS: dict[str, Any] = {
     "top_p": 1.0,
     "top_k": -1,
     "batch_size": 16,
-    "seed": 0,
-    # null: chosen for the device by ragtrain.generation.device_defaults.
+    "seed": DEFAULT_SEED,
+    # auto / null: chosen for the device by ragtrain.generation.device_defaults.
     "dtype": "auto",
     "max_model_len": 2048,
     "gpu_memory_utilization": None,
@@ -94,7 +95,8 @@ def _fill_nodes(config: dict) -> None:
     # The top-level seed is the default seed of every world and of generation.
     seed = config.setdefault("seed", DEFAULT_SEED)
     for name, node in config["worlds"].items():
-        config["worlds"][name] = _merge({**asdict(WorldConfig()), "seed": seed}, node)
+        # Shallow: a world's `questions` replaces the default splits, not adds to them.
+        config["worlds"][name] = {**asdict(WorldConfig()), "seed": seed, **node}
         try:
             WorldConfig.from_dict(config["worlds"][name])
         except ValueError as e:
@@ -171,9 +173,10 @@ def _check_cycles(config: dict) -> None:
                 current = nxt
 
 
-def _expand_evaluate(config: dict) -> list[dict]:
+def _expand_evaluate(config: dict, prompts_dir: Path | None) -> list[dict]:
     """Flatten `evaluate` entries into one node per (model, dataset, retrieval)."""
     nodes: dict[tuple[str, str, str], dict] = {}
+    first_entry: dict[tuple[str, str, str], int] = {}
     for i, entry in enumerate(config.get("evaluate") or []):
         entry = _merge(EVALUATE_DEFAULTS, entry)
         for field, section in (("models", "models"), ("datasets", "datasets")):
@@ -189,6 +192,13 @@ def _expand_evaluate(config: dict) -> list[dict]:
                 raise ConfigError(
                     f"evaluate[{i}].retrieval", f"unknown retriever {ref!r} (known: {known})"
                 )
+        if prompts_dir is not None:
+            for field in ("prompt", "closed_book_prompt"):
+                if not (prompts_dir / f"{entry[field]}.jinja").is_file():
+                    raise ConfigError(
+                        f"evaluate[{i}].{field}",
+                        f"no template {entry[field]}.jinja in {prompts_dir}",
+                    )
         generation = _merge(config["generation"], entry.get("generation") or {})
         for model in entry["models"]:
             for dataset in entry["datasets"]:
@@ -198,7 +208,15 @@ def _expand_evaluate(config: dict) -> list[dict]:
                         if retrieval != NO_RETRIEVAL
                         else entry["closed_book_prompt"]
                     )
-                    nodes[(model, dataset, retrieval)] = {
+                    key = (model, dataset, retrieval)
+                    if key in first_entry:
+                        raise ConfigError(
+                            f"evaluate[{i}]",
+                            f"evaluates {model} on {dataset} with {retrieval} again"
+                            f" (already in evaluate[{first_entry[key]}])",
+                        )
+                    first_entry[key] = i
+                    nodes[key] = {
                         "model": model,
                         "dataset": dataset,
                         "retrieval": retrieval,
@@ -208,10 +226,11 @@ def _expand_evaluate(config: dict) -> list[dict]:
     return list(nodes.values())
 
 
-def prepare(config: dict) -> dict:
+def prepare(config: dict, prompts_dir: Path | None = None) -> dict:
     """Return a copy of a schema-validated config with node defaults filled and references checked.
 
-    Adds `evaluations`: the flat list of evaluation nodes.
+    Adds `evaluations`: the flat list of evaluation nodes. With `prompts_dir`, the prompt
+    templates that evaluations name must exist there.
     """
     config = copy.deepcopy(config)
     for section in SECTIONS:
@@ -219,5 +238,5 @@ def prepare(config: dict) -> dict:
     _fill_nodes(config)
     _check_references(config)
     _check_cycles(config)
-    config["evaluations"] = _expand_evaluate(config)
+    config["evaluations"] = _expand_evaluate(config, prompts_dir)
     return config

@@ -26,6 +26,8 @@ class Sampling:
     top_p: float = 1.0
     top_k: int = -1
     n: int = 1
+    # Benchmarks force every answer to full length, so both backends do equal work.
+    min_new_tokens: int = 0
 
     @classmethod
     def from_params(cls, params: dict, n: int = 1) -> Sampling:
@@ -105,7 +107,8 @@ class HFGenerator:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.batch_size = params["batch_size"]
-        self.seed = params["seed"]
+        # Seeded once: successive calls draw new samples, a rerun the same ones.
+        torch.manual_seed(params["seed"])
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
@@ -120,13 +123,14 @@ class HFGenerator:
     def chat(self, conversations: list[Conversation], sampling: Sampling) -> list[list[Completion]]:
         import torch
 
-        torch.manual_seed(self.seed)
         prompts = [
             self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
             for c in conversations
         ]
         results: list[list[Completion]] = []
         do_sample = sampling.temperature > 0
+        # Greedy decoding has one answer: generate it once, repeat it n times (as vLLM does).
+        returned = sampling.n if do_sample else 1
         extra = {"temperature": sampling.temperature, "top_p": sampling.top_p} if do_sample else {}
         if do_sample and sampling.top_k > 0:
             extra["top_k"] = sampling.top_k
@@ -141,8 +145,9 @@ class HFGenerator:
                 out = self.model.generate(
                     **enc,
                     max_new_tokens=sampling.max_new_tokens,
+                    min_new_tokens=sampling.min_new_tokens,
                     do_sample=do_sample,
-                    num_return_sequences=sampling.n,
+                    num_return_sequences=returned,
                     pad_token_id=self.tokenizer.pad_token_id,
                     **extra,
                 )
@@ -157,7 +162,8 @@ class HFGenerator:
                 )
             self.throughput.add(sum(c.num_tokens for c in completions), time.perf_counter() - began)
             for i in range(len(batch)):
-                results.append(completions[i * sampling.n : (i + 1) * sampling.n])
+                answers = completions[i * returned : (i + 1) * returned]
+                results.append(answers * (sampling.n // returned))
         return results
 
 
@@ -168,7 +174,7 @@ class VLLMGenerator:
     def __init__(self, model_dir: str, params: dict):
         import torch
 
-        if not torch.cuda.is_available() and (os.cpu_count() or 1) <= 4:
+        if not torch.cuda.is_available() and len(os.sched_getaffinity(0)) <= 4:
             # vLLM on CPU keeps a core for its scheduler; on 2 cores that halves the
             # model's compute (measured: 15.7 -> 32.6 generated tok/s with none reserved).
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
@@ -196,6 +202,7 @@ class VLLMGenerator:
             temperature=sampling.temperature,
             top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
             top_k=sampling.top_k if sampling.temperature > 0 else -1,
+            min_tokens=sampling.min_new_tokens,
         )
         began = time.perf_counter()
         outputs = self.llm.chat(conversations, sp, use_tqdm=False)

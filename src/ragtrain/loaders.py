@@ -33,6 +33,8 @@ def load_beir_corpus(path: str | Path) -> list[dict[str, Any]]:
         if not isinstance(title, str):
             raise RecordError(path, lineno, f"passage {pid!r}: field 'title' should be str")
         passages.append({"id": pid, "title": title, "text": text})
+    if not passages:
+        raise RecordError(path, None, "no passages: the corpus is empty")
     return passages
 
 

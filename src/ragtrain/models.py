@@ -49,6 +49,7 @@ def _load_gguf(path: Path, dtype):
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
+    del loaded  # one copy of the weights in memory, not two
     return model, tokenizer
 
 

