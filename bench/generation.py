@@ -89,7 +89,7 @@ def main() -> None:
     mean_prompt = sum(prompt_tokens) / len(prompt_tokens)
     print(
         f"{len(conversations)} {prompt} prompts of {mean_prompt:.0f} tokens on average,"
-        f" up to {args.max_new_tokens} new tokens, greedy"
+        f" {args.max_new_tokens} new tokens each (end of sequence suppressed), greedy"
     )
     print(f"{'backend':8} {'load s':>7} {'tokens':>7} {'gen s':>7} {'tok/s':>8}")
     for r in results:
