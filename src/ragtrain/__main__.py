@@ -38,7 +38,7 @@ def _retriever(params: dict) -> dict:
     """Defaults of the retriever's kind under the given settings (for stages run alone)."""
     kind = params.get("kind")
     if kind not in RETRIEVER_DEFAULTS:
-        raise SystemExit(f"--params: 'kind' must be one of {sorted(RETRIEVER_DEFAULTS)}")
+        raise ValueError(f"--params: 'kind' must be one of {sorted(RETRIEVER_DEFAULTS)}")
     return {**RETRIEVER_DEFAULTS[kind], **params}
 
 
@@ -105,8 +105,9 @@ def cmd_retrieve(args) -> None:
     from ragtrain.records import read_jsonl
     from ragtrain.retrieval import Index, retrieve
 
-    k = _retriever({**Index.read_params(args.index), **args.params})["k"]
-    examples, stats = retrieve(read_jsonl(args.examples), Index(args.index), k)
+    index = Index(args.index)
+    k = _retriever({**index.params, **args.params})["k"]
+    examples, stats = retrieve(read_jsonl(args.examples), index, k)
     write_jsonl(args.output, examples)
     write_json(args.stats, stats)
     log.info("retrieve: %s", stats)

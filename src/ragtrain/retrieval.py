@@ -101,7 +101,7 @@ class Index:
 
     def __init__(self, index_dir: str | Path):
         self.dir = Path(index_dir)
-        self.params: dict[str, Any] = self.read_params(index_dir)
+        self.params: dict[str, Any] = read_json(self.dir / "retriever.json")
         self.corpus = read_jsonl(self.dir / "corpus.jsonl")
         if self.params["kind"] == "bm25":
             import bm25s
@@ -112,11 +112,6 @@ class Index:
 
             self._faiss = faiss.read_index(str(self.dir / "dense.faiss"))
             self._encoder = _encoder(self.params)
-
-    @staticmethod
-    def read_params(index_dir: str | Path) -> dict[str, Any]:
-        """The settings the index was built with."""
-        return read_json(Path(index_dir) / "retriever.json")
 
     def search(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
         """Top-k (passage position, score) per query, best first."""
