@@ -143,13 +143,111 @@ def cmd_evaluate(args) -> None:
     write_json(args.metrics, metrics)
 
 
+def _generation(params: dict) -> dict:
+    return {**GENERATION_DEFAULTS, **params.get("generation", {})}
+
+
+def cmd_self_demos(args) -> None:
+    from ragtrain.generation import load_generator
+    from ragtrain.prompts import PromptTemplate
+    from ragtrain.records import read_jsonl
+    from ragtrain.selfdemo import sample_demos
+    from ragtrain.workdir import finish, work_dir
+
+    params = {"n": 4, "shard_size": 64, **args.params}
+    params["generation"] = _generation(params)
+    examples = read_jsonl(args.examples)
+    template = PromptTemplate(args.prompt)
+    work = work_dir(args.work, params, [args.model, args.examples, args.prompt])
+    records, stats = sample_demos(
+        examples, lambda: load_generator(args.model, params["generation"]), template, params, work
+    )
+    # Stats last: their presence means the samples are complete.
+    write_jsonl(args.output, records)
+    write_json(args.stats, stats)
+    finish(work)
+    log.info("self-demos: %s", stats)
+
+
+def cmd_judge(args) -> None:
+    from ragtrain.judge import judge_record, judge_stats
+    from ragtrain.records import iter_jsonl, require
+
+    judged = []
+    for lineno, record in iter_jsonl(args.input):
+        require(record, "answers", list, args.input, lineno)
+        require(record, "samples", list, args.input, lineno)
+        for sample in record["samples"]:
+            if not isinstance(sample, dict) or not isinstance(sample.get("text"), str):
+                raise RecordError(args.input, lineno, "every sample needs a string field 'text'")
+        judged.append(judge_record(record))
+    stats = judge_stats(judged)
+    write_jsonl(args.output, judged)
+    write_json(args.stats, stats)
+    log.info("judge: %s", stats)
+
+
+def _product(args, build) -> None:
+    from ragtrain.products import split
+    from ragtrain.records import read_jsonl
+
+    judged = read_jsonl(args.input)
+    for i, record in enumerate(judged, start=1):
+        for field in ("id", "prompt", "answers", "samples"):
+            if field not in record:
+                raise RecordError(args.input, i, f"no field {field!r} (expected judged samples)")
+        if any("label" not in s for s in record["samples"]):
+            raise RecordError(args.input, i, "a sample has no 'label': run the judge stage first")
+    records, stats = build(judged, args.params)
+    key = "example_id" if records and "example_id" in records[0] else "id"
+    train, dev = split(records, args.params, key=key)
+    if not train:
+        raise ValueError(f"{args.input}: no training records could be built ({stats})")
+    write_jsonl(args.train, train)
+    write_jsonl(args.dev, dev)
+    write_json(args.stats, {**stats, "n_train": len(train), "n_dev": len(dev)})
+    log.info("%s: %d train, %d dev; %s", args.stage, len(train), len(dev), stats)
+
+
+def cmd_sft_data(args) -> None:
+    from ragtrain.products import sft_data
+
+    _product(args, sft_data)
+
+
+def cmd_preference_pairs(args) -> None:
+    from ragtrain.products import preference_pairs
+
+    _product(args, preference_pairs)
+
+
+def cmd_train(args) -> None:
+    import torch
+
+    from ragtrain.train import train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    params = {"name": Path(args.output).name, **args.params}
+    train(params, args.init, args.train, args.dev, args.output, args.work)
+
+
 def cmd_report(args) -> None:
-    from ragtrain.report import load_rows, write_plot, write_summary, write_table
+    from ragtrain.report import (
+        load_rows,
+        load_training,
+        write_plot,
+        write_summary,
+        write_table,
+        write_training_plot,
+    )
 
     rows = load_rows(args.metrics)
+    training = load_training(args.models)
     write_table(rows, Path(args.table))
     write_plot(rows, Path(args.plot))
-    write_summary(rows, args.retrieval, args.run, Path(args.summary))
+    write_training_plot(args.models, Path(args.training_plot))
+    write_summary(rows, args.retrieval, args.run, Path(args.summary), training, args.products)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,17 +313,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", required=True)
 
     p = stage(
+        "self-demos",
+        cmd_self_demos,
+        "sample n responses per question with the RAG prompt (sharded, resumable)",
+    )
+    p.add_argument("--model", required=True, help="model folder")
+    p.add_argument("--examples", required=True, help="examples with retrieved docs")
+    p.add_argument("--prompt", required=True, help="Jinja template of the user turn")
+    p.add_argument("--work", required=True, help="work folder root (shards; resumed)")
+    p.add_argument("--output", required=True, help="sample records (JSONL)")
+    p.add_argument("--stats", required=True)
+
+    p = stage(
+        "judge",
+        cmd_judge,
+        "label each sample correct / incorrect / refuse; label counts to stats",
+        params=False,
+    )
+    p.add_argument("--input", required=True, help="sample records (JSONL)")
+    p.add_argument("--output", required=True, help="judged records (JSONL)")
+    p.add_argument("--stats", required=True)
+
+    for name, func, help_ in (
+        ("sft-data", cmd_sft_data, "SFT data (prompt, completion) from judged samples"),
+        (
+            "preference-pairs",
+            cmd_preference_pairs,
+            "DPO pairs (prompt, chosen, rejected) from judged samples",
+        ),
+    ):
+        p = stage(name, func, help_)
+        p.add_argument("--input", required=True, help="judged records (JSONL)")
+        p.add_argument("--train", required=True, help="output train split (JSONL)")
+        p.add_argument("--dev", required=True, help="output held-out split (JSONL)")
+        p.add_argument("--stats", required=True)
+
+    p = stage("train", cmd_train, "SFT or DPO with TRL (LoRA or full); saves a merged model")
+    p.add_argument("--init", required=True, help="the model folder training starts from")
+    p.add_argument("--train", required=True, help="training records (JSONL)")
+    p.add_argument("--dev", help="held-out records (JSONL)")
+    p.add_argument("--work", required=True, help="work folder root (checkpoints; resumed)")
+    p.add_argument("--output", required=True, help="model folder")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
+
+    p = stage(
         "report",
         cmd_report,
-        "summary.md, summary.csv and a bar chart of the evaluations",
+        "summary.md, summary.csv, a bar chart of the evaluations, the training curves",
         params=False,
     )
     p.add_argument("--run", required=True, help="the run's name, for the title")
     p.add_argument("--metrics", nargs="+", required=True)
-    p.add_argument("--retrieval", nargs="*", default=[])
+    p.add_argument("--retrieval", nargs="*", default=[], help="retrieval stats.json files")
+    p.add_argument("--models", nargs="*", default=[], help="trained model folders")
+    p.add_argument("--products", nargs="*", default=[], help="product stats.json files")
     p.add_argument("--summary", required=True)
     p.add_argument("--table", required=True)
     p.add_argument("--plot", required=True)
+    p.add_argument("--training-plot", required=True, help="training curves (PNG)")
     return parser
 
 

@@ -14,6 +14,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ragtrain.products import PAIRS_DEFAULTS, SFT_DEFAULTS, SPLIT_DEFAULTS
+from ragtrain.train import TRAIN_DEFAULTS
 from ragtrain.world import WorldConfig
 
 NO_RETRIEVAL = "none"
@@ -43,7 +45,18 @@ RETRIEVER_DEFAULTS: dict[str, dict[str, Any]] = {
 DATASET_DEFAULTS: dict[str, Any] = {"format": "auto", "limit": None}
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "base": {"dtype": "bfloat16", "trust_remote_code": False, "revision": None},
+    **TRAIN_DEFAULTS,
 }
+# Which product kind a trained model's `data` must be.
+TRAINING_DATA = {"sft": "sft_data", "dpo": "preference_pairs"}
+PRODUCT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "self_demos": {"prompt": "rag", "n": 4, "shard_size": 64},
+    "judge": {},
+    "sft_data": {**SFT_DEFAULTS, **SPLIT_DEFAULTS},
+    "preference_pairs": {**PAIRS_DEFAULTS, **SPLIT_DEFAULTS},
+}
+# What each product kind is made from (its `from`), where it is made from a product.
+PRODUCT_SOURCES = {"judge": "self_demos", "sft_data": "judge", "preference_pairs": "judge"}
 GENERATION_DEFAULTS: dict[str, Any] = {
     "backend": "vllm",
     "max_new_tokens": 32,
@@ -66,9 +79,15 @@ REFERENCES: dict[str, dict[str, str]] = {
     "corpora": {"world": "worlds"},
     "retrievers": {"corpus": "corpora"},
     "datasets": {"world": "worlds"},
-    "models": {"init": "models"},
+    "products": {
+        "from": "products",
+        "model": "models",
+        "dataset": "datasets",
+        "retrieval": "retrievers",
+    },
+    "models": {"init": "models", "data": "products"},
 }
-SECTIONS = ("worlds", "corpora", "retrievers", "datasets", "models")
+SECTIONS = ("worlds", "corpora", "retrievers", "datasets", "products", "models")
 
 
 def _merge(defaults: dict, node: dict) -> dict:
@@ -125,10 +144,36 @@ def _fill_nodes(config: dict) -> None:
             )
         if kind == "base":
             _one_source("models", name, node, ("gguf", "path", "hub"))
-        config["models"][name] = _merge(MODEL_DEFAULTS[kind], node)
+        else:
+            for field in ("init", "data"):
+                if not node.get(field):
+                    raise ConfigError(f"models.{name}.{field}", f"a {kind} model needs {field}")
+        defaults = (
+            MODEL_DEFAULTS[kind] if kind == "base" else {**MODEL_DEFAULTS[kind], "seed": seed}
+        )
+        config["models"][name] = _merge(defaults, node)
     config["generation"] = _merge(
         {**GENERATION_DEFAULTS, "seed": seed}, config.get("generation") or {}
     )
+    for name, node in config["products"].items():
+        kind = node.get("kind")
+        if kind not in PRODUCT_DEFAULTS:
+            raise ConfigError(
+                f"products.{name}.kind",
+                f"expected one of {sorted(PRODUCT_DEFAULTS)}, got {kind!r}",
+            )
+        needed = ("from",) if kind in PRODUCT_SOURCES else ("model", "dataset", "retrieval")
+        for field in needed:
+            if not node.get(field):
+                raise ConfigError(f"products.{name}.{field}", f"a {kind} product needs {field}")
+        defaults = PRODUCT_DEFAULTS[kind]
+        if "seed" in defaults:
+            defaults = {**defaults, "seed": seed}
+        filled = _merge(defaults, node)
+        if kind == "self_demos":
+            # Sampling settings: the run's generation settings under the product's own.
+            filled["generation"] = _merge(config["generation"], node.get("generation") or {})
+        config["products"][name] = filled
 
 
 def _check_references(config: dict) -> None:
@@ -136,13 +181,33 @@ def _check_references(config: dict) -> None:
         for name, node in config[section].items():
             for field, target in fields.items():
                 ref = node.get(field)
-                if ref is not None and ref not in config[target]:
-                    known = ", ".join(sorted(config[target])) or "none"
-                    raise ConfigError(
-                        f"{section}.{name}.{field}",
-                        f"unknown {target[:-1] if target != 'corpora' else 'corpus'} "
-                        f"{ref!r} (known: {known})",
-                    )
+                if ref is None or ref in config[target]:
+                    continue
+                if target == "retrievers" and ref == NO_RETRIEVAL:
+                    continue  # closed book
+                known = ", ".join(sorted(config[target])) or "none"
+                raise ConfigError(
+                    f"{section}.{name}.{field}",
+                    f"unknown {target[:-1] if target != 'corpora' else 'corpus'} "
+                    f"{ref!r} (known: {known})",
+                )
+    # Products and trained models read the kind of product they are built from.
+    for name, node in config["products"].items():
+        wanted = PRODUCT_SOURCES.get(node["kind"])
+        if wanted and config["products"][node["from"]]["kind"] != wanted:
+            raise ConfigError(
+                f"products.{name}.from",
+                f"a {node['kind']} product is made from a {wanted} product,"
+                f" not {node['from']!r} ({config['products'][node['from']]['kind']})",
+            )
+    for name, node in config["models"].items():
+        wanted = TRAINING_DATA.get(node["kind"])
+        if wanted and config["products"][node["data"]]["kind"] != wanted:
+            raise ConfigError(
+                f"models.{name}.data",
+                f"a {node['kind']} model trains on a {wanted} product,"
+                f" not {node['data']!r} ({config['products'][node['data']]['kind']})",
+            )
     # A world-backed dataset needs its split to exist in that world.
     for name, node in config["datasets"].items():
         if node.get("world") is not None:
@@ -238,5 +303,12 @@ def prepare(config: dict, prompts_dir: Path | None = None) -> dict:
     _fill_nodes(config)
     _check_references(config)
     _check_cycles(config)
+    if prompts_dir is not None:
+        for name, node in config["products"].items():
+            if "prompt" in node and not (prompts_dir / f"{node['prompt']}.jinja").is_file():
+                raise ConfigError(
+                    f"products.{name}.prompt",
+                    f"no template {node['prompt']}.jinja in {prompts_dir}",
+                )
     config["evaluations"] = _expand_evaluate(config, prompts_dir)
     return config

@@ -66,8 +66,14 @@ class Generator(Protocol):
     throughput: Throughput
 
     def chat(
-        self, conversations: list[Conversation], sampling: Sampling
-    ) -> list[list[Completion]]: ...
+        self,
+        conversations: list[Conversation],
+        sampling: Sampling,
+        seeds: list[int] | None = None,
+    ) -> list[list[Completion]]:
+        """`n` completions per conversation. `seeds`, one per conversation, make sampling
+        independent of batching and of where a resumed run starts."""
+        ...
 
 
 def device_defaults(params: dict) -> dict:
@@ -120,7 +126,12 @@ class HFGenerator:
         self.model.to(self.device).eval()
         self.throughput = Throughput()
 
-    def chat(self, conversations: list[Conversation], sampling: Sampling) -> list[list[Completion]]:
+    def chat(
+        self,
+        conversations: list[Conversation],
+        sampling: Sampling,
+        seeds: list[int] | None = None,
+    ) -> list[list[Completion]]:
         import torch
 
         prompts = [
@@ -140,6 +151,10 @@ class HFGenerator:
             enc = self.tokenizer(
                 batch, return_tensors="pt", padding=True, add_special_tokens=False
             ).to(self.device)
+            if seeds is not None:
+                # One generator state per batch: a batch draws the same samples wherever
+                # a run starts (HF has no per-request seed).
+                torch.manual_seed(seeds[start])
             began = time.perf_counter()
             with torch.inference_mode():
                 out = self.model.generate(
@@ -180,8 +195,10 @@ class VLLMGenerator:
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         from vllm import LLM
 
-        # The engine is seeded, not the requests: on CPU in eager mode a per-request
-        # seed fails ("CPU Generator does not use offset").
+        # On CPU a per-request seed fails once a long prompt is prefilled in chunks (vLLM
+        # rewinds the request's generator: "CPU Generator does not use offset"), so there
+        # only the engine is seeded: a run is reproducible, a resumed one draws afresh.
+        self.request_seeds = torch.cuda.is_available()
         self.llm = LLM(
             model=model_dir,
             dtype=params["dtype"],
@@ -193,17 +210,29 @@ class VLLMGenerator:
         )
         self.throughput = Throughput()
 
-    def chat(self, conversations: list[Conversation], sampling: Sampling) -> list[list[Completion]]:
+    def chat(
+        self,
+        conversations: list[Conversation],
+        sampling: Sampling,
+        seeds: list[int] | None = None,
+    ) -> list[list[Completion]]:
         from vllm import SamplingParams
 
-        sp = SamplingParams(
-            n=sampling.n,
-            max_tokens=sampling.max_new_tokens,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
-            top_k=sampling.top_k if sampling.temperature > 0 else -1,
-            min_tokens=sampling.min_new_tokens,
-        )
+        def params(seed: int | None) -> SamplingParams:
+            return SamplingParams(
+                n=sampling.n,
+                max_tokens=sampling.max_new_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
+                top_k=sampling.top_k if sampling.temperature > 0 else -1,
+                min_tokens=sampling.min_new_tokens,
+                seed=seed,
+            )
+
+        if seeds is not None and self.request_seeds and sampling.temperature > 0:
+            sp = [params(seed) for seed in seeds]
+        else:
+            sp = params(None)
         began = time.perf_counter()
         outputs = self.llm.chat(conversations, sp, use_tqdm=False)
         results = [

@@ -1,4 +1,5 @@
-"""The run's report: summary.md, summary.csv and a bar chart of the evaluations."""
+"""The run's report: summary.md, summary.csv, a bar chart of the evaluations and the
+training curves of the trained models."""
 
 from __future__ import annotations
 
@@ -43,7 +44,64 @@ def load_rows(metric_files: list[str]) -> list[dict]:
     return sorted(rows, key=lambda r: (r["dataset"], r["model"], r["retrieval"]))
 
 
-def write_summary(rows: list[dict], retrieval_files: list[str], run: str, path: Path) -> None:
+TRAINING_COLUMNS = [
+    "model",
+    "kind",
+    "init",
+    "n_train",
+    "n_dev",
+    "steps",
+    "train_loss",
+    "dev_loss",
+    "dev_reward_accuracy",
+    "dev_reward_margin",
+    "train_runtime_s",
+]
+
+
+def load_training(model_dirs: list[str]) -> list[dict]:
+    return [
+        {"model": Path(d).name, **read_json(Path(d) / "metrics.json")} for d in sorted(model_dirs)
+    ]
+
+
+def _product_rows(stats_files: list[str]) -> list[dict]:
+    """One line per product: what it holds, in a few words."""
+    rows = []
+    for file in sorted(stats_files):
+        stats = read_json(file)
+        name = Path(file).parent.name
+        if "labels" in stats:
+            labels = stats["labels"]
+            groups = stats["by_group"]
+            held = (
+                f"{stats['n_samples']} samples of {stats['n_examples']} questions:"
+                f" {labels['correct']} correct, {labels['incorrect']} incorrect,"
+                f" {labels['refuse']} refusals; questions with a right sample:"
+                f" {groups['answerable']['solved']}/{groups['answerable']['n_examples']}"
+                f" answerable, {groups['unanswerable']['solved']}/"
+                f"{groups['unanswerable']['n_examples']} unanswerable"
+            )
+        elif "pairs" in stats:
+            parts = ", ".join(f"{k} {v}" for k, v in stats["pairs"].items())
+            held = f"{stats['n_train']} train + {stats['n_dev']} dev pairs ({parts})"
+        elif "sources" in stats:
+            parts = ", ".join(f"{k} {v}" for k, v in stats["sources"].items())
+            held = f"{stats['n_train']} train + {stats['n_dev']} dev demonstrations ({parts})"
+        else:
+            continue
+        rows.append({"product": name, "contents": held})
+    return rows
+
+
+def write_summary(
+    rows: list[dict],
+    retrieval_files: list[str],
+    run: str,
+    path: Path,
+    training: list[dict] | None = None,
+    product_files: list[str] | None = None,
+) -> None:
     retrieval_rows = []
     for file in sorted(retrieval_files):
         stats = read_json(file)
@@ -102,6 +160,21 @@ def write_summary(rows: list[dict], retrieval_files: list[str], run: str, path: 
             ),
             "",
         ]
+    products = _product_rows(product_files or [])
+    if products:
+        text += ["## Training data", "", _markdown_table(products, ["product", "contents"]), ""]
+    if training:
+        text += [
+            "## Training",
+            "",
+            "Held-out (`dev_`) values are on the product's dev split; for DPO,"
+            " `dev_reward_accuracy` is the share of held-out pairs whose chosen answer gets"
+            " the higher implicit reward. Curves: `training.png`, and `loss.png` in each"
+            " model's folder.",
+            "",
+            _markdown_table(training, TRAINING_COLUMNS),
+            "",
+        ]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(text), encoding="utf-8")
 
@@ -138,4 +211,30 @@ def write_plot(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+
+
+def write_training_plot(model_dirs: list[str], path: Path) -> None:
+    """The trained models' loss.png, stacked into one figure (a note if there are none)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
+    images = [(Path(d).name, mpimg.imread(Path(d) / "loss.png")) for d in sorted(model_dirs)]
+    if not images:
+        fig, ax = plt.subplots(figsize=(6, 1.5))
+        ax.text(0.5, 0.5, "no trained models in this run", ha="center", va="center")
+        ax.axis("off")
+    else:
+        width = max(img.shape[1] for _, img in images)
+        height = sum(img.shape[0] for _, img in images)
+        fig, axes = plt.subplots(len(images), 1, figsize=(width / 100, height / 100), squeeze=False)
+        for ax, (_, img) in zip(axes[:, 0], images, strict=True):
+            ax.imshow(img)
+            ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)

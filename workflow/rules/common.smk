@@ -36,9 +36,10 @@ shell.prefix(
 )
 
 
-def names(section):
-    """A wildcard constraint matching exactly the config's names in a section."""
-    return "|".join(sorted(CFG[section])) or "^$"
+def names(section, *kinds):
+    """A wildcard constraint matching exactly the config's names in a section (of these kinds)."""
+    chosen = [n for n, v in CFG[section].items() if not kinds or v.get("kind") in kinds]
+    return "|".join(sorted(chosen)) or "^$"
 
 
 wildcard_constraints:
@@ -47,6 +48,7 @@ wildcard_constraints:
     retriever=names("retrievers"),
     dataset=names("datasets"),
     model=names("models"),
+    product=names("products"),
     retrieval="|".join([*sorted(CFG["retrievers"]), NO_RETRIEVAL]),
 
 
@@ -88,14 +90,49 @@ def model_dir(name):
     return f"{RESULTS}/models/{name}"
 
 
+def examples_path(dataset, retrieval):
+    if retrieval == NO_RETRIEVAL:
+        return f"{RESULTS}/data/{dataset}/examples.jsonl"
+    return f"{RESULTS}/retrieval/{retrieval}/{dataset}/examples.jsonl"
+
+
 def eval_examples(w):
-    if w.retrieval == NO_RETRIEVAL:
-        return f"{RESULTS}/data/{w.dataset}/examples.jsonl"
-    return f"{RESULTS}/retrieval/{w.retrieval}/{w.dataset}/examples.jsonl"
+    return examples_path(w.dataset, w.retrieval)
+
+
+def prompt_path(name):
+    return str(PROMPTS / f"{name}.jinja")
 
 
 def eval_prompt(w):
-    return str(PROMPTS / f"{evaluation(w)['prompt']}.jinja")
+    return prompt_path(evaluation(w)["prompt"])
+
+
+def product(w):
+    return CFG["products"][w.product]
+
+
+def product_file(name, file):
+    return f"{RESULTS}/products/{name}/{file}"
+
+
+def work_root(name):
+    """Resumable state (shards, checkpoints) of a node: not a declared output."""
+    return f"{RESULTS}/work/{name}"
+
+
+def training_input(w, split):
+    return product_file(CFG["models"][w.model]["data"], f"{split}.jsonl")
+
+
+def trained_models():
+    return sorted(n for n, m in CFG["models"].items() if m["kind"] != "base")
+
+
+def product_stats():
+    kinds = ("judge", "sft_data", "preference_pairs")
+    names_ = sorted(n for n, p in CFG["products"].items() if p["kind"] in kinds)
+    return [product_file(n, "stats.json") for n in names_]
 
 
 def eval_metrics():

@@ -1,6 +1,8 @@
 rule base_model:
     output:
         directory(f"{RESULTS}/models/{{model}}"),
+    wildcard_constraints:
+        model=names("models", "base"),
     log:
         f"{LOGS}/models/{{model}}.log",
     conda:
@@ -9,3 +11,26 @@ rule base_model:
         node=lambda w: node("models", w.model),
     shell:
         "python -m ragtrain base-model --params {params.node:q} --output {output:q} > {log:q} 2>&1"
+
+
+rule train:
+    input:
+        init=lambda w: model_dir(CFG["models"][w.model]["init"]),
+        train=lambda w: training_input(w, "train"),
+        dev=lambda w: training_input(w, "dev"),
+    output:
+        directory(f"{RESULTS}/models/{{model}}"),
+    wildcard_constraints:
+        model=names("models", "sft", "dpo"),
+    log:
+        f"{LOGS}/models/{{model}}.log",
+    conda:
+        "../../envs/train.yaml"
+    threads: 4
+    params:
+        node=lambda w: node("models", w.model),
+        work=lambda w: work_root(w.model),
+    shell:
+        "python -m ragtrain train --params {params.node:q} --init {input.init:q}"
+        " --train {input.train:q} --dev {input.dev:q} --work {params.work:q}"
+        " --threads {threads} --output {output:q} > {log:q} 2>&1"

@@ -2,6 +2,8 @@ rule report:
     input:
         metrics=eval_metrics(),
         retrieval=retrieval_stats(),
+        models=[model_dir(m) for m in trained_models()],
+        products=product_stats(),
     output:
         summary=report(
             f"{RESULTS}/report/summary.md",
@@ -18,6 +20,11 @@ rule report:
             caption="../report/metrics.rst",
             category="Evaluation",
         ),
+        training=report(
+            f"{RESULTS}/report/training.png",
+            caption="../report/training.rst",
+            category="Training",
+        ),
     log:
         f"{LOGS}/report.log",
     conda:
@@ -26,5 +33,6 @@ rule report:
         run=RUN,
     shell:
         "python -m ragtrain report --run {params.run:q} --metrics {input.metrics:q}"
-        " --retrieval {input.retrieval:q} --summary {output.summary:q} --table {output.table:q}"
-        " --plot {output.plot:q} > {log:q} 2>&1"
+        " --retrieval {input.retrieval:q} --models {input.models:q}"
+        " --products {input.products:q} --summary {output.summary:q} --table {output.table:q}"
+        " --plot {output.plot:q} --training-plot {output.training:q} > {log:q} 2>&1"

@@ -1,0 +1,148 @@
+"""Training data built from judged self-demonstrations, in TRL's conversational formats.
+
+- SFT data: one right response per question, {id, prompt, completion};
+- preference pairs: a right response (chosen) against a wrong one (rejected) with the
+  same prompt, {id, prompt, chosen, rejected}: correct vs incorrect answers on
+  answerable questions, a refusal vs a made-up answer on unanswerable ones.
+
+Where no sample is right, the gold answer (or, for an unanswerable question, the
+configured refusal) can stand in as a short demonstration (`gold_fallback`). Both
+products hold out a dev split, chosen per question so that one question's pairs
+never straddle the split.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from ragtrain.judge import CORRECT, INCORRECT, REFUSE
+from ragtrain.metrics import normalize_answer
+from ragtrain.workdir import stable_seed
+
+SFT_DEFAULTS = {"select": "shortest", "gold_fallback": True, "refusal": "I don't know."}
+PAIRS_DEFAULTS = {"pairs_per_example": 2, "gold_fallback": True, "refusal": "I don't know."}
+SPLIT_DEFAULTS = {"dev_fraction": 0.1, "seed": 13}
+
+
+def _assistant(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+def _distinct(samples: list[dict], labels: tuple[str, ...], select: str) -> list[str]:
+    """Texts of the samples with these labels, one per normalised answer, in `select` order
+    (`shortest`: fewest tokens first; `first`: as sampled); labels earlier in `labels` first."""
+    seen: set[str] = set()
+    texts: list[str] = []
+    for lab in labels:
+        group = [s for s in samples if s["label"] == lab]
+        if select == "shortest":
+            group.sort(key=lambda s: (s.get("num_tokens", 0), len(s["text"])))
+        elif select != "first":
+            raise ValueError(f"select: expected 'shortest' or 'first', got {select!r}")
+        for s in group:
+            key = normalize_answer(s["text"]) or s["text"].strip()
+            if key not in seen:
+                seen.add(key)
+                texts.append(s["text"])
+    return texts
+
+
+def _fallback(record: dict, params: dict) -> str:
+    return record["answers"][0] if record["answers"] else params["refusal"]
+
+
+def dev_ids(ids: list[str], fraction: float, seed: int) -> set[str]:
+    """A fixed share of the ids, chosen by a seeded hash (stable under reordering)."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"dev_fraction: expected a number in [0, 1), got {fraction}")
+    n_dev = round(len(ids) * fraction)
+    if fraction > 0 and len(ids) > 1:
+        n_dev = max(n_dev, 1)
+    return set(sorted(ids, key=lambda i: stable_seed(seed, i))[:n_dev])
+
+
+def sft_data(judged: list[dict], params: dict) -> tuple[list[dict], dict]:
+    """One demonstration per question: its best right sample, else (by config) the gold."""
+    params = {**SFT_DEFAULTS, **params}
+    records, sources = [], Counter()
+    for r in judged:
+        right = (CORRECT,) if r["answers"] else (REFUSE,)
+        texts = _distinct(r["samples"], right, params["select"])
+        if texts:
+            text, source = texts[0], "sample"
+        elif params["gold_fallback"]:
+            text, source = _fallback(r, params), "gold"
+        else:
+            sources["skipped"] += 1
+            continue
+        sources[source] += 1
+        records.append(
+            {
+                "id": r["id"],
+                "prompt": r["prompt"],
+                "completion": _assistant(text),
+                "source": source,
+                "answerable": bool(r["answers"]),
+            }
+        )
+    stats = {"n": len(records), "sources": dict(sorted(sources.items()))}
+    return records, stats
+
+
+def preference_pairs(judged: list[dict], params: dict) -> tuple[list[dict], dict]:
+    """Up to `pairs_per_example` (chosen, rejected) pairs per question."""
+    params = {**PAIRS_DEFAULTS, **params}
+    records, counts = [], Counter()
+    without_pair = 0
+    for r in judged:
+        if r["answers"]:
+            # A refusal on an answerable question is wrong too, but a made-up answer is
+            # the worse failure to contrast with first.
+            chosen = _distinct(r["samples"], (CORRECT,), "shortest")
+            rejected = _distinct(r["samples"], (INCORRECT, REFUSE), "first")
+            kind = "answer"
+        else:
+            chosen = _distinct(r["samples"], (REFUSE,), "shortest")
+            rejected = _distinct(r["samples"], (INCORRECT,), "first")
+            kind = "refusal"
+        source = "sample"
+        if not chosen and params["gold_fallback"] and rejected:
+            chosen, source = [_fallback(r, params)], "gold"
+        made = 0
+        for bad in rejected if chosen else []:
+            if made == params["pairs_per_example"]:
+                break
+            good = chosen[made % len(chosen)]
+            if good == bad or normalize_answer(good) == normalize_answer(bad):
+                continue
+            records.append(
+                {
+                    "id": f"{r['id']}/{made}",
+                    "example_id": r["id"],
+                    "prompt": r["prompt"],
+                    "chosen": _assistant(good),
+                    "rejected": _assistant(bad),
+                    "source": source,
+                    "kind": kind,
+                }
+            )
+            counts[f"{kind}/{source}"] += 1
+            made += 1
+        without_pair += not made
+    stats = {
+        "n": len(records),
+        # kind (answer: correct vs wrong; refusal: refusal vs made-up) / source of chosen
+        "pairs": dict(sorted(counts.items())),
+        "questions_with_pairs": len({r["example_id"] for r in records}),
+        "questions_without_pair": without_pair,
+    }
+    return records, stats
+
+
+def split(records: list[dict], params: dict, key: str = "id") -> tuple[list[dict], list[dict]]:
+    """(train, dev): the dev share of the questions (by `key`), with all their records."""
+    params = {**SPLIT_DEFAULTS, **params}
+    held = dev_ids(sorted({r[key] for r in records}), params["dev_fraction"], params["seed"])
+    train = [r for r in records if r[key] not in held]
+    dev = [r for r in records if r[key] in held]
+    return train, dev

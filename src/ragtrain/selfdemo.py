@@ -1,0 +1,98 @@
+"""Self-demonstrations: `n` sampled responses per training question, with the RAG prompt.
+
+Generation is written in shards to the node's work folder and resumes where it
+stopped. Every example has its own seed (from the node's seed and the example id):
+vLLM on GPU seeds each request with it, the HF backend each batch with its first
+example's, so a resumed run draws the same samples as an uninterrupted one. vLLM on
+CPU is seeded per engine (see ragtrain.generation): there a run is reproducible from
+scratch and a resumed one samples its remaining shards afresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ragtrain.generation import Generator, Sampling, Throughput
+from ragtrain.prompts import PromptTemplate
+from ragtrain.records import RecordError, read_jsonl, write_jsonl
+from ragtrain.workdir import stable_seed
+
+log = logging.getLogger(__name__)
+
+
+def _shard_path(work: Path, index: int) -> Path:
+    return work / f"shard-{index:05d}.jsonl"
+
+
+def sample_demos(
+    examples: list[dict],
+    load_generator: Callable[[], Generator],
+    template: PromptTemplate,
+    params: dict,
+    work: Path,
+) -> tuple[list[dict], dict]:
+    """Return (sample records, stats). The generator is loaded only if a shard is missing."""
+    n, shard_size = params["n"], params["shard_size"]
+    generation = params["generation"]
+    sampling = Sampling.from_params(generation, n=n)
+    if sampling.temperature == 0 and n > 1:
+        log.warning("temperature 0: the %d samples per question will all be the same", n)
+    starts = range(0, len(examples), shard_size)
+    generator: Generator | None = None
+    throughput = Throughput()
+    records: list[dict] = []
+    resumed = 0
+    bar = tqdm(
+        total=len(examples) * n, unit="sample", desc="self-demos", file=sys.stderr, mininterval=10
+    )
+    for index, start in enumerate(starts):
+        batch = examples[start : start + shard_size]
+        path = _shard_path(work, index)
+        if path.exists():
+            done = read_jsonl(path)
+            if [r["id"] for r in done] != [ex["id"] for ex in batch]:
+                raise RecordError(path, None, "shard does not match the examples; delete it")
+            records.extend(done)
+            resumed += 1
+            bar.update(len(batch) * n)
+            continue
+        if generator is None:
+            generator = load_generator()
+        conversations = [template.conversation(ex) for ex in batch]
+        seeds = [stable_seed(generation["seed"], ex["id"]) for ex in batch]
+        before = (generator.throughput.tokens, generator.throughput.seconds)
+        completions = generator.chat(conversations, sampling, seeds)
+        throughput.add(
+            generator.throughput.tokens - before[0], generator.throughput.seconds - before[1]
+        )
+        shard = [
+            {
+                **ex,
+                "prompt": conversation,
+                "samples": [{"text": c.text, "num_tokens": c.num_tokens} for c in outs],
+            }
+            for ex, conversation, outs in zip(batch, conversations, completions, strict=True)
+        ]
+        write_jsonl(path, shard)
+        records.extend(shard)
+        bar.update(len(batch) * n)
+        bar.set_postfix_str(f"{throughput.tokens_per_second:.1f} tok/s")
+    bar.close()
+    tokens = sum(s["num_tokens"] for r in records for s in r["samples"])
+    stats = {
+        "n_examples": len(records),
+        "n_samples": len(records) * n,
+        "samples_per_example": n,
+        "generated_tokens": tokens,
+        "mean_tokens_per_sample": round(tokens / (len(records) * n), 2) if records else None,
+        # This run's generation only (resumed shards are not timed again).
+        "tokens_per_second": round(throughput.tokens_per_second, 1),
+        "shards": len(starts),
+        "resumed_shards": resumed,
+    }
+    return records, stats

@@ -1,0 +1,259 @@
+"""Training: SFT and DPO with TRL, LoRA (PEFT) by default or full fine-tuning.
+
+A model starts from its `init` model's folder and writes `results/<run>/models/<name>/`:
+the merged weights and tokenizer (what evaluation loads), `adapter/` (LoRA only),
+`trainer_state.json`, `metrics.json` and `loss.png`. Checkpoints go to the node's work
+folder, so an interrupted run resumes from the last one; the model folder appears,
+complete, only at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+from ragtrain.records import atomic_dir, write_json
+from ragtrain.workdir import finish, work_dir
+
+log = logging.getLogger(__name__)
+
+COMMON_DEFAULTS = {
+    "finetune": "lora",
+    "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "targets": "all-linear"},
+    "epochs": 1,
+    "batch_size": 8,
+    "grad_accum": 1,
+    "max_length": 1024,
+    "warmup_ratio": 0.0,
+    "lr_scheduler": "linear",
+    "weight_decay": 0.0,
+    "logging_steps": 5,
+    "save_steps": 50,
+    "gradient_checkpointing": False,
+    # auto: bfloat16 on GPU, float32 on CPU (bf16 matmuls crawl on CPUs without AVX512-BF16).
+    "dtype": "auto",
+    "seed": 13,
+}
+TRAIN_DEFAULTS = {
+    "sft": {**COMMON_DEFAULTS, "learning_rate": 2e-4},
+    "dpo": {**COMMON_DEFAULTS, "learning_rate": 5e-5, "beta": 0.1, "loss_type": "sigmoid"},
+}
+# The record fields each trainer reads (TRL's conversational formats).
+FIELDS = {"sft": ("prompt", "completion"), "dpo": ("prompt", "chosen", "rejected")}
+
+
+def with_defaults(params: dict) -> dict:
+    kind = params.get("kind")
+    if kind not in TRAIN_DEFAULTS:
+        raise ValueError(f"kind: expected one of {sorted(TRAIN_DEFAULTS)}, got {kind!r}")
+    defaults = TRAIN_DEFAULTS[kind]
+    return {**defaults, **params, "lora": {**defaults["lora"], **(params.get("lora") or {})}}
+
+
+def _dataset(path: str | Path, kind: str):
+    from datasets import Dataset
+
+    from ragtrain.records import iter_jsonl, require
+
+    rows = []
+    for lineno, record in iter_jsonl(path):
+        for field in FIELDS[kind]:
+            require(record, field, list, path, lineno)
+        rows.append({field: record[field] for field in FIELDS[kind]})
+    return Dataset.from_list(rows)
+
+
+def _resolve_dtype(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+
+
+def _args(kind: str, params: dict, output_dir: Path, has_dev: bool, n_train: int, dtype):
+    import torch
+    from trl import DPOConfig, SFTConfig
+
+    steps_per_epoch = max(1, math.ceil(n_train / (params["batch_size"] * params["grad_accum"])))
+    total = steps_per_epoch * params["epochs"]
+    common = {
+        "output_dir": str(output_dir),
+        "num_train_epochs": params["epochs"],
+        "per_device_train_batch_size": params["batch_size"],
+        "per_device_eval_batch_size": params["batch_size"],
+        "gradient_accumulation_steps": params["grad_accum"],
+        "learning_rate": params["learning_rate"],
+        "lr_scheduler_type": params["lr_scheduler"],
+        "warmup_ratio": params["warmup_ratio"],
+        "weight_decay": params["weight_decay"],
+        "logging_steps": params["logging_steps"],
+        "save_strategy": "steps",
+        "save_steps": params["save_steps"],
+        "save_total_limit": 1,
+        # Evaluate on the held-out split a few times per run, for the curves.
+        "eval_strategy": "steps" if has_dev else "no",
+        "eval_steps": max(1, total // 4),
+        "seed": params["seed"],
+        "data_seed": params["seed"],
+        "report_to": "none",
+        "bf16": dtype == torch.bfloat16,
+        "fp16": dtype == torch.float16,
+        "gradient_checkpointing": params["gradient_checkpointing"],
+        "max_length": params["max_length"],
+        "dataloader_num_workers": 0,
+        "disable_tqdm": False,
+    }
+    if kind == "sft":
+        # Loss on the completion only: the prompt (documents, question) is given.
+        return SFTConfig(**common, completion_only_loss=True)
+    return DPOConfig(**common, beta=params["beta"], loss_type=[params["loss_type"]])
+
+
+def _last_checkpoint(folder: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def train(
+    params: dict,
+    init_dir: str | Path,
+    train_path: str | Path,
+    dev_path: str | Path | None,
+    out_dir: str | Path,
+    work_root: str | Path,
+) -> dict:
+    """Train one model node; return its metrics record."""
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOTrainer, SFTTrainer
+
+    params = with_defaults(params)
+    kind = params["kind"]
+    if params["finetune"] not in ("lora", "full"):
+        raise ValueError(f"finetune: expected 'lora' or 'full', got {params['finetune']!r}")
+    train_ds = _dataset(train_path, kind)
+    dev_ds = _dataset(dev_path, kind) if dev_path else None
+    if len(train_ds) == 0:
+        raise ValueError(f"{train_path}: no training records")
+    if dev_ds is not None and len(dev_ds) == 0:
+        dev_ds = None
+    inputs = [init_dir, train_path, *([dev_path] if dev_path else [])]
+    work = work_dir(work_root, params, inputs)
+
+    dtype = _resolve_dtype(params["dtype"])
+    tokenizer = AutoTokenizer.from_pretrained(init_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=dtype)
+    peft_config = None
+    if params["finetune"] == "lora":
+        lora = params["lora"]
+        peft_config = LoraConfig(
+            r=lora["r"],
+            lora_alpha=lora["alpha"],
+            lora_dropout=lora["dropout"],
+            target_modules=lora["targets"],
+            task_type="CAUSAL_LM",
+        )
+    args = _args(kind, params, work / "checkpoints", dev_ds is not None, len(train_ds), dtype)
+    trainer_cls = SFTTrainer if kind == "sft" else DPOTrainer
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=dev_ds,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    resume = _last_checkpoint(work / "checkpoints")
+    if resume:
+        log.info("resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    dev_metrics = trainer.evaluate() if dev_ds is not None else {}
+    # The final evaluation goes into the state too, so the curves end at the last step.
+    metrics = _metrics(params, result.metrics, dev_metrics, len(train_ds), dev_ds, trainer)
+
+    with atomic_dir(out_dir) as tmp:
+        trained = trainer.model
+        if peft_config is not None:
+            trained.save_pretrained(tmp / "adapter")
+            trained = trained.merge_and_unload()
+        trained.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        trainer.state.save_to_json(str(tmp / "trainer_state.json"))
+        write_json(tmp / "metrics.json", metrics)
+        plot_loss(trainer.state.log_history, kind, tmp / "loss.png", title=metrics["model"])
+    finish(work)
+    log.info("metrics: %s", metrics)
+    return metrics
+
+
+def _metrics(params, train_metrics, dev_metrics, n_train, dev_ds, trainer) -> dict:
+    out = {
+        "model": params.get("name", ""),
+        "kind": params["kind"],
+        "init": params.get("init"),
+        "finetune": params["finetune"],
+        "n_train": n_train,
+        "n_dev": len(dev_ds) if dev_ds is not None else 0,
+        "epochs": params["epochs"],
+        "steps": trainer.state.global_step,
+        "train_loss": round(train_metrics.get("train_loss", float("nan")), 4),
+        "train_runtime_s": round(train_metrics.get("train_runtime", 0.0), 1),
+        "train_samples_per_second": round(train_metrics.get("train_samples_per_second", 0.0), 3),
+        "trainable_parameters": sum(
+            p.numel() for p in trainer.model.parameters() if p.requires_grad
+        ),
+    }
+    renamed = {
+        "eval_loss": "dev_loss",
+        "eval_mean_token_accuracy": "dev_token_accuracy",
+        "eval_rewards/accuracies": "dev_reward_accuracy",
+        "eval_rewards/margins": "dev_reward_margin",
+    }
+    for key, name in renamed.items():
+        if key in dev_metrics:
+            out[name] = round(float(dev_metrics[key]), 4)
+    return out
+
+
+CURVES = {
+    "sft": (("loss", "loss"), ("mean_token_accuracy", "token accuracy")),
+    "dpo": (
+        ("loss", "loss"),
+        ("rewards/accuracies", "reward accuracy"),
+        ("rewards/margins", "reward margin"),
+    ),
+}
+
+
+def plot_loss(log_history: list[dict], kind: str, path: Path, title: str = "") -> None:
+    """Training curves per logged step, held-out values as points (LLaMA-Factory's
+    `--plot_loss`, plus reward accuracy and margins for DPO)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = CURVES[kind]
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.2), squeeze=False)
+    for ax, (key, label) in zip(axes[0], curves, strict=True):
+        train = [(h["step"], h[key]) for h in log_history if key in h]
+        dev = [(h["step"], h[f"eval_{key}"]) for h in log_history if f"eval_{key}" in h]
+        if train:
+            ax.plot(*zip(*train, strict=True), label="train", color="tab:blue")
+        if dev:
+            ax.plot(*zip(*dev, strict=True), "o--", label="dev", color="tab:orange")
+        ax.set_xlabel("step")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+        if train or dev:
+            ax.legend()
+    if title:
+        fig.suptitle(f"{title} ({kind.upper()})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,66 @@
+"""Resumable state of long stages, outside Snakemake's declared outputs.
+
+Snakemake deletes a job's outputs before it reruns the job, so shards and checkpoints
+live in `results/<run>/work/<node>/<hash of the node's params>/` (DESIGN.md, principle
+6). A manifest records the inputs the state was built from: if an input changed since,
+the state is stale and is cleared rather than resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from ragtrain.records import write_json
+
+log = logging.getLogger(__name__)
+
+
+def params_hash(params: dict) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def stable_seed(*parts: object) -> int:
+    """A 31-bit seed derived from its parts (the same in every process, unlike hash())."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def _fingerprint(paths: list[str | Path]) -> dict[str, list[int]]:
+    """Size and modification time of every input file (folders: of the files inside)."""
+    out: dict[str, list[int]] = {}
+    for path in map(Path, paths):
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            st = f.stat()
+            out[str(f)] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def work_dir(root: str | Path, params: dict, inputs: list[str | Path]) -> Path:
+    """The node's work folder under `root`, emptied if its inputs changed since it was made."""
+    path = Path(root) / params_hash(params)
+    manifest = path / "manifest.json"
+    expected = {"params": params, "inputs": _fingerprint(inputs)}
+    if path.exists():
+        try:
+            found = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            found = None
+        if found != json.loads(json.dumps(expected)):
+            log.info("work folder %s: inputs changed, starting afresh", path)
+            shutil.rmtree(path)
+        else:
+            log.info("work folder %s: resuming", path)
+    path.mkdir(parents=True, exist_ok=True)
+    if not manifest.exists():
+        write_json(manifest, expected)
+    return path
+
+
+def finish(path: Path) -> None:
+    """Drop the work folder once the declared outputs are written."""
+    shutil.rmtree(path, ignore_errors=True)
