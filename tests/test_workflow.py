@@ -87,15 +87,15 @@ def test_end_to_end(backend, tiny_model, tmp_path):
     snakemake("--cores", "2", "--configfile", str(configfile), "--directory", str(tmp_path))
 
     results = tmp_path / "results" / "tiny"
-    for retrieval in ("bm25", "dense", "none"):
-        metrics = json.loads((results / "eval/base/test" / retrieval / "metrics.json").read_text())
+    evaluations = [("base", r) for r in ("bm25", "dense", "none")]
+    evaluations += [("sft", "bm25"), ("dpo", "bm25")]
+    for model, retrieval in evaluations:
+        folder = results / "eval" / model / "test" / retrieval
+        metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["n"] == 8
         assert metrics["n_answerable"] + metrics["n_unanswerable"] == 8
         assert metrics["generated_tokens"] > 0
-        predictions = [
-            json.loads(line)
-            for line in (results / "eval/base/test" / retrieval / "predictions.jsonl").open()
-        ]
+        predictions = [json.loads(line) for line in (folder / "predictions.jsonl").open()]
         assert len(predictions) == 8
         assert all(
             set(p) >= {"prompt", "docs", "prediction", "answers", "scores"} for p in predictions
@@ -110,28 +110,91 @@ def test_end_to_end(backend, tiny_model, tmp_path):
     bm25 = json.loads((results / "retrieval/bm25/test/stats.json").read_text())
     assert bm25["gold_recall@2"] >= 0.5
 
+    check_products(results)
+    check_trained(results)
+
     summary = (results / "report" / "summary.md").read_text()
-    assert "| base | test | bm25 |" in summary
+    for model in ("base", "sft", "dpo"):
+        assert f"| {model} | test | bm25 |" in summary
+    assert "## Training" in summary and "## Training data" in summary
     csv_lines = (results / "report" / "summary.csv").read_text().splitlines()
     assert csv_lines[0].startswith("model,dataset,retrieval,n,em,f1")
-    assert len(csv_lines) == 1 + 3
+    assert len(csv_lines) == 1 + len(evaluations)
     assert (results / "report" / "metrics.png").stat().st_size > 1000
+    assert (results / "report" / "training.png").stat().st_size > 1000
+    # Resumable state is dropped once a node's outputs are complete.
+    assert not any((results / "work").glob("*/*"))
 
     # Nothing left to do on a second look.
     proc = snakemake("-n", "--configfile", str(configfile), "--directory", str(tmp_path))
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
     if backend == "hf":
-        # A new k reruns that retriever's search and what depends on it, not its index.
         cfg = yaml.safe_load(configfile.read_text())
+        # A new DPO beta reruns that model, its evaluation and the report; nothing upstream.
+        cfg["models"]["dpo"]["beta"] = 0.5
+        configfile.write_text(yaml.safe_dump(cfg))
+        proc = snakemake("-n", "--configfile", str(configfile), "--directory", str(tmp_path))
+        assert planned_jobs(proc.stdout) == {"train": 1, "evaluate": 1, "report": 1, "all": 1}
+        assert "Params have changed since last execution" in proc.stdout
+        assert "results/tiny/models/dpo" in proc.stdout
+
+        # A new k reruns that retriever's searches and what depends on them, not its index.
+        cfg["models"]["dpo"]["beta"] = 0.1
         cfg["retrievers"]["bm25"]["k"] = 1
         configfile.write_text(yaml.safe_dump(cfg))
         proc = snakemake("-n", "--configfile", str(configfile), "--directory", str(tmp_path))
-        assert planned_jobs(proc.stdout) == {"retrieve": 1, "evaluate": 1, "report": 1, "all": 1}
-        assert "Params have changed since last execution" in proc.stdout
+        jobs = planned_jobs(proc.stdout)
+        assert "index" not in jobs
+        assert jobs["retrieve"] == 2  # train (self-demos) and test
+        assert jobs["self_demos"] == 1 and jobs["train"] == 2
 
         report = tmp_path / "report.html"
         snakemake(
             "--configfile", str(configfile), "--directory", str(tmp_path), "--report", str(report)
         )
         assert report.stat().st_size > 10_000
+
+
+def check_products(results: Path) -> None:
+    products = results / "products"
+    demos = [json.loads(line) for line in (products / "demos/data.jsonl").open()]
+    assert len(demos) == 12 and all(len(d["samples"]) == 2 for d in demos)
+    assert all(d["prompt"][0]["role"] == "user" for d in demos)
+    stats = json.loads((products / "demos/stats.json").read_text())
+    assert stats["shards"] == 3 and stats["n_samples"] == 24
+
+    judged = json.loads((products / "judged/stats.json").read_text())
+    assert sum(judged["labels"].values()) == 24
+
+    # With gold fallback every question gets a demonstration; a fifth is held out.
+    sft = json.loads((products / "sft_data/stats.json").read_text())
+    assert sft["n_train"] + sft["n_dev"] == 12
+    assert sft["n_dev"] >= 1
+    pairs = [json.loads(line) for line in (products / "pairs/train.jsonl").open()]
+    dev_pairs = [json.loads(line) for line in (products / "pairs/dev.jsonl").open()]
+    assert pairs and dev_pairs
+    assert not {p["example_id"] for p in pairs} & {p["example_id"] for p in dev_pairs}
+    for pair in pairs + dev_pairs:
+        assert pair["chosen"] != pair["rejected"]
+        assert pair["chosen"][0]["role"] == pair["rejected"][0]["role"] == "assistant"
+
+
+def check_trained(results: Path) -> None:
+    for name in ("sft", "dpo"):
+        folder = results / "models" / name
+        for file in (
+            "config.json",
+            "model.safetensors",
+            "tokenizer_config.json",
+            "adapter/adapter_config.json",
+            "trainer_state.json",
+            "loss.png",
+        ):
+            assert (folder / file).is_file(), f"{name}: no {file}"
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["kind"] == name and metrics["steps"] >= 1
+        assert metrics["dev_loss"] is not None
+    dpo = json.loads((results / "models/dpo/metrics.json").read_text())
+    assert dpo["init"] == "sft"
+    assert 0.0 <= dpo["dev_reward_accuracy"] <= 1.0

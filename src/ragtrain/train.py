@@ -25,7 +25,8 @@ COMMON_DEFAULTS = {
     "batch_size": 8,
     "grad_accum": 1,
     "max_length": 1024,
-    "warmup_ratio": 0.0,
+    # Steps of linear warm-up; a float below 1 is a share of all steps.
+    "warmup": 0,
     "lr_scheduler": "linear",
     "weight_decay": 0.0,
     "logging_steps": 5,
@@ -86,7 +87,7 @@ def _args(kind: str, params: dict, output_dir: Path, has_dev: bool, n_train: int
         "gradient_accumulation_steps": params["grad_accum"],
         "learning_rate": params["learning_rate"],
         "lr_scheduler_type": params["lr_scheduler"],
-        "warmup_ratio": params["warmup_ratio"],
+        "warmup_steps": params["warmup"],
         "weight_decay": params["weight_decay"],
         "logging_steps": params["logging_steps"],
         "save_strategy": "steps",
@@ -103,6 +104,7 @@ def _args(kind: str, params: dict, output_dir: Path, has_dev: bool, n_train: int
         "gradient_checkpointing": params["gradient_checkpointing"],
         "max_length": params["max_length"],
         "dataloader_num_workers": 0,
+        "dataloader_pin_memory": torch.cuda.is_available(),
         "disable_tqdm": False,
     }
     if kind == "sft":
