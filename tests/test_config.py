@@ -30,9 +30,13 @@ def test_evaluate_expands_to_one_node_per_model_dataset_retrieval():
     got = {(e["model"], e["dataset"], e["retrieval"], e["prompt"]) for e in cfg["evaluations"]}
     assert got == {
         ("base", "test", "bm25", "rag"),
-        ("base", "test", "dense", "rag"),
-        ("base", "test", "none", "closed_book"),
+        ("sft", "test", "bm25", "rag"),
+        ("dpo", "test", "bm25", "rag"),
     }
+    closed = prepare(
+        config(evaluate=[{"models": ["base"], "datasets": ["test"], "retrieval": ["none"]}])
+    )
+    assert closed["evaluations"][0]["prompt"] == "closed_book"
     # Per-entry generation overrides merge over the global generation defaults.
     cfg2 = prepare(config(evaluate=[{**BASE["evaluate"][0], "generation": {"max_new_tokens": 5}}]))
     gen = cfg2["evaluations"][0]["generation"]
@@ -57,8 +61,8 @@ def test_unknown_name_names_the_key(section, name, field, value, key):
 
 
 def test_unknown_name_in_evaluate():
-    cfg = config(evaluate=[{"models": ["sft"], "datasets": ["test"], "retrieval": ["none"]}])
-    with pytest.raises(ConfigError, match=r"evaluate\[0\]\.models.*'sft'"):
+    cfg = config(evaluate=[{"models": ["rlhf"], "datasets": ["test"], "retrieval": ["none"]}])
+    with pytest.raises(ConfigError, match=r"evaluate\[0\]\.models.*'rlhf'"):
         prepare(cfg)
     cfg = config(evaluate=[{"models": ["base"], "datasets": ["test"], "retrieval": ["splade"]}])
     with pytest.raises(ConfigError, match=r"evaluate\[0\]\.retrieval.*'splade'"):
@@ -101,6 +105,8 @@ def test_world_questions_replace_the_default_splits():
     cfg = copy.deepcopy(BASE)
     cfg["worlds"]["world"]["questions"] = {"eval": 20}
     cfg["datasets"] = {"eval": {"world": "world", "split": "eval"}}
+    cfg["products"] = {}
+    cfg["models"] = {"base": BASE["models"]["base"]}
     cfg["evaluate"] = [{"models": ["base"], "datasets": ["eval"], "retrieval": ["none"]}]
     assert prepare(cfg)["worlds"]["world"]["questions"] == {"eval": 20}
 
@@ -117,3 +123,69 @@ def test_prompt_templates_must_exist():
     with pytest.raises(ConfigError, match=r"evaluate\[0\]\.prompt: no template cot\.jinja"):
         prepare(cfg, prompts_dir=ROOT / "resources" / "prompts")
     assert prepare(BASE, prompts_dir=ROOT / "resources" / "prompts")["evaluations"]
+
+
+def test_trained_models_and_products_get_their_kind_defaults():
+    cfg = prepare(BASE)
+    sft, dpo = cfg["models"]["sft"], cfg["models"]["dpo"]
+    assert sft["finetune"] == "lora" and sft["lora"]["dropout"] == 0.05
+    assert dpo["beta"] == 0.1 and dpo["loss_type"] == "sigmoid"
+    assert sft["seed"] == dpo["seed"] == BASE["seed"]
+    demos = cfg["products"]["demos"]
+    # The product's sampling settings over the run's generation settings.
+    assert demos["generation"]["temperature"] == 0.7
+    assert demos["generation"]["backend"] == "vllm"
+    assert demos["generation"]["max_new_tokens"] == BASE["generation"]["max_new_tokens"]
+    assert cfg["products"]["pairs"]["gold_fallback"] is True
+    assert cfg["products"]["sft_data"]["seed"] == BASE["seed"]
+    assert "seed" not in cfg["models"]["base"]  # a base model's params stay as they were
+
+
+@pytest.mark.parametrize(
+    ("section", "name", "field", "value", "message"),
+    [
+        (
+            "models",
+            "dpo",
+            "data",
+            "sft_data",
+            r"models\.dpo\.data: a dpo model trains on a"
+            r" preference_pairs product, not 'sft_data'",
+        ),
+        ("models", "sft", "data", "nothing", r"models\.sft\.data: unknown product 'nothing'"),
+        ("models", "sft", "init", None, r"models\.sft\.init: a sft model needs init"),
+        (
+            "products",
+            "sft_data",
+            "from",
+            "demos",
+            r"products\.sft_data\.from: a sft_data product"
+            r" is made from a judge product",
+        ),
+        ("products", "demos", "retrieval", "splade", r"products\.demos\.retrieval: unknown"),
+        ("products", "demos", "model", "gpt", r"products\.demos\.model: unknown model 'gpt'"),
+        ("products", "demos", "prompt", "missing", r"products\.demos\.prompt: no template"),
+        ("products", "judged", "kind", "ranker", r"products\.judged\.kind: expected one of"),
+    ],
+)
+def test_bad_product_and_training_references_name_the_key(section, name, field, value, message):
+    cfg = copy.deepcopy(BASE)
+    if value is None:
+        del cfg[section][name][field]
+    else:
+        cfg[section][name][field] = value
+    with pytest.raises(ConfigError, match=message):
+        prepare(cfg, prompts_dir=ROOT / "resources" / "prompts")
+
+
+def test_self_demos_may_sample_closed_book():
+    cfg = copy.deepcopy(BASE)
+    cfg["products"]["demos"]["retrieval"] = "none"
+    assert prepare(cfg)["products"]["demos"]["retrieval"] == "none"
+
+
+def test_training_cycle_is_rejected():
+    cfg = copy.deepcopy(BASE)
+    cfg["models"]["sft"]["init"] = "dpo"
+    with pytest.raises(ConfigError, match=r"cycle: (sft -> dpo -> sft|dpo -> sft -> dpo)"):
+        prepare(cfg)
