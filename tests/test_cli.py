@@ -24,6 +24,11 @@ def test_help_lists_every_stage():
         "retrieve",
         "base-model",
         "evaluate",
+        "self-demos",
+        "judge",
+        "sft-data",
+        "preference-pairs",
+        "train",
         "report",
     ):
         assert stage in proc.stdout
@@ -220,3 +225,101 @@ def test_outputs_are_not_private(tmp_path):
         str(tmp_path / "s.json"),
     )
     assert out.stat().st_mode & 0o044  # readable by group/others under the usual umask
+
+
+def _sample(id_, answers, texts):
+    return {
+        "id": id_,
+        "question": "q?",
+        "answers": answers,
+        "prompt": [{"role": "user", "content": "q?"}],
+        "samples": [{"text": t, "num_tokens": len(t.split())} for t in texts],
+    }
+
+
+def test_judge_then_products_through_the_cli(tmp_path):
+    samples = tmp_path / "samples.jsonl"
+    records = [_sample(f"q{i}", ["Paris"], ["Paris.", "London"]) for i in range(8)]
+    records += [_sample("u0", [], ["Rome", "I don't know."])]
+    samples.write_text("".join(json.dumps(r) + "\n" for r in records))
+    judged, stats = tmp_path / "judged.jsonl", tmp_path / "judged.json"
+    proc = ragtrain(
+        "judge", "--input", str(samples), "--output", str(judged), "--stats", str(stats)
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(stats.read_text())["labels"] == {"correct": 8, "incorrect": 9, "refuse": 1}
+
+    train, dev, pstats = tmp_path / "train.jsonl", tmp_path / "dev.jsonl", tmp_path / "p.json"
+    proc = ragtrain(
+        "preference-pairs",
+        "--params",
+        '{"dev_fraction": 0.25}',
+        "--input",
+        str(judged),
+        "--train",
+        str(train),
+        "--dev",
+        str(dev),
+        "--stats",
+        str(pstats),
+    )
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(pstats.read_text())
+    assert stats["n_train"] + stats["n_dev"] == 9 and stats["n_dev"] >= 1
+    pairs = [json.loads(line) for line in train.open()] + [json.loads(line) for line in dev.open()]
+    refusal = next(p for p in pairs if p["example_id"] == "u0")
+    assert refusal["chosen"][0]["content"] == "I don't know."
+    assert refusal["rejected"][0]["content"] == "Rome"
+
+
+def test_products_refuse_unjudged_samples(tmp_path):
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps(_sample("q0", ["Paris"], ["Paris"])) + "\n")
+    out = tmp_path / "train.jsonl"
+    proc = ragtrain(
+        "sft-data",
+        "--input",
+        str(samples),
+        "--train",
+        str(out),
+        "--dev",
+        str(tmp_path / "dev.jsonl"),
+        "--stats",
+        str(tmp_path / "s.json"),
+    )
+    assert proc.returncode == 1
+    assert f"{samples}:1: a sample has no 'label': run the judge stage first" in proc.stderr
+    assert not out.exists()
+
+
+def test_judge_names_the_bad_record(tmp_path):
+    samples = tmp_path / "samples.jsonl"
+    good = _sample("q0", ["Paris"], ["Paris"])
+    bad = {**_sample("q1", ["Paris"], []), "samples": [{"txt": "Paris"}]}
+    samples.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    out = tmp_path / "judged.jsonl"
+    proc = ragtrain(
+        "judge", "--input", str(samples), "--output", str(out), "--stats", str(tmp_path / "s")
+    )
+    assert proc.returncode == 1
+    assert f"{samples}:2: every sample needs a string field 'text'" in proc.stderr
+    assert not out.exists()
+
+
+def test_train_names_a_missing_file(tmp_path):
+    proc = ragtrain(
+        "train",
+        "--params",
+        '{"kind": "sft"}',
+        "--init",
+        str(tmp_path / "model"),
+        "--train",
+        str(tmp_path / "nope.jsonl"),
+        "--work",
+        str(tmp_path / "work"),
+        "--output",
+        str(tmp_path / "out"),
+    )
+    assert proc.returncode == 1
+    assert f"{tmp_path / 'nope.jsonl'}: file not found" in proc.stderr
+    assert not (tmp_path / "out").exists()
