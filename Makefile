@@ -48,3 +48,4 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/generation.py
+	$(BIN)/python bench/training.py

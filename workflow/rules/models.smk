@@ -1,10 +1,10 @@
 rule base_model:
     output:
         directory(f"{RESULTS}/models/{{model}}"),
-    wildcard_constraints:
-        model=names("models", "base"),
     log:
         f"{LOGS}/models/{{model}}.log",
+    wildcard_constraints:
+        model=names("models", "base"),
     conda:
         "../../envs/train.yaml"
     params:
@@ -20,10 +20,10 @@ rule train:
         dev=lambda w: training_input(w, "dev"),
     output:
         directory(f"{RESULTS}/models/{{model}}"),
-    wildcard_constraints:
-        model=names("models", "sft", "dpo"),
     log:
         f"{LOGS}/models/{{model}}.log",
+    wildcard_constraints:
+        model=names("models", "sft", "dpo"),
     conda:
         "../../envs/train.yaml"
     threads: 4

@@ -6,10 +6,10 @@ rule self_demos:
     output:
         samples=product_file("{product}", "data.jsonl"),
         stats=product_file("{product}", "stats.json"),
-    wildcard_constraints:
-        product=names("products", "self_demos"),
     log:
         f"{LOGS}/products/{{product}}.log",
+    wildcard_constraints:
+        product=names("products", "self_demos"),
     conda:
         "../../envs/generate.yaml"
     # One generation engine at a time (see rule evaluate).
@@ -29,10 +29,10 @@ rule judge:
     output:
         judged=product_file("{product}", "data.jsonl"),
         stats=product_file("{product}", "stats.json"),
-    wildcard_constraints:
-        product=names("products", "judge"),
     log:
         f"{LOGS}/products/{{product}}.log",
+    wildcard_constraints:
+        product=names("products", "judge"),
     conda:
         "../../envs/evaluate.yaml"
     params:
@@ -50,10 +50,10 @@ rule sft_data:
         train=product_file("{product}", "train.jsonl"),
         dev=product_file("{product}", "dev.jsonl"),
         stats=product_file("{product}", "stats.json"),
-    wildcard_constraints:
-        product=names("products", "sft_data"),
     log:
         f"{LOGS}/products/{{product}}.log",
+    wildcard_constraints:
+        product=names("products", "sft_data"),
     conda:
         "../../envs/data.yaml"
     params:
@@ -70,10 +70,10 @@ rule preference_pairs:
         train=product_file("{product}", "train.jsonl"),
         dev=product_file("{product}", "dev.jsonl"),
         stats=product_file("{product}", "stats.json"),
-    wildcard_constraints:
-        product=names("products", "preference_pairs"),
     log:
         f"{LOGS}/products/{{product}}.log",
+    wildcard_constraints:
+        product=names("products", "preference_pairs"),
     conda:
         "../../envs/data.yaml"
     params:
