@@ -137,7 +137,7 @@ def test_trained_models_and_products_get_their_kind_defaults():
     assert demos["generation"]["backend"] == "vllm"
     assert demos["generation"]["max_new_tokens"] == BASE["generation"]["max_new_tokens"]
     assert cfg["products"]["pairs"]["gold_fallback"] is True
-    assert cfg["products"]["sft_data"]["seed"] == BASE["seed"]
+    assert cfg["products"]["judged"]["seed"] == BASE["seed"]  # which questions are held out
     assert "seed" not in cfg["models"]["base"]  # a base model's params stay as they were
 
 
@@ -189,3 +189,21 @@ def test_training_cycle_is_rejected():
     cfg["models"]["sft"]["init"] = "dpo"
     with pytest.raises(ConfigError, match=r"cycle: (sft -> dpo -> sft|dpo -> sft -> dpo)"):
         prepare(cfg)
+
+
+def test_a_model_sampling_its_own_training_data_is_a_cycle():
+    cfg = copy.deepcopy(BASE)
+    cfg["products"]["demos"]["model"] = "dpo"
+    with pytest.raises(
+        ConfigError,
+        match=r"cycle: products\.demos -> models\.dpo -> .*"
+        r" -> products\.demos",
+    ):
+        prepare(cfg)
+
+
+def test_closed_book_self_demos_default_to_the_closed_book_prompt():
+    cfg = copy.deepcopy(BASE)
+    cfg["products"]["demos"]["retrieval"] = "none"
+    del cfg["products"]["demos"]["prompt"]
+    assert prepare(cfg)["products"]["demos"]["prompt"] == "closed_book"

@@ -4,9 +4,15 @@ import random
 
 import pytest
 
-from ragtrain.judge import judge_record
+from ragtrain.judge import assign_splits, dev_ids, judge_record
 from ragtrain.metrics import is_refusal, normalize_answer
-from ragtrain.products import dev_ids, preference_pairs, sft_data, split
+from ragtrain.products import by_split, preference_pairs, sft_data
+
+
+def split(records, params, key="id"):
+    """Held-out questions chosen as the judge stage does, then records sorted by them."""
+    questions = [{"id": q} for q in dict.fromkeys(r[key] for r in records)]
+    return by_split(records, assign_splits(questions, params), key)
 
 
 def judged(rid, answers, texts):
@@ -182,7 +188,20 @@ def test_split_by_id_and_no_dev():
 
 def test_dev_ids_small_and_bad_fraction():
     assert len(dev_ids(["a", "b"], 0.1, 0)) == 1
+    assert len(dev_ids(["a", "b"], 0.9, 0)) == 1  # never every question
     assert dev_ids(["a"], 0.1, 0) == set()
     for bad in (1, 1.5, -0.1):
         with pytest.raises(ValueError, match="dev_fraction"):
             dev_ids(["a", "b"], bad, 0)
+
+
+def test_sft_data_and_pairs_hold_out_the_same_questions():
+    records = [judged(f"q{i}", ["Paris"], ["Paris", "London"]) for i in range(30)]
+    records = assign_splits(records, {"dev_fraction": 0.2, "seed": 5})
+    sft, _ = sft_data(records, {})
+    pairs, _ = preference_pairs(records, {})
+    sft_train, sft_dev = by_split(sft, records, "id")
+    _, pairs_dev = by_split(pairs, records, "example_id")
+    assert len(sft_dev) == 6
+    assert {r["id"] for r in sft_dev} == {r["example_id"] for r in pairs_dev}
+    assert not {r["id"] for r in sft_train} & {r["example_id"] for r in pairs_dev}

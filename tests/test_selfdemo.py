@@ -6,8 +6,8 @@ from ragtrain.config import GENERATION_DEFAULTS
 from ragtrain.generation import Completion, Throughput, load_generator
 from ragtrain.prompts import PromptTemplate
 from ragtrain.records import RecordError
+from ragtrain.seeds import stable_seed
 from ragtrain.selfdemo import sample_demos
-from ragtrain.workdir import stable_seed
 
 PARAMS = {
     "n": 2,

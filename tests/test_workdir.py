@@ -2,7 +2,8 @@
 
 import os
 
-from ragtrain.workdir import finish, params_hash, stable_seed, work_dir
+from ragtrain.seeds import stable_seed
+from ragtrain.workdir import finish, params_hash, work_dir
 
 PARAMS = {"n": 2, "generation": {"seed": 3, "temperature": 1.0}}
 

@@ -14,7 +14,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from ragtrain.config import GENERATION_DEFAULTS, MODEL_DEFAULTS, NO_RETRIEVAL, RETRIEVER_DEFAULTS
+from ragtrain.config import (
+    GENERATION_DEFAULTS,
+    MODEL_DEFAULTS,
+    NO_RETRIEVAL,
+    PRODUCT_DEFAULTS,
+    RETRIEVER_DEFAULTS,
+)
 from ragtrain.records import RecordError, write_json, write_jsonl
 
 log = logging.getLogger("ragtrain")
@@ -131,7 +137,7 @@ def cmd_evaluate(args) -> None:
         "retrieval": "given",
         **args.params,
     }
-    params["generation"] = {**GENERATION_DEFAULTS, **params.get("generation", {})}
+    params["generation"] = _generation(params)
     examples = read_jsonl(args.examples)
     if params["retrieval"] == NO_RETRIEVAL:
         examples = [{**ex, "docs": []} for ex in examples]
@@ -154,7 +160,7 @@ def cmd_self_demos(args) -> None:
     from ragtrain.selfdemo import sample_demos
     from ragtrain.workdir import finish, work_dir
 
-    params = {"n": 4, "shard_size": 64, **args.params}
+    params = {**PRODUCT_DEFAULTS["self_demos"], "prompt": "rag", **args.params}
     params["generation"] = _generation(params)
     examples = read_jsonl(args.examples)
     template = PromptTemplate(args.prompt)
@@ -170,7 +176,7 @@ def cmd_self_demos(args) -> None:
 
 
 def cmd_judge(args) -> None:
-    from ragtrain.judge import judge_record, judge_stats
+    from ragtrain.judge import assign_splits, judge_record, judge_stats
     from ragtrain.records import iter_jsonl, require
 
     judged = []
@@ -181,6 +187,7 @@ def cmd_judge(args) -> None:
             if not isinstance(sample, dict) or not isinstance(sample.get("text"), str):
                 raise RecordError(args.input, lineno, "every sample needs a string field 'text'")
         judged.append(judge_record(record))
+    judged = assign_splits(judged, args.params)
     stats = judge_stats(judged)
     write_jsonl(args.output, judged)
     write_json(args.stats, stats)
@@ -188,7 +195,7 @@ def cmd_judge(args) -> None:
 
 
 def _product(args, build) -> None:
-    from ragtrain.products import split
+    from ragtrain.products import by_split
     from ragtrain.records import read_jsonl
 
     judged = read_jsonl(args.input)
@@ -199,10 +206,13 @@ def _product(args, build) -> None:
         if any("label" not in s for s in record["samples"]):
             raise RecordError(args.input, i, "a sample has no 'label': run the judge stage first")
     records, stats = build(judged, args.params)
-    key = "example_id" if records and "example_id" in records[0] else "id"
-    train, dev = split(records, args.params, key=key)
+    key = "example_id" if args.stage == "preference-pairs" else "id"
+    train, dev = by_split(records, judged, key)
     if not train:
-        raise ValueError(f"{args.input}: no training records could be built ({stats})")
+        raise ValueError(
+            f"{args.input}: no {args.stage} records for training ({stats});"
+            " more questions or samples, or gold_fallback, would give some"
+        )
     write_jsonl(args.train, train)
     write_jsonl(args.dev, dev)
     write_json(args.stats, {**stats, "n_train": len(train), "n_dev": len(dev)})
@@ -327,8 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage(
         "judge",
         cmd_judge,
-        "label each sample correct / incorrect / refuse; label counts to stats",
-        params=False,
+        "label each sample correct / incorrect / refuse, hold out dev questions; counts to stats",
     )
     p.add_argument("--input", required=True, help="sample records (JSONL)")
     p.add_argument("--output", required=True, help="judged records (JSONL)")

@@ -14,12 +14,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ragtrain.products import PAIRS_DEFAULTS, SFT_DEFAULTS, SPLIT_DEFAULTS
+from ragtrain.judge import JUDGE_DEFAULTS
+from ragtrain.products import PAIRS_DEFAULTS, SFT_DEFAULTS
+from ragtrain.seeds import DEFAULT_SEED
 from ragtrain.train import TRAIN_DEFAULTS
 from ragtrain.world import WorldConfig
 
 NO_RETRIEVAL = "none"
-DEFAULT_SEED = 13
 
 
 class ConfigError(ValueError):
@@ -50,10 +51,11 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 # Which product kind a trained model's `data` must be.
 TRAINING_DATA = {"sft": "sft_data", "dpo": "preference_pairs"}
 PRODUCT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "self_demos": {"prompt": "rag", "n": 4, "shard_size": 64},
-    "judge": {},
-    "sft_data": {**SFT_DEFAULTS, **SPLIT_DEFAULTS},
-    "preference_pairs": {**PAIRS_DEFAULTS, **SPLIT_DEFAULTS},
+    # prompt: `rag`, or `closed_book` for `retrieval: none` (filled in _fill_nodes).
+    "self_demos": {"n": 4, "shard_size": 64},
+    "judge": JUDGE_DEFAULTS,
+    "sft_data": SFT_DEFAULTS,
+    "preference_pairs": PAIRS_DEFAULTS,
 }
 # What each product kind is made from (its `from`), where it is made from a product.
 PRODUCT_SOURCES = {"judge": "self_demos", "sft_data": "judge", "preference_pairs": "judge"}
@@ -171,6 +173,9 @@ def _fill_nodes(config: dict) -> None:
             defaults = {**defaults, "seed": seed}
         filled = _merge(defaults, node)
         if kind == "self_demos":
+            filled.setdefault(
+                "prompt", "closed_book" if node["retrieval"] == NO_RETRIEVAL else "rag"
+            )
             # Sampling settings: the run's generation settings under the product's own.
             filled["generation"] = _merge(config["generation"], node.get("generation") or {})
         config["products"][name] = filled
@@ -221,21 +226,32 @@ def _check_references(config: dict) -> None:
 
 
 def _check_cycles(config: dict) -> None:
-    """Reject a chain of same-section references that loops (a model initialised from itself)."""
-    for section, fields in REFERENCES.items():
-        inner = [f for f, target in fields.items() if target == section]
-        for start in config[section]:
-            seen = [start]
-            current = start
-            while True:
-                nxt = next((config[section][current].get(f) for f in inner), None)
-                if nxt is None:
-                    break
-                if nxt in seen:
-                    chain = " -> ".join([*seen, nxt])
-                    raise ConfigError(f"{section}.{start}", f"cycle: {chain}")
-                seen.append(nxt)
-                current = nxt
+    """Reject references that loop: a model initialised from itself, or a model whose
+    training data is sampled from that very model (across sections)."""
+
+    def edges(section: str, name: str):
+        for field, target in REFERENCES.get(section, {}).items():
+            ref = config[section][name].get(field)
+            if ref is not None and ref in config[target]:
+                yield target, ref
+
+    done: set[tuple[str, str]] = set()
+
+    def visit(node: tuple[str, str], path: list[tuple[str, str]]) -> None:
+        if node in path:
+            loop = [*path[path.index(node) :], node]
+            same = len({section for section, _ in loop}) == 1
+            chain = " -> ".join(n if same else f"{s}.{n}" for s, n in loop)
+            raise ConfigError(f"{loop[0][0]}.{loop[0][1]}", f"cycle: {chain}")
+        if node in done:
+            return
+        for nxt in edges(*node):
+            visit(nxt, [*path, node])
+        done.add(node)
+
+    for section in REFERENCES:
+        for name in config[section]:
+            visit((section, name), [])
 
 
 def _expand_evaluate(config: dict, prompts_dir: Path | None) -> list[dict]:

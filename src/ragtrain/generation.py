@@ -71,8 +71,9 @@ class Generator(Protocol):
         sampling: Sampling,
         seeds: list[int] | None = None,
     ) -> list[list[Completion]]:
-        """`n` completions per conversation. `seeds`, one per conversation, make sampling
-        independent of batching and of where a resumed run starts."""
+        """`n` completions per conversation. `seeds`, one per conversation, seed each
+        request (vLLM on GPU) or each batch with its first seed (HF), so that a run
+        resumed at a batch boundary draws what an uninterrupted one would."""
         ...
 
 

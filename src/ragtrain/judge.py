@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections import Counter
 
 from ragtrain.metrics import contains_answer, exact_match, f1, is_refusal
+from ragtrain.seeds import DEFAULT_SEED, stable_seed
+
+JUDGE_DEFAULTS = {"dev_fraction": 0.1, "seed": DEFAULT_SEED}
 
 CORRECT, INCORRECT, REFUSE = "correct", "incorrect", "refuse"
 LABELS = (CORRECT, INCORRECT, REFUSE)
@@ -46,6 +49,25 @@ def judge_record(record: dict) -> dict:
     return {**record, "samples": samples}
 
 
+def dev_ids(ids: list[str], fraction: float, seed: int) -> set[str]:
+    """A fixed share of the ids, chosen by a seeded hash (stable under reordering); at
+    least one when the share is above 0, and never all of them."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"dev_fraction: expected a number in [0, 1), got {fraction}")
+    n_dev = round(len(ids) * fraction)
+    if fraction > 0 and len(ids) > 1:
+        n_dev = min(max(n_dev, 1), len(ids) - 1)
+    return set(sorted(ids, key=lambda i: stable_seed(seed, i))[:n_dev])
+
+
+def assign_splits(records: list[dict], params: dict) -> list[dict]:
+    """Mark each question `train` or `dev`: the held-out questions of every product made
+    from these judged samples."""
+    params = {**JUDGE_DEFAULTS, **params}
+    held = dev_ids([r["id"] for r in records], params["dev_fraction"], params["seed"])
+    return [{**r, "split": "dev" if r["id"] in held else "train"} for r in records]
+
+
 def judge_stats(records: list[dict]) -> dict:
     """Label counts, overall and for answerable / unanswerable questions."""
     counts = {"answerable": Counter(), "unanswerable": Counter()}
@@ -59,6 +81,7 @@ def judge_stats(records: list[dict]) -> dict:
     n_samples = sum(total.values())
     return {
         "n_examples": len(records),
+        "n_dev_examples": sum(1 for r in records if r.get("split") == "dev"),
         "n_samples": n_samples,
         "labels": {lab: total[lab] for lab in LABELS},
         "by_group": {

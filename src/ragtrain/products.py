@@ -6,9 +6,10 @@
   answerable questions, a refusal vs a made-up answer on unanswerable ones.
 
 Where no sample is right, the gold answer (or, for an unanswerable question, the
-configured refusal) can stand in as a short demonstration (`gold_fallback`). Both
-products hold out a dev split, chosen per question so that one question's pairs
-never straddle the split.
+configured refusal) can stand in as a short demonstration (`gold_fallback`). Records
+keep their question's split (`train` / `dev`), chosen once by the judge stage, so that
+SFT data and pairs built from the same judged samples hold out the same questions: a
+DPO model that starts from the SFT model is scored on pairs SFT never saw.
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ from collections import Counter
 
 from ragtrain.judge import CORRECT, INCORRECT, REFUSE
 from ragtrain.metrics import normalize_answer
-from ragtrain.workdir import stable_seed
 
 SFT_DEFAULTS = {"select": "shortest", "gold_fallback": True, "refusal": "I don't know."}
 PAIRS_DEFAULTS = {"pairs_per_example": 2, "gold_fallback": True, "refusal": "I don't know."}
-SPLIT_DEFAULTS = {"dev_fraction": 0.1, "seed": 13}
 
 
 def _assistant(text: str) -> list[dict[str, str]]:
@@ -49,16 +48,6 @@ def _distinct(samples: list[dict], labels: tuple[str, ...], select: str) -> list
 
 def _fallback(record: dict, params: dict) -> str:
     return record["answers"][0] if record["answers"] else params["refusal"]
-
-
-def dev_ids(ids: list[str], fraction: float, seed: int) -> set[str]:
-    """A fixed share of the ids, chosen by a seeded hash (stable under reordering)."""
-    if not 0 <= fraction < 1:
-        raise ValueError(f"dev_fraction: expected a number in [0, 1), got {fraction}")
-    n_dev = round(len(ids) * fraction)
-    if fraction > 0 and len(ids) > 1:
-        n_dev = max(n_dev, 1)
-    return set(sorted(ids, key=lambda i: stable_seed(seed, i))[:n_dev])
 
 
 def sft_data(judged: list[dict], params: dict) -> tuple[list[dict], dict]:
@@ -139,10 +128,7 @@ def preference_pairs(judged: list[dict], params: dict) -> tuple[list[dict], dict
     return records, stats
 
 
-def split(records: list[dict], params: dict, key: str = "id") -> tuple[list[dict], list[dict]]:
-    """(train, dev): the dev share of the questions (by `key`), with all their records."""
-    params = {**SPLIT_DEFAULTS, **params}
-    held = dev_ids(sorted({r[key] for r in records}), params["dev_fraction"], params["seed"])
-    train = [r for r in records if r[key] not in held]
-    dev = [r for r in records if r[key] in held]
-    return train, dev
+def by_split(records: list[dict], judged: list[dict], key: str) -> tuple[list[dict], list[dict]]:
+    """(train, dev) records by their question's split in the judged samples."""
+    dev = {r["id"] for r in judged if r.get("split") == "dev"}
+    return [r for r in records if r[key] not in dev], [r for r in records if r[key] in dev]

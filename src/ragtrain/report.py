@@ -84,10 +84,22 @@ def _product_rows(stats_files: list[str]) -> list[dict]:
             )
         elif "pairs" in stats:
             parts = ", ".join(f"{k} {v}" for k, v in stats["pairs"].items())
-            held = f"{stats['n_train']} train + {stats['n_dev']} dev pairs ({parts})"
+            held = (
+                f"{stats['n_train']} train + {stats['n_dev']} dev pairs;"
+                f" all by kind/source: {parts}"
+            )
         elif "sources" in stats:
             parts = ", ".join(f"{k} {v}" for k, v in stats["sources"].items())
-            held = f"{stats['n_train']} train + {stats['n_dev']} dev demonstrations ({parts})"
+            held = (
+                f"{stats['n_train']} train + {stats['n_dev']} dev demonstrations;"
+                f" all by source: {parts}"
+            )
+        elif "samples_per_example" in stats:
+            held = (
+                f"{stats['n_samples']} samples ({stats['samples_per_example']} per question),"
+                f" {stats['mean_tokens_per_sample']} tokens each on average,"
+                f" {stats['tokens_per_second']} generated tok/s"
+            )
         else:
             continue
         rows.append({"product": name, "contents": held})

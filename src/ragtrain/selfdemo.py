@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ragtrain.generation import Generator, Sampling, Throughput
 from ragtrain.prompts import PromptTemplate
 from ragtrain.records import RecordError, read_jsonl, write_jsonl
-from ragtrain.workdir import stable_seed
+from ragtrain.seeds import stable_seed
 
 log = logging.getLogger(__name__)
 

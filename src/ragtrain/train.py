@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 from ragtrain.records import atomic_dir, write_json
+from ragtrain.seeds import DEFAULT_SEED
 from ragtrain.workdir import finish, work_dir
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ COMMON_DEFAULTS = {
     "gradient_checkpointing": False,
     # auto: bfloat16 on GPU, float32 on CPU (bf16 matmuls crawl on CPUs without AVX512-BF16).
     "dtype": "auto",
-    "seed": 13,
+    "seed": DEFAULT_SEED,
 }
 TRAIN_DEFAULTS = {
     "sft": {**COMMON_DEFAULTS, "learning_rate": 2e-4},
@@ -114,9 +115,19 @@ def _args(kind: str, params: dict, output_dir: Path, has_dev: bool, n_train: int
 
 
 def _last_checkpoint(folder: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    """The newest complete checkpoint: one cut short while saving has no trainer state."""
+    if not folder.is_dir():
+        return None
+    steps = [
+        (int(d.name.split("-")[1]), d)
+        for d in folder.glob("checkpoint-*")
+        if d.name.split("-")[1].isdigit()
+    ]
+    for _, path in sorted(steps, reverse=True):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+        log.warning("skipping incomplete checkpoint %s", path)
+    return None
 
 
 def train(
@@ -128,6 +139,7 @@ def train(
     work_root: str | Path,
 ) -> dict:
     """Train one model node; return its metrics record."""
+    import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOTrainer, SFTTrainer
@@ -146,10 +158,16 @@ def train(
     work = work_dir(work_root, params, inputs)
 
     dtype = _resolve_dtype(params["dtype"])
+    if dtype == torch.float16 and not torch.cuda.is_available():
+        raise ValueError("dtype: float16 training needs a GPU; use float32 or auto on CPU")
     tokenizer = AutoTokenizer.from_pretrained(init_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=dtype)
+    # Full fine-tuning keeps float32 master weights (bf16/fp16 autocast computes): updates
+    # smaller than a bf16 weight's resolution would otherwise be rounded away. LoRA's
+    # adapters are kept in float32 by PEFT, so the frozen weights can stay in `dtype`.
+    load_dtype = torch.float32 if params["finetune"] == "full" else dtype
+    model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=load_dtype)
     peft_config = None
     if params["finetune"] == "lora":
         lora = params["lora"]
@@ -170,20 +188,33 @@ def train(
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+    # TRL drops examples whose prompt alone fills max_length: say so, and stop if none is left.
+    kept = len(trainer.train_dataset)
+    if kept == 0:
+        raise ValueError(
+            f"{train_path}: every example is longer than max_length ({args.max_length})"
+        )
+    if kept < len(train_ds):
+        log.warning(
+            "%d of %d examples dropped: longer than max_length (%d)",
+            len(train_ds) - kept,
+            len(train_ds),
+            args.max_length,
+        )
     resume = _last_checkpoint(work / "checkpoints")
     if resume:
         log.info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=resume)
     dev_metrics = trainer.evaluate() if dev_ds is not None else {}
     # The final evaluation goes into the state too, so the curves end at the last step.
-    metrics = _metrics(params, result.metrics, dev_metrics, len(train_ds), dev_ds, trainer)
+    metrics = _metrics(params, result.metrics, dev_metrics, kept, dev_ds, trainer)
 
     with atomic_dir(out_dir) as tmp:
         trained = trainer.model
         if peft_config is not None:
             trained.save_pretrained(tmp / "adapter")
             trained = trained.merge_and_unload()
-        trained.save_pretrained(tmp, safe_serialization=True)
+        trained.to(dtype).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         trainer.state.save_to_json(str(tmp / "trainer_state.json"))
         write_json(tmp / "metrics.json", metrics)

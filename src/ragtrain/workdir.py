@@ -1,13 +1,14 @@
 """Resumable state of long stages, outside Snakemake's declared outputs.
 
 Snakemake deletes a job's outputs before it reruns the job, so shards and checkpoints
-live in `results/<run>/work/<node>/<hash of the node's params>/` (DESIGN.md, principle
-6). A manifest records the inputs the state was built from: if an input changed since,
-the state is stale and is cleared rather than resumed.
+live in an undeclared folder, `results/<run>/work/<section>/<node>/<hash of the node's
+params>/`. A manifest records the inputs the state was built from: if an input changed
+since, the state is stale and is cleared rather than resumed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,12 +22,6 @@ log = logging.getLogger(__name__)
 
 def params_hash(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def stable_seed(*parts: object) -> int:
-    """A 31-bit seed derived from its parts (the same in every process, unlike hash())."""
-    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 def _fingerprint(paths: list[str | Path]) -> dict[str, list[int]]:
@@ -62,5 +57,8 @@ def work_dir(root: str | Path, params: dict, inputs: list[str | Path]) -> Path:
 
 
 def finish(path: Path) -> None:
-    """Drop the work folder once the declared outputs are written."""
+    """Drop the work folder once the declared outputs are written (and the node's folder
+    above it, if no other settings' state is left there)."""
     shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError):  # not empty: another settings' state
+        path.parent.rmdir()

@@ -116,9 +116,9 @@ def product_file(name, file):
     return f"{RESULTS}/products/{name}/{file}"
 
 
-def work_root(name):
+def work_root(section, name):
     """Resumable state (shards, checkpoints) of a node: not a declared output."""
-    return f"{RESULTS}/work/{name}"
+    return f"{RESULTS}/work/{section}/{name}"
 
 
 def training_input(w, split):
@@ -130,9 +130,8 @@ def trained_models():
 
 
 def product_stats():
-    kinds = ("judge", "sft_data", "preference_pairs")
-    names_ = sorted(n for n, p in CFG["products"].items() if p["kind"] in kinds)
-    return [product_file(n, "stats.json") for n in names_]
+    """Every product, for the report: a product nothing trains on is still made."""
+    return [product_file(n, "stats.json") for n in sorted(CFG["products"])]
 
 
 def eval_metrics():

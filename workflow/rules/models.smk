@@ -29,7 +29,7 @@ rule train:
     threads: 4
     params:
         node=lambda w: node("models", w.model),
-        work=lambda w: work_root(w.model),
+        work=lambda w: work_root("models", w.model),
     shell:
         "python -m ragtrain train --params {params.node:q} --init {input.init:q}"
         " --train {input.train:q} --dev {input.dev:q} --work {params.work:q}"

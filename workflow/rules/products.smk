@@ -16,7 +16,7 @@ rule self_demos:
     threads: 4
     params:
         node=lambda w: node("products", w.product),
-        work=lambda w: work_root(w.product),
+        work=lambda w: work_root("products", w.product),
     shell:
         "python -m ragtrain self-demos --params {params.node:q} --model {input.model:q}"
         " --examples {input.examples:q} --prompt {input.prompt:q} --work {params.work:q}"
@@ -36,10 +36,9 @@ rule judge:
     conda:
         "../../envs/evaluate.yaml"
     params:
-        # The judge has no settings yet; its node still reruns it when changed.
         node=lambda w: node("products", w.product),
     shell:
-        "python -m ragtrain judge --input {input:q} --output {output.judged:q}"
+        "python -m ragtrain judge --params {params.node:q} --input {input:q} --output {output.judged:q}"
         " --stats {output.stats:q} > {log:q} 2>&1"
 
 
