@@ -171,3 +171,50 @@ def test_hf_samples_are_reproducible_and_resume(tmp_path, template, tiny_model):
     resumed, stats = sample_demos(exs, lambda: generators[-1], template, params, tmp_path / "b")
     assert resumed == first
     assert stats["resumed_shards"] == 1
+
+
+_VLLM_RESUME = """
+import json, sys
+from pathlib import Path
+from ragtrain.config import GENERATION_DEFAULTS
+from ragtrain.generation import load_generator
+from ragtrain.prompts import PromptTemplate
+from ragtrain.selfdemo import sample_demos
+
+if __name__ == "__main__":
+    model, template, work = sys.argv[1], PromptTemplate(sys.argv[2]), Path(sys.argv[3])
+    generation = {**GENERATION_DEFAULTS, "backend": "vllm", "temperature": 1.0,
+                  "max_new_tokens": 4, "max_model_len": 1024}
+    params = {"n": 2, "shard_size": 3, "generation": generation}
+    exs = [{"id": f"q{i}", "question": f"Where was person {i} born?", "answers": ["X"],
+            "docs": []} for i in range(6)]
+    engine = load_generator(model, generation)
+    first, _ = sample_demos(exs, lambda: engine, template, params, work)
+    (work / "shard-00000.jsonl").unlink()
+    resumed, stats = sample_demos(exs, lambda: engine, template, params, work)
+    print("RESULT " + json.dumps({"first": first, "resumed": resumed, "stats": stats}))
+"""
+
+
+def test_vllm_samples_resume_as_an_uninterrupted_run(tmp_path, template, tiny_model):
+    """vLLM on CPU, in a fresh process as the self-demos stage runs it (the engine runs
+    in-process there): each shard is seeded, so a shard drawn after another equals the
+    same shard drawn first, which is what a resumed run does."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "resume.py"
+    script.write_text(_VLLM_RESUME)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tiny_model), str(template.path), str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    result = json.loads(line[len("RESULT ") :])
+    first, resumed = result["first"], result["resumed"]
+    assert any(r["samples"][0] != r["samples"][1] for r in first)  # sampled, not greedy
+    assert result["stats"]["resumed_shards"] == 1
+    assert resumed == first

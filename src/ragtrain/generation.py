@@ -72,8 +72,8 @@ class Generator(Protocol):
         seeds: list[int] | None = None,
     ) -> list[list[Completion]]:
         """`n` completions per conversation. `seeds`, one per conversation, seed each
-        request (vLLM on GPU) or each batch with its first seed (HF), so that a run
-        resumed at a batch boundary draws what an uninterrupted one would."""
+        request (vLLM on GPU), each call (vLLM on CPU) or each batch (HF) with the first
+        seed, so that a run resumed at a call boundary draws what an uninterrupted one would."""
         ...
 
 
@@ -197,9 +197,15 @@ class VLLMGenerator:
         from vllm import LLM
 
         # On CPU a per-request seed fails once a long prompt is prefilled in chunks (vLLM
-        # rewinds the request's generator: "CPU Generator does not use offset"), so there
-        # only the engine is seeded: a run is reproducible, a resumed one draws afresh.
+        # rewinds the request's generator: "CPU Generator does not use offset"). There the
+        # engine runs in this process instead, so that seeding torch before a call fixes
+        # that call's samples: with the engine in its own process, requests reach it while
+        # it is already stepping, and the same seed gave different samples run to run.
         self.request_seeds = torch.cuda.is_available()
+        extra = {}
+        if not self.request_seeds and params["tensor_parallel_size"] == 1:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+            extra["distributed_executor_backend"] = "uni"
         self.llm = LLM(
             model=model_dir,
             dtype=params["dtype"],
@@ -208,7 +214,9 @@ class VLLMGenerator:
             gpu_memory_utilization=params["gpu_memory_utilization"],
             enforce_eager=params["enforce_eager"],
             tensor_parallel_size=params["tensor_parallel_size"],
+            **extra,
         )
+        self.in_process = bool(extra)
         self.throughput = Throughput()
 
     def chat(
@@ -230,10 +238,14 @@ class VLLMGenerator:
                 seed=seed,
             )
 
-        if seeds is not None and self.request_seeds and sampling.temperature > 0:
-            sp = [params(seed) for seed in seeds]
-        else:
-            sp = params(None)
+        sp = params(None)
+        if seeds is not None and sampling.temperature > 0:
+            if self.request_seeds:
+                sp = [params(seed) for seed in seeds]
+            elif self.in_process:
+                import torch
+
+                torch.manual_seed(seeds[0])  # the sampler draws from torch's generator
         began = time.perf_counter()
         outputs = self.llm.chat(conversations, sp, use_tqdm=False)
         results = [

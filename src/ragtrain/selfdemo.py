@@ -2,10 +2,9 @@
 
 Generation is written in shards to the node's work folder and resumes where it
 stopped. Every example has its own seed (from the node's seed and the example id):
-vLLM on GPU seeds each request with it, the HF backend each batch with its first
-example's, so a resumed run draws the same samples as an uninterrupted one. vLLM on
-CPU is seeded per engine (see ragtrain.generation): there a run is reproducible from
-scratch and a resumed one samples its remaining shards afresh.
+vLLM on GPU seeds each request with it; vLLM on CPU each shard, and the HF backend each
+batch, with its first example's (see ragtrain.generation). So a resumed run draws the
+same samples as an uninterrupted one.
 """
 
 from __future__ import annotations
