@@ -197,22 +197,18 @@ def _check_references(config: dict) -> None:
                     f"{ref!r} (known: {known})",
                 )
     # Products and trained models read the kind of product they are built from.
-    for name, node in config["products"].items():
-        wanted = PRODUCT_SOURCES.get(node["kind"])
-        if wanted and config["products"][node["from"]]["kind"] != wanted:
-            raise ConfigError(
-                f"products.{name}.from",
-                f"a {node['kind']} product is made from a {wanted} product,"
-                f" not {node['from']!r} ({config['products'][node['from']]['kind']})",
-            )
-    for name, node in config["models"].items():
-        wanted = TRAINING_DATA.get(node["kind"])
-        if wanted and config["products"][node["data"]]["kind"] != wanted:
-            raise ConfigError(
-                f"models.{name}.data",
-                f"a {node['kind']} model trains on a {wanted} product,"
-                f" not {node['data']!r} ({config['products'][node['data']]['kind']})",
-            )
+    for section, field, wanted_kinds, verb in (
+        ("products", "from", PRODUCT_SOURCES, "product is made from"),
+        ("models", "data", TRAINING_DATA, "model trains on"),
+    ):
+        for name, node in config[section].items():
+            wanted = wanted_kinds.get(node["kind"])
+            found = config["products"][node[field]]["kind"] if wanted else None
+            if found != wanted:
+                raise ConfigError(
+                    f"{section}.{name}.{field}",
+                    f"a {node['kind']} {verb} a {wanted} product, not {node[field]!r} ({found})",
+                )
     # A world-backed dataset needs its split to exist in that world.
     for name, node in config["datasets"].items():
         if node.get("world") is not None:
