@@ -112,6 +112,24 @@ def _one_source(section: str, name: str, node: dict, choices: tuple[str, ...]) -
     return given[0]
 
 
+def _kind(section: str, name: str, kind, defaults: dict) -> None:
+    if kind not in defaults:
+        raise ConfigError(
+            f"{section}.{name}.kind", f"expected one of {sorted(defaults)}, got {kind!r}"
+        )
+
+
+def _require(section: str, name: str, node: dict, fields: tuple[str, ...], what: str) -> None:
+    for field in fields:
+        if not node.get(field):
+            raise ConfigError(f"{section}.{name}.{field}", f"a {what} needs {field}")
+
+
+def _seeded(defaults: dict, seed: int) -> dict:
+    """Kind defaults with the run's seed, for kinds that have a seed."""
+    return {**defaults, "seed": seed} if "seed" in defaults else defaults
+
+
 def _fill_nodes(config: dict) -> None:
     # The top-level seed is the default seed of every world and of generation.
     seed = config.setdefault("seed", DEFAULT_SEED)
@@ -127,11 +145,7 @@ def _fill_nodes(config: dict) -> None:
         config["corpora"][name] = _merge(CORPUS_DEFAULTS, node)
     for name, node in config["retrievers"].items():
         kind = node.get("kind")
-        if kind not in RETRIEVER_DEFAULTS:
-            raise ConfigError(
-                f"retrievers.{name}.kind",
-                f"expected one of {sorted(RETRIEVER_DEFAULTS)}, got {kind!r}",
-            )
+        _kind("retrievers", name, kind, RETRIEVER_DEFAULTS)
         config["retrievers"][name] = _merge(RETRIEVER_DEFAULTS[kind], node)
     for name, node in config["datasets"].items():
         source = _one_source("datasets", name, node, ("world", "path"))
@@ -140,38 +154,21 @@ def _fill_nodes(config: dict) -> None:
         config["datasets"][name] = _merge(DATASET_DEFAULTS, node)
     for name, node in config["models"].items():
         kind = node.setdefault("kind", "base")
-        if kind not in MODEL_DEFAULTS:
-            raise ConfigError(
-                f"models.{name}.kind", f"expected one of {sorted(MODEL_DEFAULTS)}, got {kind!r}"
-            )
+        _kind("models", name, kind, MODEL_DEFAULTS)
         if kind == "base":
             _one_source("models", name, node, ("gguf", "path", "hub"))
         else:
-            for field in ("init", "data"):
-                if not node.get(field):
-                    raise ConfigError(f"models.{name}.{field}", f"a {kind} model needs {field}")
-        defaults = (
-            MODEL_DEFAULTS[kind] if kind == "base" else {**MODEL_DEFAULTS[kind], "seed": seed}
-        )
-        config["models"][name] = _merge(defaults, node)
+            _require("models", name, node, ("init", "data"), f"{kind} model")
+        config["models"][name] = _merge(_seeded(MODEL_DEFAULTS[kind], seed), node)
     config["generation"] = _merge(
         {**GENERATION_DEFAULTS, "seed": seed}, config.get("generation") or {}
     )
     for name, node in config["products"].items():
         kind = node.get("kind")
-        if kind not in PRODUCT_DEFAULTS:
-            raise ConfigError(
-                f"products.{name}.kind",
-                f"expected one of {sorted(PRODUCT_DEFAULTS)}, got {kind!r}",
-            )
+        _kind("products", name, kind, PRODUCT_DEFAULTS)
         needed = ("from",) if kind in PRODUCT_SOURCES else ("model", "dataset", "retrieval")
-        for field in needed:
-            if not node.get(field):
-                raise ConfigError(f"products.{name}.{field}", f"a {kind} product needs {field}")
-        defaults = PRODUCT_DEFAULTS[kind]
-        if "seed" in defaults:
-            defaults = {**defaults, "seed": seed}
-        filled = _merge(defaults, node)
+        _require("products", name, node, needed, f"{kind} product")
+        filled = _merge(_seeded(PRODUCT_DEFAULTS[kind], seed), node)
         if kind == "self_demos":
             filled.setdefault(
                 "prompt", "closed_book" if node["retrieval"] == NO_RETRIEVAL else "rag"
