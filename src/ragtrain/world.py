@@ -142,11 +142,13 @@ class WorldConfig:
 
 @dataclass
 class World:
-    """The corpus and its question splits; distractor_ids are the near-namesake passages."""
+    """The corpus and its question splits; distractor_ids are the near-namesake passages;
+    entities maps each passage id to the attributes its passage states."""
 
     passages: list[dict]
     splits: dict[str, list[dict]]
     distractor_ids: list[str] = field(default_factory=list)
+    entities: dict[str, dict] = field(default_factory=dict)
 
 
 class _Names:
@@ -343,17 +345,19 @@ def generate_world(cfg: WorldConfig) -> World:
     # shuffled so that neither position nor id tells a distractor from a real entity
     docs = [(e, False) for e in real] + [(d, True) for d in distractors]
     rng.shuffle(docs)
-    passages, pid, distractor_ids = [], {}, []
+    passages, pid, distractor_ids, entities = [], {}, [], {}
     for i, (e, is_distractor) in enumerate(docs):
         doc_id = f"doc-{i:05d}"
         passages.append({"id": doc_id, "title": e["name"], "text": _render(e, rng)})
+        stated = {k: v for k, v in e.items() if k not in ("withheld", e["withheld"])}
+        entities[doc_id] = stated
         if is_distractor:
             distractor_ids.append(doc_id)
         else:
             pid[e["name"]] = doc_id
     blob = "\n".join(f"{p['title']}\n{p['text']}" for p in passages)
     splits = _questions(cfg, rng, names, real, pid, blob)
-    return World(passages=passages, splits=splits, distractor_ids=distractor_ids)
+    return World(passages=passages, splits=splits, distractor_ids=distractor_ids, entities=entities)
 
 
 def _questions(
@@ -434,10 +438,14 @@ def world_stats(world: World) -> dict:
     }
 
 
-def write_world(world: World, corpus: Path, questions: Path, stats: Path) -> None:
-    """Write the passages, every split's questions in one file (`meta.split` says which) and
-    the counts."""
+def write_world(
+    world: World, corpus: Path, questions: Path, stats: Path, entities: Path | None = None
+) -> None:
+    """Write the passages, every split's questions in one file (`meta.split` says which),
+    the counts and (for retrieval tasks built on the world) each passage's entity."""
     write_jsonl(corpus, world.passages)
+    if entities is not None:
+        write_jsonl(entities, ({"id": i, **e} for i, e in world.entities.items()))
     write_jsonl(
         questions,
         (
