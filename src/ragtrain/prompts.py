@@ -22,10 +22,10 @@ class PromptTemplate:
         except jinja2.TemplateSyntaxError as e:
             raise ValueError(f"{self.path}:{e.lineno}: template syntax error: {e.message}") from e
 
-    def render(self, example: dict) -> str:
-        return self._template.render(
-            question=example["question"], docs=example.get("docs", [])
-        ).strip()
+    def render(self, record: dict) -> str:
+        """The template over the record's fields: a question with its `docs`, or a
+        passage's `title` and `text` (doc -> query prompts)."""
+        return self._template.render(**{"docs": [], **record}).strip()
 
-    def conversation(self, example: dict) -> list[dict[str, str]]:
-        return [{"role": "user", "content": self.render(example)}]
+    def conversation(self, record: dict) -> list[dict[str, str]]:
+        return [{"role": "user", "content": self.render(record)}]

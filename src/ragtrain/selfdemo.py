@@ -34,8 +34,11 @@ def sample_demos(
     template: PromptTemplate,
     params: dict,
     work: Path,
+    desc: str = "self-demos",
 ) -> tuple[list[dict], dict]:
-    """Return (sample records, stats). The generator is loaded only if a shard is missing."""
+    """Return (sample records, stats). The generator is loaded only if a shard is missing.
+    `examples` are any records with an `id` that the template renders (questions with
+    their documents, or passages)."""
     n, shard_size = params["n"], params["shard_size"]
     generation = params["generation"]
     sampling = Sampling.from_params(generation, n=n)
@@ -46,9 +49,7 @@ def sample_demos(
     throughput = Throughput()
     records: list[dict] = []
     resumed = 0
-    bar = tqdm(
-        total=len(examples) * n, unit="sample", desc="self-demos", file=sys.stderr, mininterval=10
-    )
+    bar = tqdm(total=len(examples) * n, unit="sample", desc=desc, file=sys.stderr, mininterval=10)
     for index, start in enumerate(starts):
         batch = examples[start : start + shard_size]
         path = _shard_path(work, index)

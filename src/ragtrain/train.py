@@ -33,6 +33,8 @@ COMMON_DEFAULTS = {
     "logging_steps": 5,
     "save_steps": 50,
     "gradient_checkpointing": False,
+    # random, or sequential: the data's own order (a curriculum, e.g. easy to hard)
+    "sampling": "random",
     # auto: bfloat16 on GPU, float32 on CPU (bf16 matmuls crawl on CPUs without AVX512-BF16).
     "dtype": "auto",
     "seed": DEFAULT_SEED,
@@ -99,6 +101,7 @@ def _args(kind: str, params: dict, output_dir: Path, has_dev: bool, n_train: int
         "eval_steps": total // 2 + 1,
         "seed": params["seed"],
         "data_seed": params["seed"],
+        "train_sampling_strategy": params["sampling"],
         "report_to": "none",
         "bf16": dtype == torch.bfloat16,
         "fp16": dtype == torch.float16,
