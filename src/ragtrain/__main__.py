@@ -52,7 +52,7 @@ def cmd_world(args) -> None:
     from ragtrain.world import WorldConfig, generate_world, write_world
 
     world = generate_world(WorldConfig.from_dict(args.params))
-    write_world(world, args.corpus, args.questions, args.stats)
+    write_world(world, args.corpus, args.questions, args.stats, args.entities)
     n_questions = sum(len(examples) for examples in world.splits.values())
     log.info("world: %d passages, %d questions", len(world.passages), n_questions)
 
@@ -244,6 +244,7 @@ def cmd_train(args) -> None:
 
 def cmd_report(args) -> None:
     from ragtrain.report import (
+        load_retrieval_rows,
         load_rows,
         load_training,
         write_plot,
@@ -254,10 +255,243 @@ def cmd_report(args) -> None:
 
     rows = load_rows(args.metrics)
     training = load_training(args.models)
-    write_table(rows, Path(args.table))
-    write_plot(rows, Path(args.plot))
+    retrievers = load_retrieval_rows(args.retrieval_metrics, args.retrievers)
+    write_table([*rows, *retrievers], Path(args.table))
+    write_plot(rows or retrievers, Path(args.plot))
     write_training_plot(args.models, Path(args.training_plot))
-    write_summary(rows, args.retrieval, args.run, Path(args.summary), training, args.products)
+    write_summary(
+        rows, args.retrieval, args.run, Path(args.summary), training, args.products, retrievers
+    )
+
+
+def _gold_queries(queries_path: str, qrels_dir: str, split: str = "train") -> list[dict]:
+    """The task's judged (query, passage) pairs of a split as query records."""
+    from ragtrain.beir import load_queries
+    from ragtrain.ir_metrics import read_qrels
+
+    texts = {q["id"]: q["query"] for q in load_queries(queries_path)}
+    path = Path(qrels_dir) / f"{split}.tsv"
+    if not path.is_file():
+        raise RecordError(path, None, f"the task has no {split} qrels")
+    return [
+        {"id": f"{qid}:{doc_id}" if len(docs) > 1 else qid, "doc_id": doc_id, "query": texts[qid]}
+        for qid, docs in read_qrels(path).items()
+        for doc_id, score in docs.items()
+        if score > 0
+    ]
+
+
+def _query_records(path: str) -> list[dict]:
+    from ragtrain.records import iter_jsonl, require
+
+    records = []
+    for lineno, record in iter_jsonl(path):
+        for field in ("id", "doc_id", "query"):
+            require(record, field, str, path, lineno)
+        records.append(record)
+    return records
+
+
+def cmd_task(args) -> None:
+    from ragtrain.beir import check_task, load_folder, world_task, write_task
+    from ragtrain.records import read_jsonl
+
+    params = args.params
+    corpus = read_jsonl(args.corpus)
+    if args.entities:
+        entities = {e.pop("id"): e for e in read_jsonl(args.entities)}
+        queries, qrels = world_task(entities, params["queries"], params["seed"])
+        source = args.entities
+    else:
+        queries, qrels = load_folder(args.folder, params["splits"])
+        source = args.folder
+    check_task(queries, qrels, {p["id"] for p in corpus}, source)
+    stats = write_task(queries, qrels, Path(args.queries), Path(args.qrels), Path(args.stats))
+    log.info("task: %s", stats)
+
+
+def cmd_query_sft_data(args) -> None:
+    from ragtrain.prompts import PromptTemplate
+    from ragtrain.pseudo_query import query_sft_data
+    from ragtrain.records import read_jsonl
+
+    if args.input:
+        queries, source = _query_records(args.input), args.input
+    else:
+        queries, source = _gold_queries(args.queries, args.qrels), f"{args.qrels}/train.tsv"
+    train, dev, stats = query_sft_data(
+        queries, read_jsonl(args.corpus), PromptTemplate(args.prompt), args.params, source
+    )
+    write_jsonl(args.train, train)
+    write_jsonl(args.dev, dev)
+    write_json(args.stats, stats)
+    log.info("query-sft-data: %s", stats)
+
+
+def cmd_pseudo_queries(args) -> None:
+    from ragtrain.generation import load_generator
+    from ragtrain.ir_metrics import read_qrels
+    from ragtrain.prompts import PromptTemplate
+    from ragtrain.pseudo_query import PSEUDO_QUERY_DEFAULTS, generate_queries, unlabelled_sample
+    from ragtrain.records import read_jsonl
+    from ragtrain.workdir import finish, work_dir
+
+    params = {**PSEUDO_QUERY_DEFAULTS, **args.params}
+    params["generation"] = _generation(params)
+    train = Path(args.qrels) / "train.tsv"
+    labelled = (
+        {d for docs in read_qrels(train).values() for d in docs} if train.is_file() else set()
+    )
+    passages = unlabelled_sample(read_jsonl(args.corpus), labelled, params["docs"], params["seed"])
+    template = PromptTemplate(args.prompt)
+    work = work_dir(args.work, params, [args.model, args.corpus, args.prompt])
+    queries, stats = generate_queries(
+        passages, lambda: load_generator(args.model, params["generation"]), template, params, work
+    )
+    # Stats last: their presence means the queries are complete.
+    write_jsonl(args.output, queries)
+    write_json(args.stats, stats)
+    finish(work)
+    log.info("pseudo-queries: %s", stats)
+
+
+def _trained(model_dir: str) -> str:
+    """A trained retriever's model: `<folder>/model`, beside its metrics.json."""
+    return str(Path(model_dir) / "model")
+
+
+def _settings(params: dict, defaults: dict) -> dict:
+    """The keys a library function reads: a node also carries its kind, sources, etc."""
+    return {k: v for k, v in params.items() if k in defaults or k == "seed"}
+
+
+def cmd_query_filter(args) -> None:
+    from ragtrain.config import FILTER_KINDS
+    from ragtrain.records import read_jsonl
+
+    params = args.params
+    kind = params.get("filter")
+    if kind not in FILTER_KINDS:
+        raise ValueError(f"--params: 'filter' must be one of {sorted(FILTER_KINDS)}")
+    records, corpus = _query_records(args.input), read_jsonl(args.corpus)
+    if kind == "lossnet":
+        from ragtrain.lossnet import lossnet_filter
+
+        settings = _settings(params, FILTER_KINDS["lossnet"])
+        # The current retriever: a trained one, else the untrained encoder.
+        retriever = (
+            _trained(args.retriever)
+            if args.retriever
+            else settings.get("encoder", FILTER_KINDS["lossnet"]["encoder"])
+        )
+        gold = _gold_queries(args.queries, args.qrels) if args.queries else None
+        out, stats = lossnet_filter(records, corpus, retriever, settings, gold=gold)
+    else:
+        from ragtrain.query_filters import filter_queries
+
+        out, stats = filter_queries(
+            records, corpus, {**_settings(params, FILTER_KINDS[kind]), "filter": kind}
+        )
+    stats = {"filter": kind, **stats}
+    write_jsonl(args.output, out)
+    write_json(args.stats, stats)
+    log.info("query-filter (%s): %s", kind, stats)
+
+
+def cmd_query_preferences(args) -> None:
+    from ragtrain.prompts import PromptTemplate
+    from ragtrain.pseudo_query import PREFERENCE_DEFAULTS, preference_pairs, with_difficulty
+    from ragtrain.records import read_jsonl
+    from ragtrain.retriever_training import search
+
+    params = {**PREFERENCE_DEFAULTS, **args.params}
+    corpus = read_jsonl(args.corpus)
+    queries = with_difficulty(
+        _query_records(args.input),
+        lambda texts, k: search("biencoder", _trained(args.retriever), corpus, texts, k),
+        min(params["depth"], len(corpus)),
+    )
+    train, dev, stats = preference_pairs(
+        queries, corpus, PromptTemplate(args.prompt), params, args.input
+    )
+    write_jsonl(args.output, queries)
+    write_jsonl(args.train, train)
+    write_jsonl(args.dev, dev)
+    write_json(args.stats, stats)
+    log.info("query-preferences: %s", stats)
+
+
+def cmd_train_retriever(args) -> None:
+    import torch
+
+    from ragtrain.records import atomic_dir, read_jsonl
+    from ragtrain.retriever_training import (
+        BIENCODER_DEFAULTS,
+        COLBERT_DEFAULTS,
+        hard_negative_triples,
+        train_biencoder,
+        train_colbert,
+        training_pairs,
+    )
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    params = args.params
+    kind = params.get("kind")
+    if kind not in ("biencoder", "colbert"):
+        raise ValueError("--params: 'kind' must be biencoder or colbert")
+    corpus = read_jsonl(args.corpus)
+    gold = _gold_queries(args.queries, args.qrels)
+    pseudo = [r for path in args.pseudo for r in _query_records(path) if r.get("kept", True)]
+    queries = gold + pseudo
+    with atomic_dir(args.output) as tmp:
+        if kind == "biencoder":
+            settings = _settings(params, BIENCODER_DEFAULTS)
+            metrics = train_biencoder(training_pairs(queries, corpus), settings, tmp / "model")
+        else:
+            settings = _settings(params, COLBERT_DEFAULTS)
+            triples = hard_negative_triples(queries, corpus, settings)
+            metrics = train_colbert(triples, settings, tmp / "model")
+        metrics = {"kind": kind, **metrics, "n_gold": len(gold), "n_pseudo": len(pseudo)}
+        write_json(tmp / "metrics.json", metrics)
+    log.info("train-retriever (%s): %s", kind, metrics)
+
+
+def cmd_evaluate_retrieval(args) -> None:
+    from ragtrain.beir import load_queries
+    from ragtrain.ir_metrics import evaluate_run, read_qrels, read_run, write_run
+    from ragtrain.records import read_json, read_jsonl
+    from ragtrain.retrieval import Index
+    from ragtrain.retriever_training import search
+
+    params = args.params
+    split, k = params.get("split", "test"), params.get("k", 100)
+    qrels = read_qrels(Path(args.qrels) / f"{split}.tsv")
+    texts = {q["id"]: q["query"] for q in load_queries(args.queries) if q["id"] in qrels}
+    corpus = read_jsonl(args.corpus)
+    if args.index:
+        index = Index(args.index)
+        qids = list(texts)
+        hits = index.search([texts[q] for q in qids], k)
+        run = {
+            q: {index.corpus[i]["id"]: s for i, s in ranked}
+            for q, ranked in zip(qids, hits, strict=True)
+        }
+        kind = index.params["kind"]
+    else:
+        kind = read_json(Path(args.model) / "metrics.json")["kind"]
+        if kind == "colbert" and not args.candidates:
+            raise ValueError("a ColBERT reranks a first-stage run: give --candidates")
+        candidates = read_run(args.candidates) if args.candidates else None
+        run = search(kind, _trained(args.model), corpus, texts, k, candidates=candidates)
+    metrics = evaluate_run(qrels, run)
+    write_run(args.run, run)
+    write_json(
+        args.metrics,
+        {"retriever": params.get("retriever", Path(args.model or args.index).name),
+         "kind": kind, "dataset": params.get("dataset"), "split": split, **metrics},
+    )  # fmt: skip
+    log.info("evaluate-retrieval: %s", metrics)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,6 +516,103 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", required=True, help="output passages (JSONL)")
     p.add_argument("--questions", required=True, help="output questions of every split (JSONL)")
     p.add_argument("--stats", required=True, help="output counts (JSON)")
+
+    p.add_argument("--entities", help="output: each passage's entity (JSONL), for retrieval tasks")
+
+    p = stage(
+        "task",
+        cmd_task,
+        "a retrieval task: queries and qrels from a BEIR folder, or synthetic over a world",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--entities", help="a world's entities.jsonl (synthetic task)")
+    source.add_argument("--folder", help="a BEIR folder (queries.jsonl, qrels/<split>.tsv)")
+    p.add_argument("--corpus", required=True, help="the task's passages (ids are checked)")
+    p.add_argument("--queries", required=True, help="output queries {id, query} (JSONL)")
+    p.add_argument("--qrels", required=True, help="output folder of <split>.tsv")
+    p.add_argument("--stats", required=True)
+
+    p = stage(
+        "query-sft-data",
+        cmd_query_sft_data,
+        "doc -> query SFT data from a task's gold train pairs or from kept pseudo-queries",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="query records (JSONL); those kept are used")
+    source.add_argument("--queries", help="the task's queries.jsonl (with --qrels)")
+    p.add_argument("--qrels", help="the task's qrels folder (train.tsv is used)")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--prompt", required=True, help="Jinja template of the user turn")
+    p.add_argument("--train", required=True)
+    p.add_argument("--dev", required=True)
+    p.add_argument("--stats", required=True)
+
+    p = stage(
+        "pseudo-queries",
+        cmd_pseudo_queries,
+        "per_doc queries for a sample of unlabelled passages (sharded, resumable)",
+    )
+    p.add_argument("--model", required=True, help="the query writer's folder")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--qrels", required=True, help="the task's qrels folder (train: labelled)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--work", required=True, help="work folder root (shards; resumed)")
+    p.add_argument("--output", required=True, help="query records (JSONL)")
+    p.add_argument("--stats", required=True)
+
+    p = stage(
+        "query-filter",
+        cmd_query_filter,
+        "rank each query's source passage (BM25, dense) or predict its loss (LossNet); keep some",
+    )
+    p.add_argument("--input", required=True, help="query records (JSONL)")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--queries", help="the task's queries (LossNet: gold examples)")
+    p.add_argument("--qrels", help="the task's qrels folder (LossNet: gold examples)")
+    p.add_argument("--retriever", help="LossNet: the current retriever's folder")
+    p.add_argument("--output", required=True, help="query records with filters and kept")
+    p.add_argument("--stats", required=True)
+
+    p = stage(
+        "query-preferences",
+        cmd_query_preferences,
+        "difficulty under a trained retriever; pairs of kept over dropped queries, easy to hard",
+    )
+    p.add_argument("--input", required=True, help="filtered query records (JSONL)")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--retriever", required=True, help="a trained bi-encoder's folder")
+    p.add_argument("--prompt", required=True, help="the doc -> query template")
+    p.add_argument("--output", required=True, help="query records with difficulty")
+    p.add_argument("--train", required=True)
+    p.add_argument("--dev", required=True)
+    p.add_argument("--stats", required=True)
+
+    p = stage(
+        "train-retriever",
+        cmd_train_retriever,
+        "a bi-encoder (in-batch negatives) or ColBERT (PyLate) on gold plus kept pseudo-queries",
+    )
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--queries", required=True, help="the task's queries.jsonl")
+    p.add_argument("--qrels", required=True, help="the task's qrels folder (train.tsv)")
+    p.add_argument("--pseudo", nargs="*", default=[], help="query records (JSONL); kept used")
+    p.add_argument("--output", required=True, help="model folder")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
+
+    p = stage(
+        "evaluate-retrieval",
+        cmd_evaluate_retrieval,
+        "rank a task's queries; nDCG@10, MAP@10, Recall@100, MRR@10 (BEIR's way)",
+    )
+    ranker = p.add_mutually_exclusive_group(required=True)
+    ranker.add_argument("--index", help="an index folder (BM25 or dense, untrained)")
+    ranker.add_argument("--model", help="a trained retriever's folder")
+    p.add_argument("--candidates", help="ColBERT: the first-stage run to rerank (TREC)")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--queries", required=True)
+    p.add_argument("--qrels", required=True, help="the task's qrels folder")
+    p.add_argument("--run", required=True, help="output run (TREC)")
+    p.add_argument("--metrics", required=True)
 
     p = stage("corpus", cmd_corpus, "normalise a BEIR corpus.jsonl into passages {id, title, text}")
     p.add_argument("--input", required=True)
@@ -372,7 +703,11 @@ def build_parser() -> argparse.ArgumentParser:
         params=False,
     )
     p.add_argument("--run", required=True, help="the run's name, for the title")
-    p.add_argument("--metrics", nargs="+", required=True)
+    p.add_argument("--metrics", nargs="*", default=[], help="QA evaluation metrics.json files")
+    p.add_argument(
+        "--retrieval-metrics", nargs="*", default=[], help="retrieval evaluation metrics.json"
+    )
+    p.add_argument("--retrievers", nargs="*", default=[], help="trained retriever folders")
     p.add_argument("--retrieval", nargs="*", default=[], help="retrieval stats.json files")
     p.add_argument("--models", nargs="*", default=[], help="trained model folders")
     p.add_argument("--products", nargs="*", default=[], help="product stats.json files")

@@ -14,8 +14,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ragtrain.beir import WORLD_TASK_DEFAULTS
 from ragtrain.judge import JUDGE_DEFAULTS
+from ragtrain.lossnet import LOSSNET_DEFAULTS
 from ragtrain.products import PAIRS_DEFAULTS, SFT_DEFAULTS
+from ragtrain.pseudo_query import (
+    PREFERENCE_DEFAULTS,
+    PSEUDO_QUERY_DEFAULTS,
+    QUERY_SFT_DEFAULTS,
+)
+from ragtrain.query_filters import FILTER_DEFAULTS
+from ragtrain.retriever_training import BIENCODER_DEFAULTS, COLBERT_DEFAULTS
 from ragtrain.seeds import DEFAULT_SEED
 from ragtrain.train import TRAIN_DEFAULTS
 from ragtrain.world import WorldConfig
@@ -43,22 +52,56 @@ RETRIEVER_DEFAULTS: dict[str, dict[str, Any]] = {
         "passage_prefix": "",
     },
 }
-DATASET_DEFAULTS: dict[str, Any] = {"format": "auto", "limit": None}
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    # QA examples
+    "qa": {"format": "auto", "limit": None},
+    # retrieval tasks in BEIR's layout (corpus, queries, qrels per split)
+    "beir": {"splits": ["train", "dev", "test"]},
+}
+RETRIEVER_MODELS = ("biencoder", "colbert")
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "base": {"dtype": "bfloat16", "trust_remote_code": False, "revision": None},
     **TRAIN_DEFAULTS,
+    # Retrievers trained on a task's gold train pairs plus the queries of `queries`.
+    "biencoder": {**BIENCODER_DEFAULTS, "queries": []},
+    "colbert": {**COLBERT_DEFAULTS, "queries": []},
 }
-# Which product kind a trained model's `data` must be.
-TRAINING_DATA = {"sft": "sft_data", "dpo": "preference_pairs"}
+# Which product kinds a trained LLM's `data` may be.
+TRAINING_DATA = {"sft": ("sft_data", "query_sft_data"), "dpo": ("preference_pairs",)}
+QUERY_KINDS = ("pseudo_queries", "query_filter", "query_preferences")
 PRODUCT_DEFAULTS: dict[str, dict[str, Any]] = {
     # prompt: `rag`, or `closed_book` for `retrieval: none` (filled in _fill_nodes).
     "self_demos": {"n": 4, "shard_size": 64},
     "judge": JUDGE_DEFAULTS,
     "sft_data": SFT_DEFAULTS,
     "preference_pairs": PAIRS_DEFAULTS,
+    "query_sft_data": QUERY_SFT_DEFAULTS,
+    "pseudo_queries": PSEUDO_QUERY_DEFAULTS,
+    # per `filter` (bm25, dense, lossnet): see FILTER_KINDS
+    "query_filter": {},
+    "query_preferences": PREFERENCE_DEFAULTS,
+}
+FILTER_KINDS: dict[str, dict[str, Any]] = {
+    **FILTER_DEFAULTS,
+    "lossnet": {**LOSSNET_DEFAULTS, "retriever": None},
 }
 # What each product kind is made from (its `from`), where it is made from a product.
-PRODUCT_SOURCES = {"judge": "self_demos", "sft_data": "judge", "preference_pairs": "judge"}
+PRODUCT_SOURCES = {
+    "judge": ("self_demos",),
+    "sft_data": ("judge",),
+    "preference_pairs": ("judge",),
+    "query_filter": ("pseudo_queries", "query_filter"),
+    "query_preferences": ("pseudo_queries", "query_filter"),
+    "query_sft_data": ("pseudo_queries", "query_filter", "query_preferences"),
+}
+# The fields each product kind needs.
+PRODUCT_NEEDS = {
+    "self_demos": ("model", "dataset", "retrieval"),
+    "pseudo_queries": ("model", "dataset"),
+    "query_filter": ("from", "filter"),
+    "query_preferences": ("from", "retriever"),
+    "query_sft_data": (),  # a dataset or a product: checked in _fill_nodes
+}
 GENERATION_DEFAULTS: dict[str, Any] = {
     "backend": "vllm",
     "max_new_tokens": 32,
@@ -80,14 +123,15 @@ EVALUATE_DEFAULTS: dict[str, Any] = {"prompt": "rag", "closed_book_prompt": "clo
 REFERENCES: dict[str, dict[str, str]] = {
     "corpora": {"world": "worlds"},
     "retrievers": {"corpus": "corpora"},
-    "datasets": {"world": "worlds"},
+    "datasets": {"world": "worlds", "corpus": "corpora"},
     "products": {
         "from": "products",
         "model": "models",
         "dataset": "datasets",
         "retrieval": "retrievers",
+        "retriever": "models",
     },
-    "models": {"init": "models", "data": "products"},
+    "models": {"init": "models", "data": "products", "dataset": "datasets", "queries": "products"},
 }
 SECTIONS = ("worlds", "corpora", "retrievers", "datasets", "products", "models")
 
@@ -113,10 +157,12 @@ def _one_source(section: str, name: str, node: dict, choices: tuple[str, ...]) -
 
 
 def _kind(section: str, name: str, kind, defaults: dict) -> None:
+    _kind_of(f"{section}.{name}.kind", kind, defaults)
+
+
+def _kind_of(key: str, kind, defaults: dict) -> None:
     if kind not in defaults:
-        raise ConfigError(
-            f"{section}.{name}.kind", f"expected one of {sorted(defaults)}, got {kind!r}"
-        )
+        raise ConfigError(key, f"expected one of {sorted(defaults)}, got {kind!r}")
 
 
 def _require(section: str, name: str, node: dict, fields: tuple[str, ...], what: str) -> None:
@@ -148,15 +194,25 @@ def _fill_nodes(config: dict) -> None:
         _kind("retrievers", name, kind, RETRIEVER_DEFAULTS)
         config["retrievers"][name] = _merge(RETRIEVER_DEFAULTS[kind], node)
     for name, node in config["datasets"].items():
+        kind = node.setdefault("kind", "qa")
+        _kind("datasets", name, kind, DATASET_DEFAULTS)
         source = _one_source("datasets", name, node, ("world", "path"))
-        if source == "world" and not node.get("split"):
+        defaults = DATASET_DEFAULTS[kind]
+        if kind == "qa" and source == "world" and not node.get("split"):
             raise ConfigError(f"datasets.{name}.split", "a dataset from a world needs a split")
-        config["datasets"][name] = _merge(DATASET_DEFAULTS, node)
+        if kind == "beir":
+            _require("datasets", name, node, ("corpus",), "BEIR dataset")
+            if source == "world":
+                defaults = {**WORLD_TASK_DEFAULTS, "seed": seed}
+                node = {**node, "splits": list(node.get("queries") or defaults["queries"])}
+        config["datasets"][name] = _merge(defaults, node)
     for name, node in config["models"].items():
         kind = node.setdefault("kind", "base")
         _kind("models", name, kind, MODEL_DEFAULTS)
         if kind == "base":
             _one_source("models", name, node, ("gguf", "path", "hub"))
+        elif kind in RETRIEVER_MODELS:
+            _require("models", name, node, ("dataset",), f"{kind} model")
         else:
             _require("models", name, node, ("init", "data"), f"{kind} model")
         config["models"][name] = _merge(_seeded(MODEL_DEFAULTS[kind], seed), node)
@@ -166,49 +222,67 @@ def _fill_nodes(config: dict) -> None:
     for name, node in config["products"].items():
         kind = node.get("kind")
         _kind("products", name, kind, PRODUCT_DEFAULTS)
-        needed = ("from",) if kind in PRODUCT_SOURCES else ("model", "dataset", "retrieval")
+        if kind == "query_sft_data":
+            _one_source("products", name, node, ("dataset", "from"))
+        needed = PRODUCT_NEEDS.get(kind, ("from",) if kind in PRODUCT_SOURCES else ())
         _require("products", name, node, needed, f"{kind} product")
-        filled = _merge(_seeded(PRODUCT_DEFAULTS[kind], seed), node)
+        defaults = PRODUCT_DEFAULTS[kind]
+        if kind == "query_filter":
+            _kind_of(f"products.{name}.filter", node["filter"], FILTER_KINDS)
+            defaults = FILTER_KINDS[node["filter"]]
+        filled = _merge(_seeded(defaults, seed), node)
         if kind == "self_demos":
             filled.setdefault(
                 "prompt", "closed_book" if node["retrieval"] == NO_RETRIEVAL else "rag"
             )
+        if kind in ("self_demos", "pseudo_queries"):
             # Sampling settings: the run's generation settings under the product's own.
             filled["generation"] = _merge(config["generation"], node.get("generation") or {})
         config["products"][name] = filled
+
+
+def _refs(value) -> list:
+    """A reference field's names: one name, or a list of them (a retriever's `queries`)."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
 
 
 def _check_references(config: dict) -> None:
     for section, fields in REFERENCES.items():
         for name, node in config[section].items():
             for field, target in fields.items():
-                ref = node.get(field)
-                if ref is None or ref in config[target]:
-                    continue
-                if target == "retrievers" and ref == NO_RETRIEVAL:
-                    continue  # closed book
-                known = ", ".join(sorted(config[target])) or "none"
-                raise ConfigError(
-                    f"{section}.{name}.{field}",
-                    f"unknown {target[:-1] if target != 'corpora' else 'corpus'} "
-                    f"{ref!r} (known: {known})",
-                )
-    # Products and trained models read the kind of product they are built from.
+                for ref in _refs(node.get(field)):
+                    if ref in config[target]:
+                        continue
+                    if target == "retrievers" and ref == NO_RETRIEVAL:
+                        continue  # closed book
+                    known = ", ".join(sorted(config[target])) or "none"
+                    raise ConfigError(
+                        f"{section}.{name}.{field}",
+                        f"unknown {target[:-1] if target != 'corpora' else 'corpus'} "
+                        f"{ref!r} (known: {known})",
+                    )
+    # Products and trained models read the kinds of product they are built from.
     for section, field, wanted_kinds, verb in (
         ("products", "from", PRODUCT_SOURCES, "product is made from"),
         ("models", "data", TRAINING_DATA, "model trains on"),
+        ("models", "queries", dict.fromkeys(RETRIEVER_MODELS, QUERY_KINDS), "trains on"),
     ):
         for name, node in config[section].items():
             wanted = wanted_kinds.get(node["kind"])
-            found = config["products"][node[field]]["kind"] if wanted else None
-            if found != wanted:
-                raise ConfigError(
-                    f"{section}.{name}.{field}",
-                    f"a {node['kind']} {verb} a {wanted} product, not {node[field]!r} ({found})",
-                )
-    # A world-backed dataset needs its split to exist in that world.
+            for ref in _refs(node.get(field)) if wanted else []:
+                found = config["products"][ref]["kind"]
+                if found not in wanted:
+                    raise ConfigError(
+                        f"{section}.{name}.{field}",
+                        f"a {node['kind']} {verb} a {' or '.join(wanted)} product,"
+                        f" not {ref!r} ({found})",
+                    )
+    _check_tasks(config)
+    # A world-backed QA dataset needs its split to exist in that world.
     for name, node in config["datasets"].items():
-        if node.get("world") is not None:
+        if node.get("world") is not None and node["kind"] == "qa":
             splits = config["worlds"][node["world"]]["questions"]
             if node["split"] not in splits:
                 raise ConfigError(
@@ -218,15 +292,76 @@ def _check_references(config: dict) -> None:
                 )
 
 
+def _dataset_kind(config: dict, key: str, name: str, wanted: str) -> None:
+    found = config["datasets"][name]["kind"]
+    if found != wanted:
+        what = {"qa": "QA dataset", "beir": "BEIR (retrieval) dataset"}[wanted]
+        raise ConfigError(key, f"expected a {what}, got {name!r} (kind {found})")
+
+
+def _check_tasks(config: dict) -> None:
+    """Retrieval tasks: the kinds of the datasets nodes read, and the corpus they share."""
+    for name, node in config["datasets"].items():
+        if node["kind"] == "beir" and node.get("world"):
+            corpus_world = config["corpora"][node["corpus"]].get("world")
+            if corpus_world != node["world"]:
+                raise ConfigError(
+                    f"datasets.{name}.corpus",
+                    f"a task from world {node['world']!r} needs that world's corpus,"
+                    f" not {node['corpus']!r}",
+                )
+    for name, node in config["products"].items():
+        if node["kind"] == "self_demos":
+            _dataset_kind(config, f"products.{name}.dataset", node["dataset"], "qa")
+        elif node.get("dataset"):
+            _dataset_kind(config, f"products.{name}.dataset", node["dataset"], "beir")
+    for name, node in config["models"].items():
+        if node["kind"] not in RETRIEVER_MODELS:
+            continue
+        _dataset_kind(config, f"models.{name}.dataset", node["dataset"], "beir")
+        if node["kind"] == "colbert":
+            ref = node["candidates"]
+            known = [*config["retrievers"], *_retriever_models(config)]
+            if ref not in known:
+                raise ConfigError(
+                    f"models.{name}.candidates",
+                    f"expected a retriever or a biencoder model, got {ref!r}"
+                    f" (known: {', '.join(sorted(known)) or 'none'})",
+                )
+    for entry in config.get("retrieval_evaluations", []):
+        _dataset_kind(config, entry["key"], entry["dataset"], "beir")
+        name, task = entry["retriever"], config["datasets"][entry["dataset"]]
+        if name in config["retrievers"]:
+            if config["retrievers"][name]["corpus"] != task["corpus"]:
+                raise ConfigError(
+                    f"{entry['key']}.retrievers",
+                    f"retriever {name!r} indexes corpus {config['retrievers'][name]['corpus']!r},"
+                    f" but task {entry['dataset']!r} judges passages of {task['corpus']!r}",
+                )
+        elif config["models"][name]["kind"] not in RETRIEVER_MODELS:
+            raise ConfigError(
+                f"{entry['key']}.retrievers",
+                f"{name!r} is a {config['models'][name]['kind']} model, not a retriever",
+            )
+    for i, entry in enumerate(config.get("evaluate") or []):
+        for name in entry.get("datasets", []):
+            if name in config["datasets"]:
+                _dataset_kind(config, f"evaluate[{i}].datasets", name, "qa")
+
+
+def _retriever_models(config: dict) -> list[str]:
+    return [n for n, m in config["models"].items() if m["kind"] == "biencoder"]
+
+
 def _check_cycles(config: dict) -> None:
     """Reject references that loop: a model initialised from itself, or a model whose
     training data is sampled from that very model (across sections)."""
 
     def edges(section: str, name: str):
         for field, target in REFERENCES.get(section, {}).items():
-            ref = config[section][name].get(field)
-            if ref is not None and ref in config[target]:
-                yield target, ref
+            for ref in _refs(config[section][name].get(field)):
+                if ref in config[target]:
+                    yield target, ref
 
     done: set[tuple[str, str]] = set()
 
@@ -303,15 +438,20 @@ def _expand_evaluate(config: dict, prompts_dir: Path | None) -> list[dict]:
 def prepare(config: dict, prompts_dir: Path | None = None) -> dict:
     """Return a copy of a schema-validated config with node defaults filled and references checked.
 
-    Adds `evaluations`: the flat list of evaluation nodes. With `prompts_dir`, the prompt
-    templates that evaluations name must exist there.
+    Expands a `pseudo_query` block into its nodes (see expand_pseudo_query). Adds
+    `evaluations` and `retrieval_evaluations`: the flat lists of evaluation nodes. With
+    `prompts_dir`, the prompt templates that nodes name must exist there.
     """
     config = copy.deepcopy(config)
     for section in SECTIONS:
         config[section] = config.get(section) or {}
+    if config.get("pseudo_query"):
+        expand_pseudo_query(config)
+    config["retrieval_evaluations"] = _expand_evaluate_retrieval(config)
     _fill_nodes(config)
     _check_references(config)
     _check_cycles(config)
+    _fill_task_datasets(config)
     if prompts_dir is not None:
         for name, node in config["products"].items():
             if "prompt" in node and not (prompts_dir / f"{node['prompt']}.jinja").is_file():
@@ -321,3 +461,209 @@ def prepare(config: dict, prompts_dir: Path | None = None) -> dict:
                 )
     config["evaluations"] = _expand_evaluate(config, prompts_dir)
     return config
+
+
+def _fill_task_datasets(config: dict) -> None:
+    """Query products made from other products work on their source's task (its corpus);
+    the retrievers that read them and rank with them must share it."""
+
+    def task(name: str) -> str:
+        node = config["products"][name]
+        return node.get("dataset") or task(node["from"])
+
+    for name, node in config["products"].items():
+        if node["kind"] in (*QUERY_KINDS, "query_sft_data"):
+            node["dataset"] = task(name)
+    for name, node in config["models"].items():
+        for ref in node.get("queries", []) if node["kind"] in RETRIEVER_MODELS else []:
+            if config["products"][ref]["dataset"] != node["dataset"]:
+                raise ConfigError(
+                    f"models.{name}.queries",
+                    f"{ref!r} holds queries of task {config['products'][ref]['dataset']!r},"
+                    f" not of {node['dataset']!r}",
+                )
+    for name, node in config["products"].items():
+        ref = node.get("retriever") if node["kind"] in QUERY_KINDS else None
+        if ref is not None and config["models"][ref]["kind"] != "biencoder":
+            raise ConfigError(
+                f"products.{name}.retriever",
+                f"expected a biencoder model, got {ref!r} ({config['models'][ref]['kind']})",
+            )
+
+
+RETRIEVAL_EVAL_DEFAULTS = {"split": "test", "k": 100}
+
+
+def _expand_evaluate_retrieval(config: dict) -> list[dict]:
+    """One node per (retriever, dataset, split) of the `evaluate_retrieval` entries."""
+    nodes, seen = [], {}
+    for i, entry in enumerate(config.get("evaluate_retrieval") or []):
+        entry = {**RETRIEVAL_EVAL_DEFAULTS, **entry}
+        for name in entry["retrievers"]:
+            if name not in config["retrievers"] and name not in config["models"]:
+                known = ", ".join(sorted([*config["retrievers"], *config["models"]]))
+                raise ConfigError(
+                    f"evaluate_retrieval[{i}].retrievers",
+                    f"unknown retriever {name!r} (known: {known})",
+                )
+            key = (name, entry["dataset"], entry["split"])
+            if key in seen:
+                raise ConfigError(
+                    f"evaluate_retrieval[{i}]",
+                    f"evaluates {name} on {entry['dataset']} ({entry['split']}) again"
+                    f" (already in evaluate_retrieval[{seen[key]}])",
+                )
+            seen[key] = i
+            nodes.append(
+                {
+                    "key": f"evaluate_retrieval[{i}]",
+                    "retriever": name,
+                    "dataset": entry["dataset"],
+                    "split": entry["split"],
+                    "k": entry["k"],
+                }
+            )
+    return nodes
+
+
+PSEUDO_QUERY_BLOCK_DEFAULTS: dict[str, Any] = {
+    "name": "pq",
+    "rounds": 1,
+    "query_sft": {"learning_rate": 3e-4, "epochs": 2, "batch_size": 8, "max_length": 384},
+    "queries": {},
+    "filters": {
+        "bm25": {"filter": "bm25", "rule": "pool_top1"},
+        "dense": {"filter": "dense", "rule": "corpus_topk", "k": 10},
+        "lossnet": {"filter": "lossnet"},
+    },
+    "combinations": [["bm25"], ["bm25", "dense"], ["bm25", "dense", "lossnet"]],
+    "retriever": {},
+    "colbert": None,
+    "preferences": {},
+    "evaluate": {"split": "test", "k": 100},
+}
+
+
+def _known_keys(key: str, given: dict, allowed: dict) -> None:
+    for field in given:
+        if field not in allowed:
+            raise ConfigError(
+                f"{key}.{field}", f"unknown key (known: {', '.join(sorted(allowed))})"
+            )
+
+
+def _add(config: dict, section: str, name: str, node: dict) -> None:
+    if name in config[section]:
+        raise ConfigError(
+            f"{section}.{name}", "the pseudo_query block makes a node of this name: rename one"
+        )
+    config[section][name] = node
+
+
+def expand_pseudo_query(config: dict) -> None:
+    """Expand the `pseudo_query` block (the SPTAR-style recipe) into plain nodes.
+
+    With P its `name`, for a BEIR `dataset` whose corpus node is C:
+    - `P_bm25`, `P_encoder`: BM25 and the untrained encoder over C (report baselines);
+    - `P_gold_sft` (doc -> query SFT data from the gold train pairs) and `P_gold` (a
+      bi-encoder trained on them alone);
+    - per round r: `P_qgen_r<r>` (the query writer: SFT from `generator` in round 1,
+      from the previous writer on the previous round's kept queries, easy to hard,
+      after), `P_queries_r<r>` (its pseudo-queries), one chain of filter products per
+      combination (`P_r<r>_bm25`, `P_r<r>_bm25_dense`, ...; shared prefixes made once),
+      bi-encoders on gold plus all queries (`P_r<r>_all`) and on gold plus each
+      combination's kept ones (`P_r<r>_<filters>`), an optional ColBERT on gold plus the
+      last combination's, and `P_prefs_r<r>` (difficulty under the last combination's
+      retriever, and preference pairs);
+    - LossNet scores with the current retriever: `P_gold` in round 1, the previous round's
+      last-combination retriever after;
+    - one `evaluate_retrieval` entry over all of these retrievers.
+    """
+    block = _merge(PSEUDO_QUERY_BLOCK_DEFAULTS, config["pseudo_query"])
+    for field in ("dataset", "generator"):
+        if not block.get(field):
+            raise ConfigError(f"pseudo_query.{field}", "the pseudo_query block needs it")
+    p, dataset, rounds = block["name"], block["dataset"], block["rounds"]
+    corpus = (config["datasets"].get(dataset) or {}).get("corpus")
+    if corpus is None:
+        raise ConfigError(
+            "pseudo_query.dataset", f"{dataset!r} is not a BEIR dataset with a corpus"
+        )
+    for i, combo in enumerate(block["combinations"]):
+        for f in combo:
+            if f not in block["filters"]:
+                raise ConfigError(
+                    f"pseudo_query.combinations[{i}]",
+                    f"unknown filter {f!r} (filters: {', '.join(block['filters'])})",
+                )
+    if not block["combinations"]:
+        raise ConfigError("pseudo_query.combinations", "list at least one filter combination")
+    # The block's settings become nodes that the schema never saw: check their keys here.
+    _known_keys("pseudo_query.query_sft", block["query_sft"], TRAIN_DEFAULTS["sft"])
+    _known_keys(
+        "pseudo_query.queries", block["queries"], {**PSEUDO_QUERY_DEFAULTS, "generation": 0}
+    )
+    _known_keys("pseudo_query.retriever", block["retriever"], BIENCODER_DEFAULTS)
+    _known_keys("pseudo_query.colbert", block["colbert"] or {}, COLBERT_DEFAULTS)
+    _known_keys("pseudo_query.preferences", block["preferences"], PREFERENCE_DEFAULTS)
+    for f, settings in block["filters"].items():
+        _kind_of(f"pseudo_query.filters.{f}.filter", settings.get("filter"), FILTER_KINDS)
+        _known_keys(
+            f"pseudo_query.filters.{f}", settings, {**FILTER_KINDS[settings["filter"]], "filter": 0}
+        )
+    k = block["evaluate"]["k"]
+    _add(config, "retrievers", f"{p}_bm25", {"kind": "bm25", "corpus": corpus, "k": k})
+    encoder = block["retriever"].get("encoder", BIENCODER_DEFAULTS["encoder"])
+    _add(config, "retrievers", f"{p}_encoder",
+         {"kind": "dense", "corpus": corpus, "k": k, "encoder": encoder})  # fmt: skip
+    retriever = {"kind": "biencoder", "dataset": dataset, **block["retriever"]}
+    _add(config, "products", f"{p}_gold_sft", {"kind": "query_sft_data", "dataset": dataset})
+    _add(config, "models", f"{p}_gold", {**retriever, "queries": []})
+    evaluated = [f"{p}_bm25", f"{p}_encoder", f"{p}_gold"]
+    current, last_prefs = f"{p}_gold", None
+    for r in range(1, rounds + 1):
+        qgen = f"{p}_qgen_r{r}"
+        if r == 1:
+            sft = {"init": block["generator"], "data": f"{p}_gold_sft"}
+        else:
+            _add(
+                config, "products", f"{p}_sft_r{r}", {"kind": "query_sft_data", "from": last_prefs}
+            )
+            # The previous round's kept queries come sorted easy to hard: keep that order.
+            sft = {"init": f"{p}_qgen_r{r - 1}", "data": f"{p}_sft_r{r}", "sampling": "sequential"}
+        _add(config, "models", qgen, {**block["query_sft"], "kind": "sft", **sft})
+        queries = f"{p}_queries_r{r}"
+        writer = {"kind": "pseudo_queries", "model": qgen, "dataset": dataset}
+        _add(config, "products", queries, {**block["queries"], **writer})
+        _add(config, "models", f"{p}_r{r}_all", {**retriever, "queries": [queries]})
+        evaluated.append(f"{p}_r{r}_all")
+        last = None
+        for combo in block["combinations"]:
+            source = queries
+            for j in range(len(combo)):
+                name = f"{p}_r{r}_" + "_".join(combo[: j + 1])
+                if name not in config["products"]:
+                    settings = dict(block["filters"][combo[j]])
+                    if settings.get("filter") == "lossnet":
+                        settings.setdefault("retriever", current)
+                    config["products"][name] = {**settings, "kind": "query_filter", "from": source}
+                source = name
+            model = f"{source}"
+            if model not in config["models"]:
+                _add(config, "models", model, {**retriever, "queries": [source]})
+                evaluated.append(model)
+            last = source
+        if block["colbert"] is not None:
+            colbert = {"kind": "colbert", "dataset": dataset, "candidates": f"{p}_bm25",
+                       **block["colbert"], "queries": [last]}  # fmt: skip
+            _add(config, "models", f"{p}_r{r}_colbert", colbert)
+            evaluated.append(f"{p}_r{r}_colbert")
+        last_prefs = f"{p}_prefs_r{r}"
+        prefs = {"kind": "query_preferences", "from": last, "retriever": last}
+        _add(config, "products", last_prefs, {**block["preferences"], **prefs})
+        current = last
+    config.setdefault("evaluate_retrieval", [])
+    config["evaluate_retrieval"] = [
+        *(config["evaluate_retrieval"] or []),
+        {"dataset": dataset, "retrievers": evaluated, **block["evaluate"]},
+    ]

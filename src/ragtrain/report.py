@@ -65,13 +65,62 @@ def load_training(model_dirs: list[str]) -> list[dict]:
     ]
 
 
+IR_MEASURES = ["ndcg@10", "map@10", "recall@100", "mrr@10"]
+RETRIEVER_COLUMNS = ["retriever", "kind", "dataset", "split", "n_gold", "n_pseudo", *IR_MEASURES]
+CSV_COLUMNS = [*COLUMNS, "retriever", "kind", "split", "n_gold", "n_pseudo", *IR_MEASURES]
+
+
+def load_retrieval_rows(metric_files: list[str], model_dirs: list[str]) -> list[dict]:
+    """One row per evaluated retriever, with what a trained one was trained on."""
+    trained = {Path(d).name: read_json(Path(d) / "metrics.json") for d in model_dirs}
+    rows = []
+    for file in metric_files:
+        m = read_json(file)
+        info = trained.get(m["retriever"], {})
+        rows.append({**m, "n_gold": info.get("n_gold"), "n_pseudo": info.get("n_pseudo")})
+    return sorted(rows, key=lambda r: (r["dataset"], r["split"], r["retriever"]))
+
+
+def _query_product(stats: dict) -> str | None:
+    """Pseudo-query products, in a few words (None for other products)."""
+    if "filter" in stats:
+        held = (
+            f"{stats['filter']} filter"
+            + (f" ({stats['rule']}, k {stats['k']})" if "rule" in stats else "")
+            + f": kept {stats['n_kept']} of {stats['n_candidates']} candidates"
+        )
+        if stats.get("spearman_holdout") is not None:
+            held += f"; held-out Spearman of predicted vs true loss {stats['spearman_holdout']:.3f}"
+        return held
+    if "dropped_repeated" in stats:
+        return (
+            f"{stats['n_queries']} pseudo-queries for {stats['n_passages']} passages"
+            f" ({stats['dropped_empty']} empty, {stats['dropped_repeated']} repeated dropped),"
+            f" {stats['tokens_per_second']} generated tok/s"
+        )
+    if "n_pairs" in stats and "mean_difficulty_kept" in stats:
+        return (
+            f"{stats['n_pairs']} query preference pairs ({stats['n_train']} train,"
+            f" {stats['n_dev']} dev); mean difficulty (source rank) of kept queries"
+            f" {stats['mean_difficulty_kept']}, of dropped {stats['mean_difficulty_dropped']}"
+        )
+    if "n_used" in stats:
+        return (
+            f"{stats['n_train']} train + {stats['n_dev']} dev doc -> query pairs"
+            f" over {stats['n_passages']} passages"
+        )
+    return None
+
+
 def _product_rows(stats_files: list[str]) -> list[dict]:
     """One line per product: what it holds, in a few words."""
     rows = []
     for file in sorted(stats_files):
         stats = read_json(file)
         name = Path(file).parent.name
-        if "labels" in stats:
+        if (query := _query_product(stats)) is not None:
+            held = query
+        elif "labels" in stats:
             labels = stats["labels"]
             groups = stats["by_group"]
             held = (
@@ -113,6 +162,7 @@ def write_summary(
     path: Path,
     training: list[dict] | None = None,
     product_files: list[str] | None = None,
+    retrievers: list[dict] | None = None,
 ) -> None:
     retrieval_rows = []
     for file in sorted(retrieval_files):
@@ -129,18 +179,30 @@ def write_summary(
                 "n": stats["n"],
             }
         )
-    text = [
-        f"# ragtrain report: run `{run}`",
-        "",
-        "## Evaluation",
-        "",
-        "EM, F1 and accuracy are over answerable questions; `correct_refusal` is the share of"
-        " unanswerable questions the model declined, `false_refusal` the share of answerable ones."
-        " Retrieval `none` is the closed-book contrast.",
-        "",
-        _markdown_table(rows, COLUMNS),
-        "",
-    ]
+    text = [f"# ragtrain report: run `{run}`", ""]
+    if rows:
+        text += [
+            "## Evaluation",
+            "",
+            "EM, F1 and accuracy are over answerable questions; `correct_refusal` is the share"
+            " of unanswerable questions the model declined, `false_refusal` the share of"
+            " answerable ones. Retrieval `none` is the closed-book contrast.",
+            "",
+            _markdown_table(rows, COLUMNS),
+            "",
+        ]
+    if retrievers:
+        text += [
+            "## Retrievers",
+            "",
+            "Held-out queries, measured the way BEIR does (pytrec_eval; a hit whose id equals"
+            " the query id is ignored). `n_gold` / `n_pseudo`: the gold and pseudo-query pairs"
+            " a trained retriever learnt from; untrained ones have none. A ColBERT reranks"
+            " its candidates retriever's top 100.",
+            "",
+            _markdown_table(retrievers, RETRIEVER_COLUMNS),
+            "",
+        ]
     typed = [
         {
             "model": r["model"],
@@ -192,8 +254,11 @@ def write_summary(
 
 
 def write_table(rows: list[dict], path: Path) -> None:
+    """QA evaluations and retrieval evaluations, one row each (blank where n/a)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(
+        buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n"
+    )
     writer.writeheader()
     writer.writerows(rows)
     with atomic_path(path) as tmp:
@@ -207,18 +272,25 @@ def write_plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    labels = [f"{r['model']}\n{r['dataset']}/{r['retrieval']}" for r in rows]
+    # QA evaluations; a run without any (a retriever recipe) plots its retrievers, whose
+    # longer names are slanted.
+    qa = bool(rows) and "model" in rows[0]
+    if qa:
+        labels = [f"{r['model']}\n{r['dataset']}/{r['retrieval']}" for r in rows]
+    else:
+        labels = [r["retriever"] for r in rows]
+    plotted = PLOTTED if qa else IR_MEASURES
     x = np.arange(len(rows))
-    width = 0.8 / len(PLOTTED)
+    width = 0.8 / len(plotted)
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(rows) + 2), 4))
-    for i, metric in enumerate(PLOTTED):
+    for i, metric in enumerate(plotted):
         # No value (e.g. no unanswerable questions) draws no bar, not a zero.
         values = [np.nan if r.get(metric) is None else r[metric] for r in rows]
-        ax.bar(x + (i - (len(PLOTTED) - 1) / 2) * width, values, width, label=metric)
-    ax.set_xticks(x, labels, fontsize=8)
+        ax.bar(x + (i - (len(plotted) - 1) / 2) * width, values, width, label=metric)
+    ax.set_xticks(x, labels, fontsize=8, rotation=0 if qa else 30, ha="center" if qa else "right")
     ax.set_ylim(0, 1)
     ax.set_ylabel("score")
-    ax.legend(ncols=len(PLOTTED), fontsize=8, loc="upper left")
+    ax.legend(ncols=len(plotted), fontsize=8, loc="upper left")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:

@@ -7,7 +7,7 @@ from pathlib import Path
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 
-from ragtrain.config import NO_RETRIEVAL, ConfigError, prepare
+from ragtrain.config import NO_RETRIEVAL, RETRIEVER_MODELS, ConfigError, prepare
 
 PROMPTS = Path(workflow.basedir) / "resources" / "prompts"
 
@@ -42,6 +42,12 @@ def names(section, *kinds):
     return "|".join(sorted(chosen)) or "^$"
 
 
+RETRIEVAL_EVALUATIONS = {
+    (ev["retriever"], ev["dataset"], ev["split"]): ev
+    for ev in CFG["retrieval_evaluations"]
+}
+
+
 wildcard_constraints:
     world=names("worlds"),
     corpus=names("corpora"),
@@ -50,6 +56,9 @@ wildcard_constraints:
     model=names("models"),
     product=names("products"),
     retrieval="|".join([*sorted(CFG["retrievers"]), NO_RETRIEVAL]),
+    # what a retrieval evaluation ranks with: a retriever or a trained retriever model
+    ranker="|".join(sorted({r for r, _, _ in RETRIEVAL_EVALUATIONS})) or "^$",
+    split="[A-Za-z0-9_-]+",
 
 
 def node(section, name, drop=()):
@@ -79,6 +88,30 @@ def dataset_input(w):
     if source.get("world"):
         return f"{RESULTS}/worlds/{source['world']}/questions.jsonl"
     return source["path"]
+
+
+def task_input(w):
+    """A retrieval task's source (world entities or a BEIR folder) and its corpus."""
+    source = CFG["datasets"][w.dataset]
+    inputs = {"corpus": corpus_file(source["corpus"])}
+    if source.get("world"):
+        inputs["entities"] = f"{RESULTS}/worlds/{source['world']}/entities.jsonl"
+    else:
+        inputs["folder"] = source["path"]
+    return inputs
+
+
+def corpus_file(corpus):
+    return f"{RESULTS}/corpus/{corpus}/corpus.jsonl"
+
+
+def task_files(dataset):
+    """The corpus, queries and qrels folder of a retrieval task (a BEIR dataset)."""
+    return {
+        "corpus": corpus_file(CFG["datasets"][dataset]["corpus"]),
+        "queries": f"{RESULTS}/data/{dataset}/queries.jsonl",
+        "qrels": f"{RESULTS}/data/{dataset}/qrels",
+    }
 
 
 def index_input(w):
@@ -126,7 +159,47 @@ def training_input(w, split):
 
 
 def trained_models():
-    return sorted(n for n, m in CFG["models"].items() if m["kind"] != "base")
+    """Trained LLMs (their curves go to the report)."""
+    return sorted(n for n, m in CFG["models"].items() if m["kind"] in ("sft", "dpo"))
+
+
+def retriever_models():
+    return sorted(n for n, m in CFG["models"].items() if m["kind"] in RETRIEVER_MODELS)
+
+
+def retrieval_evaluation(w):
+    return RETRIEVAL_EVALUATIONS[(w.ranker, w.dataset, w.split)]
+
+
+def retrieval_eval_file(retriever, dataset, split, file):
+    return f"{RESULTS}/eval_retrieval/{retriever}/{dataset}/{split}/{file}"
+
+
+def retrieval_eval_input(w):
+    """What a retrieval evaluation ranks with: an index of the retrievers section, or a
+    trained retriever (a ColBERT reranks the run of its `candidates` retriever)."""
+    inputs = task_files(w.dataset)
+    if w.ranker in CFG["retrievers"]:
+        inputs["index"] = f"{RESULTS}/index/{w.ranker}"
+    else:
+        inputs["model"] = model_dir(w.ranker)
+        if CFG["models"][w.ranker]["kind"] == "colbert":
+            candidates = CFG["models"][w.ranker]["candidates"]
+            inputs["candidates"] = retrieval_eval_file(
+                candidates, w.dataset, w.split, "run.trec"
+            )
+    return inputs
+
+
+def retrieval_metrics():
+    return [
+        retrieval_eval_file(r, d, s, "metrics.json")
+        for r, d, s in RETRIEVAL_EVALUATIONS
+    ]
+
+
+def query_files(names):
+    return [product_file(n, "data.jsonl") for n in names]
 
 
 def product_stats():

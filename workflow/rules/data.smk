@@ -3,6 +3,7 @@ rule world:
         corpus=f"{RESULTS}/worlds/{{world}}/corpus.jsonl",
         questions=f"{RESULTS}/worlds/{{world}}/questions.jsonl",
         stats=f"{RESULTS}/worlds/{{world}}/stats.json",
+        entities=f"{RESULTS}/worlds/{{world}}/entities.jsonl",
     log:
         f"{LOGS}/world/{{world}}.log",
     conda:
@@ -11,7 +12,8 @@ rule world:
         node=lambda w: node("worlds", w.world),
     shell:
         "python -m ragtrain world --params {params.node:q} --corpus {output.corpus:q}"
-        " --questions {output.questions:q} --stats {output.stats:q} > {log:q} 2>&1"
+        " --questions {output.questions:q} --stats {output.stats:q}"
+        " --entities {output.entities:q} > {log:q} 2>&1"
 
 
 rule corpus:
@@ -37,6 +39,8 @@ rule dataset:
         stats=f"{RESULTS}/data/{{dataset}}/stats.json",
     log:
         f"{LOGS}/dataset/{{dataset}}.log",
+    wildcard_constraints:
+        dataset=names("datasets", "qa"),
     conda:
         "../../envs/data.yaml"
     params:
@@ -44,3 +48,28 @@ rule dataset:
     shell:
         "python -m ragtrain dataset --params {params.node:q} --input {input:q}"
         " --output {output.examples:q} --stats {output.stats:q} > {log:q} 2>&1"
+
+
+rule task:
+    input:
+        unpack(task_input),
+    output:
+        queries=f"{RESULTS}/data/{{dataset}}/queries.jsonl",
+        qrels=directory(f"{RESULTS}/data/{{dataset}}/qrels"),
+        stats=f"{RESULTS}/data/{{dataset}}/stats.json",
+    log:
+        f"{LOGS}/dataset/{{dataset}}.log",
+    wildcard_constraints:
+        dataset=names("datasets", "beir"),
+    conda:
+        "../../envs/data.yaml"
+    params:
+        node=lambda w: node("datasets", w.dataset),
+        source=lambda w, input: (
+            f"--entities {shlex.quote(input.entities)}"
+            if "entities" in input.keys()
+            else f"--folder {shlex.quote(input.folder)}"
+        ),
+    shell:
+        "python -m ragtrain task --params {params.node:q} {params.source} --corpus {input.corpus:q}"
+        " --queries {output.queries:q} --qrels {output.qrels:q} --stats {output.stats:q} > {log:q} 2>&1"

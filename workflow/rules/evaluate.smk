@@ -19,3 +19,30 @@ rule evaluate:
         "python -m ragtrain evaluate --params {params.node:q} --model {input.model:q}"
         " --examples {input.examples:q} --prompt {input.prompt:q}"
         " --predictions {output.predictions:q} --metrics {output.metrics:q} > {log:q} 2>&1"
+
+
+rule evaluate_retrieval:
+    input:
+        unpack(retrieval_eval_input),
+    output:
+        run=f"{RESULTS}/eval_retrieval/{{ranker}}/{{dataset}}/{{split}}/run.trec",
+        metrics=f"{RESULTS}/eval_retrieval/{{ranker}}/{{dataset}}/{{split}}/metrics.json",
+    log:
+        f"{LOGS}/eval_retrieval/{{ranker}}/{{dataset}}/{{split}}.log",
+    conda:
+        "../../envs/evaluate.yaml"
+    threads: 2
+    params:
+        node=lambda w: json.dumps(
+            {k: v for k, v in retrieval_evaluation(w).items() if k != "key"},
+            sort_keys=True,
+        ),
+        ranker=lambda w, input: " ".join(
+            f"--{key} {shlex.quote(input[key])}"
+            for key in ("index", "model", "candidates")
+            if key in input.keys()
+        ),
+    shell:
+        "python -m ragtrain evaluate-retrieval --params {params.node:q} {params.ranker}"
+        " --corpus {input.corpus:q} --queries {input.queries:q} --qrels {input.qrels:q}"
+        " --run {output.run:q} --metrics {output.metrics:q} > {log:q} 2>&1"

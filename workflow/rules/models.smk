@@ -34,3 +34,24 @@ rule train:
         "python -m ragtrain train --params {params.node:q} --init {input.init:q}"
         " --train {input.train:q} --dev {input.dev:q} --work {params.work:q}"
         " --threads {threads} --output {output:q} > {log:q} 2>&1"
+
+
+rule train_retriever:
+    input:
+        unpack(lambda w: task_files(CFG["models"][w.model]["dataset"])),
+        pseudo=lambda w: query_files(CFG["models"][w.model]["queries"]),
+    output:
+        directory(f"{RESULTS}/models/{{model}}"),
+    log:
+        f"{LOGS}/models/{{model}}.log",
+    wildcard_constraints:
+        model=names("models", *RETRIEVER_MODELS),
+    conda:
+        "../../envs/train.yaml"
+    threads: 2
+    params:
+        node=lambda w: node("models", w.model),
+    shell:
+        "python -m ragtrain train-retriever --params {params.node:q} --corpus {input.corpus:q}"
+        " --queries {input.queries:q} --qrels {input.qrels:q} --pseudo {input.pseudo:q}"
+        " --threads {threads} --output {output:q} > {log:q} 2>&1"

@@ -80,3 +80,115 @@ rule preference_pairs:
     shell:
         "python -m ragtrain preference-pairs --params {params.node:q} --input {input:q}"
         " --train {output.train:q} --dev {output.dev:q} --stats {output.stats:q} > {log:q} 2>&1"
+
+
+rule query_sft_data:
+    input:
+        unpack(lambda w: task_files(product(w)["dataset"])),
+        prompt=lambda w: prompt_path(product(w)["prompt"]),
+        source=lambda w: (
+            query_files([product(w)["from"]]) if product(w).get("from") else []
+        ),
+    output:
+        train=product_file("{product}", "train.jsonl"),
+        dev=product_file("{product}", "dev.jsonl"),
+        stats=product_file("{product}", "stats.json"),
+    log:
+        f"{LOGS}/products/{{product}}.log",
+    wildcard_constraints:
+        product=names("products", "query_sft_data"),
+    conda:
+        "../../envs/data.yaml"
+    params:
+        node=lambda w: node("products", w.product),
+        # gold train pairs of the task, or the queries of a product
+        source=lambda w, input: (
+            f"--input {shlex.quote(input.source[0])}"
+            if input.source
+            else f"--queries {shlex.quote(input.queries)} --qrels {shlex.quote(input.qrels)}"
+        ),
+    shell:
+        "python -m ragtrain query-sft-data --params {params.node:q} {params.source}"
+        " --corpus {input.corpus:q} --prompt {input.prompt:q} --train {output.train:q}"
+        " --dev {output.dev:q} --stats {output.stats:q} > {log:q} 2>&1"
+
+
+rule pseudo_queries:
+    input:
+        unpack(lambda w: task_files(product(w)["dataset"])),
+        model=lambda w: model_dir(product(w)["model"]),
+        prompt=lambda w: prompt_path(product(w)["prompt"]),
+    output:
+        queries=product_file("{product}", "data.jsonl"),
+        stats=product_file("{product}", "stats.json"),
+    log:
+        f"{LOGS}/products/{{product}}.log",
+    wildcard_constraints:
+        product=names("products", "pseudo_queries"),
+    conda:
+        "../../envs/generate.yaml"
+    # One generation engine at a time (see rule evaluate).
+    threads: 4
+    params:
+        node=lambda w: node("products", w.product),
+        work=lambda w: work_root("products", w.product),
+    shell:
+        "python -m ragtrain pseudo-queries --params {params.node:q} --model {input.model:q}"
+        " --corpus {input.corpus:q} --qrels {input.qrels:q} --prompt {input.prompt:q}"
+        " --work {params.work:q} --output {output.queries:q} --stats {output.stats:q} > {log:q} 2>&1"
+
+
+rule query_filter:
+    input:
+        unpack(lambda w: task_files(product(w)["dataset"])),
+        source=lambda w: query_files([product(w)["from"]]),
+        # LossNet: the current retriever
+        retriever=lambda w: (
+            model_dir(product(w)["retriever"]) if product(w).get("retriever") else []
+        ),
+    output:
+        queries=product_file("{product}", "data.jsonl"),
+        stats=product_file("{product}", "stats.json"),
+    log:
+        f"{LOGS}/products/{{product}}.log",
+    wildcard_constraints:
+        product=names("products", "query_filter"),
+    conda:
+        "../../envs/data.yaml"
+    threads: 2
+    params:
+        node=lambda w: node("products", w.product),
+        retriever=lambda w, input: (
+            f"--retriever {shlex.quote(input.retriever)}" if input.retriever else ""
+        ),
+    shell:
+        "python -m ragtrain query-filter --params {params.node:q} --input {input.source:q}"
+        " --corpus {input.corpus:q} --queries {input.queries:q} --qrels {input.qrels:q}"
+        " {params.retriever} --output {output.queries:q} --stats {output.stats:q} > {log:q} 2>&1"
+
+
+rule query_preferences:
+    input:
+        unpack(lambda w: task_files(product(w)["dataset"])),
+        source=lambda w: query_files([product(w)["from"]]),
+        retriever=lambda w: model_dir(product(w)["retriever"]),
+        prompt=str(PROMPTS / "doc2query.jinja"),
+    output:
+        queries=product_file("{product}", "data.jsonl"),
+        train=product_file("{product}", "train.jsonl"),
+        dev=product_file("{product}", "dev.jsonl"),
+        stats=product_file("{product}", "stats.json"),
+    log:
+        f"{LOGS}/products/{{product}}.log",
+    wildcard_constraints:
+        product=names("products", "query_preferences"),
+    conda:
+        "../../envs/data.yaml"
+    threads: 2
+    params:
+        node=lambda w: node("products", w.product),
+    shell:
+        "python -m ragtrain query-preferences --params {params.node:q} --input {input.source:q}"
+        " --corpus {input.corpus:q} --retriever {input.retriever:q} --prompt {input.prompt:q}"
+        " --output {output.queries:q} --train {output.train:q} --dev {output.dev:q}"
+        " --stats {output.stats:q} > {log:q} 2>&1"

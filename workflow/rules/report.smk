@@ -4,6 +4,8 @@ rule report:
         retrieval=retrieval_stats(),
         models=[model_dir(m) for m in trained_models()],
         products=product_stats(),
+        retrieval_metrics=retrieval_metrics(),
+        retrievers=[model_dir(m) for m in retriever_models()],
     output:
         summary=report(
             f"{RESULTS}/report/summary.md",
@@ -34,5 +36,6 @@ rule report:
     shell:
         "python -m ragtrain report --run {params.run:q} --metrics {input.metrics:q}"
         " --retrieval {input.retrieval:q} --models {input.models:q}"
-        " --products {input.products:q} --summary {output.summary:q} --table {output.table:q}"
+        " --products {input.products:q} --retrieval-metrics {input.retrieval_metrics:q}"
+        " --retrievers {input.retrievers:q} --summary {output.summary:q} --table {output.table:q}"
         " --plot {output.plot:q} --training-plot {output.training:q} > {log:q} 2>&1"

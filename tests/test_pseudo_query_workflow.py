@@ -1,0 +1,108 @@
+"""The pseudo-query recipe end to end through Snakemake: two rounds on a tiny task."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from tests.test_workflow import planned_jobs, snakemake
+
+
+def tiny_pq_config(tmp_path: Path, tiny_model: Path) -> Path:
+    cfg = yaml.safe_load((ROOT / "tests" / "tiny_pq.yaml").read_text())
+    cfg["models"]["base"]["path"] = str(tiny_model)
+    configfile = tmp_path / "tiny_pq.yaml"
+    configfile.write_text(yaml.safe_dump(cfg))
+    return configfile
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.open()]
+
+
+@pytest.mark.e2e
+def test_pseudo_query_recipe_end_to_end(tiny_model, tmp_path):
+    configfile = tiny_pq_config(tmp_path, tiny_model)
+    snakemake("--cores", "2", "--configfile", str(configfile), "--directory", str(tmp_path))
+    results = tmp_path / "results" / "tiny_pq"
+    products = results / "products"
+
+    # The task: 8 gold train pairs, 8 test queries, qrels in BEIR's layout.
+    qrels = (results / "data/task/qrels/test.tsv").read_text().splitlines()
+    assert qrels[0] == "query-id\tcorpus-id\tscore" and len(qrels) == 9
+    gold_sft = read_jsonl(products / "pq_gold_sft/train.jsonl")
+    gold_sft += read_jsonl(products / "pq_gold_sft/dev.jsonl")
+    assert len(gold_sft) == 8
+
+    for r in (1, 2):
+        queries = read_jsonl(products / f"pq_queries_r{r}/data.jsonl")
+        assert queries and {q["doc_id"] for q in queries}
+        labelled = {
+            line.split("\t")[1]
+            for line in (results / "data/task/qrels/train.tsv").read_text().splitlines()[1:]
+        }
+        assert not {q["doc_id"] for q in queries} & labelled, (
+            "pseudo-queries only for unlabelled passages"
+        )
+        # Filters annotate every candidate and chain: a dropped query stays dropped.
+        bm25 = read_jsonl(products / f"pq_r{r}_bm25/data.jsonl")
+        assert len(bm25) == len(queries)
+        assert all(
+            "bm25_rank" in q["filters"] and q["kept"] == (q["filters"]["bm25_rank"] <= 5)
+            for q in bm25
+        )
+        last = read_jsonl(products / f"pq_r{r}_bm25_dense_lossnet/data.jsonl")
+        for before, after in zip(bm25, last, strict=True):
+            assert after["id"] == before["id"]
+            if not before["kept"]:
+                assert not after["kept"] and "lossnet" not in after["filters"]
+        lossnet = json.loads((products / f"pq_r{r}_bm25_dense_lossnet/stats.json").read_text())
+        assert lossnet["n_kept"] <= lossnet["n_candidates"]
+        prefs = read_jsonl(products / f"pq_prefs_r{r}/data.jsonl")
+        assert all(isinstance(q["difficulty"], int) and q["difficulty"] >= 1 for q in prefs)
+        pairs = read_jsonl(products / f"pq_prefs_r{r}/train.jsonl") + read_jsonl(
+            products / f"pq_prefs_r{r}/dev.jsonl"
+        )
+        kept_texts = {q["query"] for q in prefs if q["kept"]}
+        assert all(p["chosen"][0]["content"] in kept_texts for p in pairs)
+
+    # Round 2's writer learnt from round 1's kept queries, in their easy-to-hard order.
+    sft_r2 = read_jsonl(products / "pq_sft_r2/train.jsonl")
+    kept_r1 = [q["id"] for q in read_jsonl(products / "pq_prefs_r1/data.jsonl") if q["kept"]]
+    assert [s["id"] for s in sft_r2] == [i for i in kept_r1 if i in {s["id"] for s in sft_r2}]
+    state = json.loads((results / "models/pq_qgen_r2/trainer_state.json").read_text())
+    assert state["global_step"] >= 1
+
+    # Every retriever scored; trained ones say what they learnt from.
+    rows = {}
+    for metrics in (results / "eval_retrieval").glob("*/task/test/metrics.json"):
+        m = json.loads(metrics.read_text())
+        rows[m["retriever"]] = m
+        assert m["n"] == 8 and 0 <= m["ndcg@10"] <= 1 and m["recall@100"] >= m["mrr@10"] - 1e-9
+    assert len(rows) == 11
+    assert rows["pq_r1_colbert"]["kind"] == "colbert"
+    gold = json.loads((results / "models/pq_gold/metrics.json").read_text())
+    everything = json.loads((results / "models/pq_r1_all/metrics.json").read_text())
+    assert gold["n_pseudo"] == 0 and gold["n_gold"] == 8
+    assert everything["n_pseudo"] == len(read_jsonl(products / "pq_queries_r1/data.jsonl"))
+
+    summary = (results / "report/summary.md").read_text()
+    assert "## Retrievers" in summary and "| pq_r2_bm25_dense_lossnet | biencoder |" in summary
+    assert "lossnet filter" in summary and "pseudo-queries for" in summary
+    assert (results / "report/metrics.png").stat().st_size > 1000
+    assert not any((results / "work").glob("*/*"))
+
+    proc = snakemake("-n", "--configfile", str(configfile), "--directory", str(tmp_path))
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    # A new LossNet share reruns round 1's LossNet filter and what follows it: round 1's
+    # retriever and pairs, then all of round 2 from its writer on; nothing before.
+    cfg = yaml.safe_load(configfile.read_text())
+    cfg["pseudo_query"]["filters"]["lossnet"]["top_fraction"] = 0.8
+    configfile.write_text(yaml.safe_dump(cfg))
+    proc = snakemake("-n", "--configfile", str(configfile), "--directory", str(tmp_path))
+    jobs = planned_jobs(proc.stdout)
+    assert jobs["query_filter"] == 1 + 3, jobs
+    assert jobs["pseudo_queries"] == 1 and jobs["train"] == 1, jobs  # round 2's writer
+    assert "task" not in jobs and "query_sft_data" in jobs
