@@ -60,7 +60,7 @@ def test_every_retriever_is_evaluated_once():
 def test_the_demo_config_expands():
     cfg = expanded(DEMO)
     assert cfg["generation"]["backend"] == "vllm"
-    assert "pq_r1_dense" in cfg["models"] and "pq_r1_colbert" in cfg["models"]
+    assert "pq_r1_bm25_dense" in cfg["models"] and "pq_r1_colbert" in cfg["models"]
 
 
 def block(**changes):

@@ -27,8 +27,6 @@ import numbers
 from pathlib import Path
 from typing import Literal, overload
 
-import pytrec_eval
-
 from ragtrain.records import RecordError, atomic_path
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
@@ -83,6 +81,9 @@ def evaluate_run(
     """
     if not qrels:
         raise ValueError("evaluate_run: qrels is empty (no query to evaluate)")
+    # Imported here: qrels and runs are read and written in envs without pytrec_eval.
+    import pytrec_eval
+
     clean_qrels = _check_qrels(qrels)
     clean_run: Run = {}
     for qid in clean_qrels:

@@ -167,6 +167,16 @@ def retriever_models():
     return sorted(n for n, m in CFG["models"].items() if m["kind"] in RETRIEVER_MODELS)
 
 
+def rankers(colbert):
+    """A constraint matching the evaluated rankers that are (or are not) ColBERT models."""
+    chosen = {
+        r
+        for r, _, _ in RETRIEVAL_EVALUATIONS
+        if (CFG["models"].get(r, {}).get("kind") == "colbert") == colbert
+    }
+    return "|".join(sorted(chosen)) or "^$"
+
+
 def retrieval_evaluation(w):
     return RETRIEVAL_EVALUATIONS[(w.ranker, w.dataset, w.split)]
 

@@ -36,7 +36,7 @@ rule train:
         " --threads {threads} --output {output:q} > {log:q} 2>&1"
 
 
-rule train_retriever:
+rule train_biencoder:
     input:
         unpack(lambda w: task_files(CFG["models"][w.model]["dataset"])),
         pseudo=lambda w: query_files(CFG["models"][w.model]["queries"]),
@@ -45,9 +45,31 @@ rule train_retriever:
     log:
         f"{LOGS}/models/{{model}}.log",
     wildcard_constraints:
-        model=names("models", *RETRIEVER_MODELS),
+        model=names("models", "biencoder"),
     conda:
-        "../../envs/train.yaml"
+        "../../envs/data.yaml"
+    threads: 2
+    params:
+        node=lambda w: node("models", w.model),
+    shell:
+        "python -m ragtrain train-retriever --params {params.node:q} --corpus {input.corpus:q}"
+        " --queries {input.queries:q} --qrels {input.qrels:q} --pseudo {input.pseudo:q}"
+        " --threads {threads} --output {output:q} > {log:q} 2>&1"
+
+
+rule train_colbert:
+    input:
+        unpack(lambda w: task_files(CFG["models"][w.model]["dataset"])),
+        pseudo=lambda w: query_files(CFG["models"][w.model]["queries"]),
+    output:
+        directory(f"{RESULTS}/models/{{model}}"),
+    log:
+        f"{LOGS}/models/{{model}}.log",
+    wildcard_constraints:
+        model=names("models", "colbert"),
+    # PyLate's pins (transformers <= 5.3, torch 2.11) clash with the other envs'.
+    conda:
+        "../../envs/colbert.yaml"
     threads: 2
     params:
         node=lambda w: node("models", w.model),
