@@ -50,30 +50,10 @@ rule evaluate_retrieval:
         " --run {output.run:q} --metrics {output.metrics:q} > {log:q} 2>&1"
 
 
-rule evaluate_colbert:
-    input:
-        unpack(retrieval_eval_input),
-    output:
-        run=f"{RESULTS}/eval_retrieval/{{ranker}}/{{dataset}}/{{split}}/run.trec",
-        metrics=f"{RESULTS}/eval_retrieval/{{ranker}}/{{dataset}}/{{split}}/metrics.json",
-    log:
-        f"{LOGS}/eval_retrieval/{{ranker}}/{{dataset}}/{{split}}.log",
+# PyLate's pins (transformers <= 5.3, torch 2.11) clash with the other envs': the same
+# stage for ColBERT models, in its own env.
+use rule evaluate_retrieval as evaluate_colbert with:
     wildcard_constraints:
         ranker=rankers(colbert=True),
     conda:
         "../../envs/colbert.yaml"
-    threads: 2
-    params:
-        node=lambda w: json.dumps(
-            {k: v for k, v in retrieval_evaluation(w).items() if k != "key"},
-            sort_keys=True,
-        ),
-        ranker=lambda w, input: " ".join(
-            f"--{key} {shlex.quote(input[key])}"
-            for key in ("index", "model", "candidates")
-            if key in input.keys()
-        ),
-    shell:
-        "python -m ragtrain evaluate-retrieval --params {params.node:q} {params.ranker}"
-        " --corpus {input.corpus:q} --queries {input.queries:q} --qrels {input.qrels:q}"
-        " --run {output.run:q} --metrics {output.metrics:q} > {log:q} 2>&1"

@@ -57,23 +57,10 @@ rule train_biencoder:
         " --threads {threads} --output {output:q} > {log:q} 2>&1"
 
 
-rule train_colbert:
-    input:
-        unpack(lambda w: task_files(CFG["models"][w.model]["dataset"])),
-        pseudo=lambda w: query_files(CFG["models"][w.model]["queries"]),
-    output:
-        directory(f"{RESULTS}/models/{{model}}"),
-    log:
-        f"{LOGS}/models/{{model}}.log",
+# PyLate's pins (transformers <= 5.3, torch 2.11) clash with the other envs': the same
+# stage for ColBERT models, in its own env.
+use rule train_biencoder as train_colbert with:
     wildcard_constraints:
         model=names("models", "colbert"),
-    # PyLate's pins (transformers <= 5.3, torch 2.11) clash with the other envs'.
     conda:
         "../../envs/colbert.yaml"
-    threads: 2
-    params:
-        node=lambda w: node("models", w.model),
-    shell:
-        "python -m ragtrain train-retriever --params {params.node:q} --corpus {input.corpus:q}"
-        " --queries {input.queries:q} --qrels {input.qrels:q} --pseudo {input.pseudo:q}"
-        " --threads {threads} --output {output:q} > {log:q} 2>&1"
