@@ -30,6 +30,13 @@ def test_help_lists_every_stage():
         "preference-pairs",
         "train",
         "report",
+        "task",
+        "query-sft-data",
+        "pseudo-queries",
+        "query-filter",
+        "query-preferences",
+        "train-retriever",
+        "evaluate-retrieval",
     ):
         assert stage in proc.stdout
 
@@ -323,3 +330,39 @@ def test_train_names_a_missing_file(tmp_path):
     assert proc.returncode == 1
     assert f"{tmp_path / 'nope.jsonl'}: file not found" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_task_from_a_beir_folder_names_the_bad_qrels_line(tmp_path):
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text('{"_id": "d1", "title": "", "text": "x"}\n')
+    (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "find x"}\n')
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\tone\n")
+    out = tmp_path / "out"
+    args = ["task", "--params", '{"splits": ["test"]}', "--folder", str(folder)]
+    args += ["--corpus", str(folder / "corpus.jsonl"), "--queries", str(out / "queries.jsonl")]
+    args += ["--qrels", str(out / "qrels"), "--stats", str(out / "stats.json")]
+    proc = ragtrain(*args)
+    assert proc.returncode == 1
+    assert f"{folder / 'qrels' / 'test.tsv'}:2:" in proc.stderr
+    assert not (out / "stats.json").exists()
+    # Fixed, the task is written: queries, qrels in BEIR's layout and counts.
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    assert ragtrain(*args).returncode == 0
+    assert (out / "qrels" / "test.tsv").read_text().splitlines()[1] == "q1\td1\t1"
+    assert json.loads((out / "stats.json").read_text())["splits"]["test"]["queries"] == 1
+
+
+def test_query_filter_names_a_query_without_doc_id(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"id": "d1", "title": "", "text": "x"}\n')
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text('{"id": "q1", "doc_id": "d1", "query": "x"}\n{"id": "q2", "query": "y"}\n')
+    out = tmp_path / "kept.jsonl"
+    proc = ragtrain(
+        "query-filter", "--params", '{"filter": "bm25"}', "--input", str(queries),
+        "--corpus", str(corpus), "--output", str(out), "--stats", str(tmp_path / "s.json"),
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert f"{queries}:2:" in proc.stderr and "doc_id" in proc.stderr
+    assert not out.exists()

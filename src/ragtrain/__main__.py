@@ -281,6 +281,13 @@ def _gold_queries(queries_path: str, qrels_dir: str, split: str = "train") -> li
     ]
 
 
+def _passages(path: str) -> list[dict]:
+    """A corpus: ours ({id, title, text}) or a BEIR corpus.jsonl (`_id`), checked."""
+    from ragtrain.loaders import load_beir_corpus
+
+    return load_beir_corpus(path)
+
+
 def _query_records(path: str) -> list[dict]:
     from ragtrain.records import iter_jsonl, require
 
@@ -297,7 +304,7 @@ def cmd_task(args) -> None:
     from ragtrain.records import read_jsonl
 
     params = args.params
-    corpus = read_jsonl(args.corpus)
+    corpus = _passages(args.corpus)
     if args.entities:
         entities = {e.pop("id"): e for e in read_jsonl(args.entities)}
         queries, qrels = world_task(entities, params["queries"], params["seed"])
@@ -313,14 +320,13 @@ def cmd_task(args) -> None:
 def cmd_query_sft_data(args) -> None:
     from ragtrain.prompts import PromptTemplate
     from ragtrain.pseudo_query import query_sft_data
-    from ragtrain.records import read_jsonl
 
     if args.input:
         queries, source = _query_records(args.input), args.input
     else:
         queries, source = _gold_queries(args.queries, args.qrels), f"{args.qrels}/train.tsv"
     train, dev, stats = query_sft_data(
-        queries, read_jsonl(args.corpus), PromptTemplate(args.prompt), args.params, source
+        queries, _passages(args.corpus), PromptTemplate(args.prompt), args.params, source
     )
     write_jsonl(args.train, train)
     write_jsonl(args.dev, dev)
@@ -333,7 +339,6 @@ def cmd_pseudo_queries(args) -> None:
     from ragtrain.ir_metrics import read_qrels
     from ragtrain.prompts import PromptTemplate
     from ragtrain.pseudo_query import PSEUDO_QUERY_DEFAULTS, generate_queries, unlabelled_sample
-    from ragtrain.records import read_jsonl
     from ragtrain.workdir import finish, work_dir
 
     params = {**PSEUDO_QUERY_DEFAULTS, **args.params}
@@ -342,7 +347,7 @@ def cmd_pseudo_queries(args) -> None:
     labelled = (
         {d for docs in read_qrels(train).values() for d in docs} if train.is_file() else set()
     )
-    passages = unlabelled_sample(read_jsonl(args.corpus), labelled, params["docs"], params["seed"])
+    passages = unlabelled_sample(_passages(args.corpus), labelled, params["docs"], params["seed"])
     template = PromptTemplate(args.prompt)
     work = work_dir(args.work, params, [args.model, args.corpus, args.prompt])
     queries, stats = generate_queries(
@@ -367,13 +372,12 @@ def _settings(params: dict, defaults: dict) -> dict:
 
 def cmd_query_filter(args) -> None:
     from ragtrain.config import FILTER_KINDS
-    from ragtrain.records import read_jsonl
 
     params = args.params
     kind = params.get("filter")
     if kind not in FILTER_KINDS:
         raise ValueError(f"--params: 'filter' must be one of {sorted(FILTER_KINDS)}")
-    records, corpus = _query_records(args.input), read_jsonl(args.corpus)
+    records, corpus = _query_records(args.input), _passages(args.corpus)
     if kind == "lossnet":
         from ragtrain.lossnet import lossnet_filter
 
@@ -401,11 +405,10 @@ def cmd_query_filter(args) -> None:
 def cmd_query_preferences(args) -> None:
     from ragtrain.prompts import PromptTemplate
     from ragtrain.pseudo_query import PREFERENCE_DEFAULTS, preference_pairs, with_difficulty
-    from ragtrain.records import read_jsonl
     from ragtrain.retriever_training import search
 
     params = {**PREFERENCE_DEFAULTS, **args.params}
-    corpus = read_jsonl(args.corpus)
+    corpus = _passages(args.corpus)
     queries = with_difficulty(
         _query_records(args.input),
         lambda texts, k: search("biencoder", _trained(args.retriever), corpus, texts, k),
@@ -424,7 +427,7 @@ def cmd_query_preferences(args) -> None:
 def cmd_train_retriever(args) -> None:
     import torch
 
-    from ragtrain.records import atomic_dir, read_jsonl
+    from ragtrain.records import atomic_dir
     from ragtrain.retriever_training import (
         BIENCODER_DEFAULTS,
         COLBERT_DEFAULTS,
@@ -440,7 +443,7 @@ def cmd_train_retriever(args) -> None:
     kind = params.get("kind")
     if kind not in ("biencoder", "colbert"):
         raise ValueError("--params: 'kind' must be biencoder or colbert")
-    corpus = read_jsonl(args.corpus)
+    corpus = _passages(args.corpus)
     gold = _gold_queries(args.queries, args.qrels)
     pseudo = [r for path in args.pseudo for r in _query_records(path) if r.get("kept", True)]
     queries = gold + pseudo
@@ -460,7 +463,7 @@ def cmd_train_retriever(args) -> None:
 def cmd_evaluate_retrieval(args) -> None:
     from ragtrain.beir import load_queries
     from ragtrain.ir_metrics import evaluate_run, read_qrels, read_run, write_run
-    from ragtrain.records import read_json, read_jsonl
+    from ragtrain.records import read_json
     from ragtrain.retrieval import Index
     from ragtrain.retriever_training import search
 
@@ -468,7 +471,7 @@ def cmd_evaluate_retrieval(args) -> None:
     split, k = params.get("split", "test"), params.get("k", 100)
     qrels = read_qrels(Path(args.qrels) / f"{split}.tsv")
     texts = {q["id"]: q["query"] for q in load_queries(args.queries) if q["id"] in qrels}
-    corpus = read_jsonl(args.corpus)
+    corpus = _passages(args.corpus)
     if args.index:
         index = Index(args.index)
         qids = list(texts)
