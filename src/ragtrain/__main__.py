@@ -153,26 +153,33 @@ def _generation(params: dict) -> dict:
     return {**GENERATION_DEFAULTS, **params.get("generation", {})}
 
 
-def cmd_self_demos(args) -> None:
+def _generate_in_shards(args, params: dict, items: list[dict], inputs: list[str], generate):
+    """A sharded, resumable generation stage: `generate(items, load_generator, template,
+    params, work)` writes its shards to the node's work folder, dropped once the output
+    and (last: their presence means the output is complete) the stats are written."""
     from ragtrain.generation import load_generator
     from ragtrain.prompts import PromptTemplate
-    from ragtrain.records import read_jsonl
-    from ragtrain.selfdemo import sample_demos
     from ragtrain.workdir import finish, work_dir
 
-    params = {**PRODUCT_DEFAULTS["self_demos"], "prompt": "rag", **args.params}
-    params["generation"] = _generation(params)
-    examples = read_jsonl(args.examples)
     template = PromptTemplate(args.prompt)
-    work = work_dir(args.work, params, [args.model, args.examples, args.prompt])
-    records, stats = sample_demos(
-        examples, lambda: load_generator(args.model, params["generation"]), template, params, work
+    work = work_dir(args.work, params, inputs)
+    records, stats = generate(
+        items, lambda: load_generator(args.model, params["generation"]), template, params, work
     )
-    # Stats last: their presence means the samples are complete.
     write_jsonl(args.output, records)
     write_json(args.stats, stats)
     finish(work)
-    log.info("self-demos: %s", stats)
+    log.info("%s: %s", args.stage, stats)
+
+
+def cmd_self_demos(args) -> None:
+    from ragtrain.records import read_jsonl
+    from ragtrain.selfdemo import sample_demos
+
+    params = {**PRODUCT_DEFAULTS["self_demos"], "prompt": "rag", **args.params}
+    params["generation"] = _generation(params)
+    inputs = [args.model, args.examples, args.prompt]
+    _generate_in_shards(args, params, read_jsonl(args.examples), inputs, sample_demos)
 
 
 def cmd_judge(args) -> None:
@@ -335,11 +342,8 @@ def cmd_query_sft_data(args) -> None:
 
 
 def cmd_pseudo_queries(args) -> None:
-    from ragtrain.generation import load_generator
     from ragtrain.ir_metrics import read_qrels
-    from ragtrain.prompts import PromptTemplate
     from ragtrain.pseudo_query import PSEUDO_QUERY_DEFAULTS, generate_queries, unlabelled_sample
-    from ragtrain.workdir import finish, work_dir
 
     params = {**PSEUDO_QUERY_DEFAULTS, **args.params}
     params["generation"] = _generation(params)
@@ -348,16 +352,8 @@ def cmd_pseudo_queries(args) -> None:
         {d for docs in read_qrels(train).values() for d in docs} if train.is_file() else set()
     )
     passages = unlabelled_sample(_passages(args.corpus), labelled, params["docs"], params["seed"])
-    template = PromptTemplate(args.prompt)
-    work = work_dir(args.work, params, [args.model, args.corpus, args.prompt])
-    queries, stats = generate_queries(
-        passages, lambda: load_generator(args.model, params["generation"]), template, params, work
-    )
-    # Stats last: their presence means the queries are complete.
-    write_jsonl(args.output, queries)
-    write_json(args.stats, stats)
-    finish(work)
-    log.info("pseudo-queries: %s", stats)
+    inputs = [args.model, args.corpus, args.prompt]
+    _generate_in_shards(args, params, passages, inputs, generate_queries)
 
 
 def _trained(model_dir: str) -> str:

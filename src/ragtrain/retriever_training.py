@@ -72,6 +72,15 @@ def _with_defaults(params: dict, defaults: dict, what: str) -> dict:
     return merged
 
 
+def _save(model, trainer, metrics: dict, out_dir: str | Path) -> None:
+    """The model folder, its trainer state and metrics, appearing at once."""
+    with atomic_dir(out_dir) as tmp:
+        model.save(str(tmp))
+        trainer.state.save_to_json(str(tmp / "trainer_state.json"))
+        write_json(tmp / "metrics.json", metrics)
+        _readable(tmp)
+
+
 def _readable(folder: Path) -> None:
     """Give saved files the usual umask-based mode: transformers writes model.safetensors
     0600, which would hide a model from the rest of a group on a shared cluster."""
@@ -213,11 +222,7 @@ def train_biencoder(
     }
     if dev is not None:
         metrics["dev"] = _dev_metrics(model, dev)
-    with atomic_dir(out_dir) as tmp:
-        model.save(str(tmp))
-        trainer.state.save_to_json(str(tmp / "trainer_state.json"))
-        write_json(tmp / "metrics.json", metrics)
-        _readable(tmp)
+    _save(model, trainer, metrics, out_dir)
     return metrics
 
 
@@ -312,11 +317,7 @@ def train_colbert(triples: list[tuple[str, str, str]], params: dict, out_dir: st
             data_collator=utils.ColBERTCollator(tokenize_fn=model.tokenize),
         )
     metrics = _train_metrics(trainer, output, seconds, len(triples), params["epochs"], "triples")
-    with atomic_dir(out_dir) as tmp:
-        model.save(str(tmp))
-        trainer.state.save_to_json(str(tmp / "trainer_state.json"))
-        write_json(tmp / "metrics.json", metrics)
-        _readable(tmp)
+    _save(model, trainer, metrics, out_dir)
     return metrics
 
 
