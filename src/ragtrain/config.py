@@ -24,6 +24,7 @@ from ragtrain.pseudo_query import (
     QUERY_SFT_DEFAULTS,
 )
 from ragtrain.query_filters import FILTER_DEFAULTS
+from ragtrain.retrieval import BM25_DEFAULTS
 from ragtrain.retriever_training import BIENCODER_DEFAULTS, COLBERT_DEFAULTS
 from ragtrain.seeds import DEFAULT_SEED
 from ragtrain.train import TRAIN_DEFAULTS
@@ -43,7 +44,7 @@ class ConfigError(ValueError):
 # Defaults for the entries of each user-named section, per kind where kinds differ.
 CORPUS_DEFAULTS: dict[str, Any] = {"format": "beir"}
 RETRIEVER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "bm25": {"k": 3, "k1": 1.5, "b": 0.75, "method": "lucene", "stopwords": "en"},
+    "bm25": {"k": 3, **BM25_DEFAULTS},
     "dense": {
         "k": 3,
         "encoder": "all-MiniLM-L6-v2",

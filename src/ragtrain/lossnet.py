@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ragtrain.retrieval import _encode, _encoder, passage_text, resolve_encoder
+from ragtrain.retrieval import _encode, _encoder, bm25_top, passage_text, resolve_encoder
 from ragtrain.seeds import DEFAULT_SEED, stable_seed
 
 LOSSNET_DEFAULTS: dict[str, Any] = {
@@ -98,25 +98,16 @@ def hard_negatives(
     Tokenised like ragtrain.retrieval (bm25s, English stopwords). When the top `depth` holds
     only the source (depth 1), a seeded random other passage stands in.
     """
-    import bm25s
-
     if len(corpus) < 2:
         raise ValueError("lossnet: the corpus needs at least 2 passages to draw a negative from")
     ids = [p["id"] for p in corpus]
     if not queries:
         return []
-    model = bm25s.BM25()
-    model.index(
-        bm25s.tokenize([passage_text(p) for p in corpus], stopwords="en", show_progress=False),
-        show_progress=False,
-    )
-    tokens = bm25s.tokenize(queries, stopwords="en", show_progress=False)
-    k = min(depth, len(corpus))
-    hits, _ = model.retrieve(tokens, k=k, show_progress=False, n_threads=1)
+    hits = bm25_top(corpus, queries, depth)
     rng = np.random.default_rng(stable_seed(seed, "lossnet-negatives"))
     out = []
     for row, source in zip(hits, sources, strict=True):
-        negative = next((ids[i] for i in row if ids[i] != source), None)
+        negative = next((ids[i] for i, _ in row if ids[i] != source), None)
         if negative is None:
             others = [i for i in ids if i != source]
             negative = others[int(rng.integers(len(others)))]

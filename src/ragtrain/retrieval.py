@@ -59,13 +59,49 @@ def build_index(corpus: list[dict], params: dict, out_dir: Path) -> None:
         write_json(tmp / "retriever.json", params)
 
 
-def _build_bm25(texts: list[str], params: dict, out: Path) -> None:
+# The BM25 every stage uses unless a node says otherwise (bm25s's Lucene variant).
+BM25_DEFAULTS: dict[str, Any] = {"k1": 1.5, "b": 0.75, "method": "lucene", "stopwords": "en"}
+
+
+def _bm25_index(texts: list[str], params: dict):
     import bm25s
 
     tokens = bm25s.tokenize(texts, stopwords=params["stopwords"], show_progress=False)
     model = bm25s.BM25(k1=params["k1"], b=params["b"], method=params["method"])
     model.index(tokens, show_progress=False)
-    model.save(str(out / "bm25"))
+    return model
+
+
+def _bm25_hits(model, queries: list[str], k: int, stopwords) -> list[list[tuple[int, float]]]:
+    import bm25s
+
+    tokens = bm25s.tokenize(queries, stopwords=stopwords, show_progress=False)
+    ids, scores = model.retrieve(tokens, k=k, show_progress=False, n_threads=1)
+    return _ranked(ids, scores)
+
+
+def _ranked(ids, scores) -> list[list[tuple[int, float]]]:
+    return [
+        [(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True)]
+        for row_ids, row_scores in zip(ids, scores, strict=True)
+    ]
+
+
+def bm25_top(
+    corpus: list[dict], queries: list[str], k: int, params: dict | None = None
+) -> list[list[tuple[int, float]]]:
+    """Top-k (passage position, score) per query from an in-memory BM25 index over the
+    corpus (for stages that need BM25 once, without an index folder). bm25s pads a short
+    list with zero-score passages."""
+    if not queries:
+        return []
+    params = {**BM25_DEFAULTS, **(params or {})}
+    model = _bm25_index([passage_text(p) for p in corpus], params)
+    return _bm25_hits(model, queries, min(k, len(corpus)), params["stopwords"])
+
+
+def _build_bm25(texts: list[str], params: dict, out: Path) -> None:
+    _bm25_index(texts, params).save(str(out / "bm25"))
 
 
 def _encoder(params: dict):
@@ -117,20 +153,11 @@ class Index:
         """Top-k (passage position, score) per query, best first."""
         k = min(k, len(self.corpus))
         if self.params["kind"] == "bm25":
-            import bm25s
-
-            tokens = bm25s.tokenize(
-                queries, stopwords=self.params["stopwords"], show_progress=False
-            )
-            ids, scores = self._bm25.retrieve(tokens, k=k, show_progress=False, n_threads=1)
-        else:
-            prefix = self.params["query_prefix"]
-            vectors = _encode(self._encoder, [prefix + q for q in queries], self.params)
-            scores, ids = self._faiss.search(vectors, k)
-        return [
-            [(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True)]
-            for row_ids, row_scores in zip(ids, scores, strict=True)
-        ]
+            return _bm25_hits(self._bm25, queries, k, self.params["stopwords"])
+        prefix = self.params["query_prefix"]
+        vectors = _encode(self._encoder, [prefix + q for q in queries], self.params)
+        scores, ids = self._faiss.search(vectors, k)
+        return _ranked(ids, scores)
 
 
 def retrieve(examples: list[dict], index: Index, k: int) -> tuple[list[dict], dict]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtrain.records import _UMASK, atomic_dir, write_json
-from ragtrain.retrieval import _encode, _encoder, passage_text, resolve_encoder
+from ragtrain.retrieval import _encode, _encoder, bm25_top, passage_text, resolve_encoder
 from ragtrain.seeds import DEFAULT_SEED, stable_seed
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,6 @@ COLBERT_DEFAULTS: dict[str, Any] = {
     "document_length": 180,
     "query_length": 32,
 }
-# The same BM25 as ragtrain.retrieval's default index, so runs compare across stages.
-BM25_PARAMS: dict[str, Any] = {"k1": 1.5, "b": 0.75, "method": "lucene", "stopwords": "en"}
 SEARCH_KINDS = ("bm25", "biencoder", "colbert")
 ENCODE_BATCH = 64
 RERANK_CHUNK = 256
@@ -261,7 +259,7 @@ def hard_negative_triples(
         positives.setdefault(q["query"], set()).add(q["doc_id"])
     # Deep enough that `depth` non-positives remain after dropping a query's positives.
     most = max(len(docs) for docs in positives.values())
-    ranked = _bm25_top(corpus, [q["query"] for q in sample], depth + most)
+    ranked = bm25_top(corpus, [q["query"] for q in sample], depth + most)
     by_id = {p["id"]: p for p in corpus}
     triples, fallbacks = [], 0
     for q, hits in zip(sample, ranked, strict=True):
@@ -344,7 +342,7 @@ def search(
         raise ValueError("search: empty corpus")
     if kind == "bm25":
         qids = list(queries)
-        ranked = _bm25_top(corpus, [queries[q] for q in qids], k)
+        ranked = bm25_top(corpus, [queries[q] for q in qids], k)
         return {
             qid: {corpus[i]["id"]: score for i, score in hits if score > 0}
             for qid, hits in zip(qids, ranked, strict=True)
@@ -358,27 +356,6 @@ def search(
             "search kind 'colbert' reranks candidates: pass a first-stage run (BM25 or bi-encoder)"
         )
     return _colbert_rerank(model_dir, corpus, queries, k, candidates)
-
-
-def _bm25_top(corpus: list[dict], texts: list[str], k: int) -> list[list[tuple[int, float]]]:
-    import bm25s
-
-    if not texts:
-        return []
-    stopwords = BM25_PARAMS["stopwords"]
-    tokens = bm25s.tokenize(
-        [passage_text(p) for p in corpus], stopwords=stopwords, show_progress=False
-    )
-    model = bm25s.BM25(k1=BM25_PARAMS["k1"], b=BM25_PARAMS["b"], method=BM25_PARAMS["method"])
-    model.index(tokens, show_progress=False)
-    query_tokens = bm25s.tokenize(texts, stopwords=stopwords, show_progress=False)
-    ids, scores = model.retrieve(
-        query_tokens, k=min(k, len(corpus)), show_progress=False, n_threads=1
-    )
-    return [
-        [(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True)]
-        for row_ids, row_scores in zip(ids, scores, strict=True)
-    ]
 
 
 def _dense_run(model, corpus: list[dict], queries: dict[str, str], k: int) -> dict:
