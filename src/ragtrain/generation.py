@@ -44,6 +44,8 @@ class Sampling:
 class Completion:
     text: str
     num_tokens: int
+    # The generated token ids (HF backend): what PPO scores and trains on.
+    token_ids: list[int] | None = None
 
 
 @dataclass
@@ -113,18 +115,28 @@ class HFGenerator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.batch_size = params["batch_size"]
         # Seeded once: successive calls draw new samples, a rerun the same ones.
         torch.manual_seed(params["seed"])
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype(params["dtype"]))
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._setup(model.to(device).eval(), AutoTokenizer.from_pretrained(model_dir), params)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, params: dict) -> HFGenerator:
+        """Generate with a model already in memory (PPO's policy while it trains); the
+        caller owns its device, mode and random state."""
+        generator = cls.__new__(cls)
+        generator._setup(model, tokenizer, params)
+        return generator
+
+    def _setup(self, model, tokenizer, params: dict) -> None:
+        self.batch_size = params["batch_size"]
+        self.model = model
+        self.device = model.device
+        self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=torch_dtype(params["dtype"])
-        )
-        self.model.to(self.device).eval()
         self.throughput = Throughput()
 
     def chat(
@@ -173,7 +185,9 @@ class HFGenerator:
                 ids = [t for t in row.tolist() if t != self.tokenizer.pad_token_id]
                 completions.append(
                     Completion(
-                        self.tokenizer.decode(ids, skip_special_tokens=True).strip(), len(ids)
+                        self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
+                        len(ids),
+                        ids,
                     )
                 )
             self.throughput.add(sum(c.num_tokens for c in completions), time.perf_counter() - began)
