@@ -3,7 +3,13 @@
 import pytest
 
 from ragtrain.config import GENERATION_DEFAULTS
-from ragtrain.generation import HFGenerator, Sampling, device_defaults, load_generator
+from ragtrain.generation import (
+    HFGenerator,
+    Sampling,
+    _cut_at_stop,
+    device_defaults,
+    load_generator,
+)
 from ragtrain.prompts import PromptTemplate
 from tests.conftest import ROOT
 
@@ -82,3 +88,68 @@ def test_template_errors_name_the_file(tmp_path):
     bad.write_text("line one\n{% for d in docs %}\n")
     with pytest.raises(ValueError, match=rf"{bad}:\d+: template syntax error"):
         PromptTemplate(bad)
+
+
+def test_prefix_is_continued_and_its_continuation_kept_raw(tiny_model):
+    """The answer goes on after the prefix; joining continuations gives the longer one."""
+    generator = hf(tiny_model)
+    conversation = CONVERSATIONS[:1]
+    prefix = "The answer is"
+    [[first]] = generator.chat(conversation, Sampling(max_new_tokens=4), prefixes=[prefix])
+    [[second]] = generator.chat(
+        conversation, Sampling(max_new_tokens=4), prefixes=[prefix + first.text]
+    )
+    [[whole]] = generator.chat(conversation, Sampling(max_new_tokens=8), prefixes=[prefix])
+    [[plain]] = generator.chat(conversation, Sampling(max_new_tokens=8))
+    assert first.text + second.text == whole.text
+    assert whole.text != plain.text  # the prefix is in the prompt
+    # Raw: leading spaces kept (stripped without a prefix, as before).
+    assert first.text == generator.tokenizer.decode(first.token_ids, skip_special_tokens=True)
+    assert first.text != first.text.lstrip()
+    assert plain.text == plain.text.strip()
+    assert first.finish_reason == whole.finish_reason == "length"
+
+
+def test_stop_strings_cut_the_text_after_the_first_stop(tiny_model):
+    generator = hf(tiny_model, batch_size=2)
+    sampling = Sampling(max_new_tokens=12, temperature=1.0, n=2, stop=("e", "zz"))
+    for prefixes in (["x", "", "The "], None):
+        out = generator.chat(CONVERSATIONS, sampling, seeds=[1, 2, 3], prefixes=prefixes)
+        completions = [c for per_conversation in out for c in per_conversation]
+        assert sum(c.finish_reason == "stop" for c in completions) >= 3
+        for c in completions:
+            if c.finish_reason == "stop":
+                assert c.text.endswith("e") and "e" not in c.text[:-1], c
+            else:
+                assert "e" not in c.text and c.finish_reason in ("length", "eos"), c
+    free = generator.chat(
+        CONVERSATIONS, Sampling(max_new_tokens=12, temperature=1.0, n=2), seeds=[1, 2, 3]
+    )
+    # The same draws, only cut (the batch stops when all its rows have).
+    for stopped, unstopped in zip(out, free, strict=True):
+        for a, b in zip(stopped, unstopped, strict=True):
+            assert b.text.startswith(a.text) and a.num_tokens <= b.num_tokens
+
+
+def test_a_stop_string_is_searched_in_the_generated_text_only(tiny_model):
+    """transformers' `stop_strings` would stop at once here: "is" (prefix) + " is"."""
+    generator = hf(tiny_model)
+    prefixes = ["The answer is"]
+    [[free]] = generator.chat(CONVERSATIONS[:1], Sampling(max_new_tokens=6), prefixes=prefixes)
+    assert free.text.startswith(" is is")  # the tiny model repeats its last word
+    [[stopped]] = generator.chat(
+        CONVERSATIONS[:1], Sampling(max_new_tokens=6, stop=("is is",)), prefixes=prefixes
+    )
+    assert (stopped.text, stopped.num_tokens, stopped.finish_reason) == (" is is", 2, "stop")
+
+
+def test_one_prefix_per_conversation(tiny_model):
+    with pytest.raises(ValueError, match="prefixes"):
+        hf(tiny_model).chat(CONVERSATIONS, Sampling(), prefixes=["a"])
+
+
+def test_cut_at_the_first_completed_stop():
+    assert _cut_at_stop("a. b\nc. ", (". ", "\n")) == ("a. ", True)
+    assert _cut_at_stop("ab\ncd. ", (". ", "\n")) == ("ab\n", True)
+    assert _cut_at_stop("abc", (". ",)) == ("abc", False)
+    assert _cut_at_stop("abc", ()) == ("abc", False)

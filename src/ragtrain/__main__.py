@@ -249,6 +249,157 @@ def cmd_train(args) -> None:
     train(params, args.init, args.train, args.dev, args.output, args.work)
 
 
+def _reward_model_dirs(values: list[str] | None) -> dict[str, str]:
+    """`--reward-model NAME=FOLDER` arguments: the reward models the sources name."""
+    dirs = {}
+    for value in values or []:
+        name, sep, folder = value.partition("=")
+        if not sep or not name or not folder:
+            raise ValueError(f"--reward-model: expected NAME=FOLDER, got {value!r}")
+        dirs[name] = folder
+    return dirs
+
+
+def _rewards(args, params: dict):
+    from ragtrain.rewards import Rewards
+
+    return Rewards(params["rewards"], _reward_model_dirs(args.reward_model))
+
+
+def _threads(args) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def cmd_train_reward_model(args) -> None:
+    from ragtrain.reward_model import train_reward_model
+
+    _threads(args)
+    params = {"name": Path(args.output).name, **args.params}
+    train_reward_model(params, args.init, args.train, args.dev, args.output, args.work)
+
+
+def _prompt_records(args, params: dict) -> tuple[list[dict], list[dict]]:
+    """The examples with their rendered prompt, split into train and dev by a seeded hash."""
+    from ragtrain.judge import dev_ids
+    from ragtrain.prompts import PromptTemplate
+    from ragtrain.records import iter_jsonl, require
+
+    template = PromptTemplate(args.prompt)
+    records = []
+    for lineno, record in iter_jsonl(args.examples):
+        require(record, "id", str, args.examples, lineno)
+        require(record, "answers", list, args.examples, lineno)
+        records.append({**record, "prompt": template.conversation(record)})
+    held = dev_ids([r["id"] for r in records], params["dev_fraction"], params["seed"])
+    return [r for r in records if r["id"] not in held], [r for r in records if r["id"] in held]
+
+
+def cmd_train_rl(args) -> None:
+    from ragtrain.workdir import finish, work_dir
+
+    _threads(args)
+    kind = args.params.get("kind")
+    if kind not in ("ppo", "grpo", "rloo"):
+        raise ValueError(f"--params: 'kind' must be ppo, grpo or rloo, got {kind!r}")
+    params = {**MODEL_DEFAULTS[kind], "name": Path(args.output).name, **args.params}
+    train, dev = _prompt_records(args, params)
+    dirs = _reward_model_dirs(args.reward_model)
+    if kind == "ppo":
+        from ragtrain.ppo import train_ppo
+
+        inputs = [args.init, args.examples, args.prompt, *dirs.values()]
+        work = work_dir(args.work, params, inputs)
+        metrics = train_ppo(
+            params, args.init, train, dev, _rewards(args, params), args.output, work
+        )
+        finish(work)
+    else:
+        from ragtrain.group_rl import train_group_rl
+
+        metrics = train_group_rl(params, args.init, train, args.output, args.work, dirs, dev)
+    log.info("metrics: %s", metrics)
+
+
+def cmd_reward(args) -> None:
+    from ragtrain.records import read_jsonl
+    from ragtrain.reward_model import RewardModelScorer
+
+    params = {**PRODUCT_DEFAULTS["reward"], **args.params}
+    records = read_jsonl(args.input)
+    for i, record in enumerate(records, start=1):
+        for field in ("prompt", "samples"):
+            if field not in record:
+                raise RecordError(args.input, i, f"no field {field!r} (expected sample records)")
+    scorer = RewardModelScorer(args.reward_model_dir, batch_size=params["batch_size"])
+    flat = [(r, s) for r in records for s in r["samples"]]
+    scores = scorer.score([r["prompt"] for r, _ in flat], [s["text"] for _, s in flat])
+    for (_, sample), score in zip(flat, scores, strict=True):
+        sample["reward_model"] = round(score, 6)
+    best = [max(s["reward_model"] for s in r["samples"]) for r in records if r["samples"]]
+    stats = {
+        "n_examples": len(records),
+        "n_samples": len(flat),
+        "reward_model": params.get("model"),
+        "mean_reward": round(sum(scores) / len(scores), 4) if scores else None,
+        "mean_best_reward": round(sum(best) / len(best), 4) if best else None,
+    }
+    write_jsonl(args.output, records)
+    write_json(args.stats, stats)
+    log.info("reward: %s", stats)
+
+
+def _write_sft_product(args, records: list[dict], stats: dict) -> None:
+    from ragtrain.rejection import split_records
+
+    train, dev = split_records(records)
+    if not train:
+        raise ValueError(f"{args.stage}: no SFT records for training ({stats})")
+    write_jsonl(args.train, train)
+    write_jsonl(args.dev, dev)
+    write_json(args.stats, {**stats, "n_train": len(train), "n_dev": len(dev)})
+    log.info("%s: %d train, %d dev; %s", args.stage, len(train), len(dev), stats)
+
+
+def cmd_best_of_n(args) -> None:
+    from ragtrain.records import read_jsonl
+    from ragtrain.rejection import best_of_n
+    from ragtrain.workdir import finish, work_dir
+
+    params = {**PRODUCT_DEFAULTS["best_of_n"], **args.params}
+    work = work_dir(args.work, params, [args.input, *(args.reward_model or [])])
+    records, stats = best_of_n(read_jsonl(args.input), _rewards(args, params), params, work)
+    _write_sft_product(args, records, stats)
+    finish(work)
+
+
+def cmd_segment_beam(args) -> None:
+    from functools import partial
+
+    from ragtrain.generation import load_generator
+    from ragtrain.prompts import PromptTemplate
+    from ragtrain.records import read_jsonl
+    from ragtrain.rejection import segment_beam_demos
+    from ragtrain.workdir import finish, work_dir
+
+    params = {**PRODUCT_DEFAULTS["segment_beam"], **args.params}
+    params["generation"] = _generation(params)
+    inputs = [args.model, args.examples, args.prompt, *(args.reward_model or [])]
+    work = work_dir(args.work, params, inputs)
+    records, stats = segment_beam_demos(
+        read_jsonl(args.examples),
+        partial(load_generator, args.model, params["generation"]),
+        PromptTemplate(args.prompt),
+        params,
+        work,
+        load_rewards=partial(_rewards, args, params),
+    )
+    _write_sft_product(args, records, stats)
+    finish(work)
+
+
 def cmd_report(args) -> None:
     from ragtrain.report import (
         load_retrieval_rows,
@@ -542,6 +693,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qrels", help="the task's qrels folder (train.tsv is used)")
     p.add_argument("--corpus", required=True)
     p.add_argument("--prompt", required=True, help="Jinja template of the user turn")
+    p.add_argument("--train", required=True)
+    p.add_argument("--dev", required=True)
+    p.add_argument("--stats", required=True)
+
+    def reward_models(p):
+        p.add_argument(
+            "--reward-model",
+            action="append",
+            metavar="NAME=FOLDER",
+            help="a trained reward model the `rewards` sources name (repeatable)",
+        )
+
+    p = stage(
+        "train-reward-model",
+        cmd_train_reward_model,
+        "train a reward model on preference pairs (TRL RewardTrainer, LoRA or full)",
+    )
+    p.add_argument("--init", required=True, help="the model folder to start from")
+    p.add_argument("--train", required=True, help="pairs {id, prompt, chosen, rejected}")
+    p.add_argument("--dev", required=True, help="held-out pairs (pair accuracy)")
+    p.add_argument("--work", required=True, help="work folder root (checkpoints; resumed)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--output", required=True, help="the reward model's folder")
+
+    p = stage(
+        "train-rl",
+        cmd_train_rl,
+        "RL from reward sources: PPO (ours, per-token rewards), GRPO or RLOO (TRL)",
+    )
+    p.add_argument("--init", required=True, help="the policy's starting model folder")
+    p.add_argument("--examples", required=True, help="questions with their documents (JSONL)")
+    p.add_argument("--prompt", required=True, help="Jinja template of the user turn")
+    reward_models(p)
+    p.add_argument("--work", required=True, help="work folder root (checkpoints; resumed)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--output", required=True, help="the trained model's folder")
+
+    p = stage("reward", cmd_reward, "score every sample of a generation product")
+    p.add_argument("--input", required=True, help="sample records (self-demos, judged)")
+    p.add_argument("--reward-model-dir", required=True, help="a trained reward model")
+    p.add_argument("--output", required=True, help="the records, each sample with reward_model")
+    p.add_argument("--stats", required=True)
+
+    p = stage("best-of-n", cmd_best_of_n, "SFT data: each question's best sample by reward")
+    p.add_argument("--input", required=True, help="sample records (self-demos, judged, scored)")
+    reward_models(p)
+    p.add_argument("--work", required=True, help="work folder root (scored shards; resumed)")
+    p.add_argument("--train", required=True)
+    p.add_argument("--dev", required=True)
+    p.add_argument("--stats", required=True)
+
+    p = stage(
+        "segment-beam",
+        cmd_segment_beam,
+        "SFT data: answers grown sentence by sentence, the best partial answers kept by reward",
+    )
+    p.add_argument("--model", required=True)
+    p.add_argument("--examples", required=True, help="questions with their documents (JSONL)")
+    p.add_argument("--prompt", required=True)
+    reward_models(p)
+    p.add_argument("--work", required=True, help="work folder root (shards; resumed)")
     p.add_argument("--train", required=True)
     p.add_argument("--dev", required=True)
     p.add_argument("--stats", required=True)

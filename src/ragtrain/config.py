@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ragtrain.beir import WORLD_TASK_DEFAULTS
+from ragtrain.group_rl import GROUP_RL_DEFAULTS
 from ragtrain.judge import JUDGE_DEFAULTS
 from ragtrain.lossnet import LOSSNET_DEFAULTS
+from ragtrain.ppo import PPO_DEFAULTS
 from ragtrain.products import PAIRS_DEFAULTS, SFT_DEFAULTS
 from ragtrain.pseudo_query import (
     PREFERENCE_DEFAULTS,
@@ -24,8 +26,11 @@ from ragtrain.pseudo_query import (
     QUERY_SFT_DEFAULTS,
 )
 from ragtrain.query_filters import FILTER_DEFAULTS
+from ragtrain.rejection import BEST_OF_N_DEFAULTS, SEGMENT_BEAM_DEFAULTS
 from ragtrain.retrieval import BM25_DEFAULTS
 from ragtrain.retriever_training import BIENCODER_DEFAULTS, COLBERT_DEFAULTS
+from ragtrain.reward_model import REWARD_MODEL_DEFAULTS
+from ragtrain.rewards import check_specs, reward_models
 from ragtrain.seeds import DEFAULT_SEED
 from ragtrain.train import TRAIN_DEFAULTS
 from ragtrain.world import WorldConfig
@@ -60,15 +65,26 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "beir": {"splits": ["train", "dev", "test"]},
 }
 RETRIEVER_MODELS = ("biencoder", "colbert")
+# RL models sample from prompts: a QA dataset rendered with a prompt (like self-demos),
+# a share of its questions held out for the dev reward.
+RL_MODELS = ("ppo", "grpo", "rloo")
+# Trained causal LMs: what evaluation and generation can load.
+LLM_KINDS = ("sft", "dpo", *RL_MODELS)
+RL_PROMPTS = {"retrieval": NO_RETRIEVAL, "dev_fraction": 0.15}
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "base": {"dtype": "bfloat16", "trust_remote_code": False, "revision": None},
     **TRAIN_DEFAULTS,
+    "reward_model": REWARD_MODEL_DEFAULTS,
+    "ppo": {**PPO_DEFAULTS, **RL_PROMPTS},
+    **{kind: {**defaults, **RL_PROMPTS} for kind, defaults in GROUP_RL_DEFAULTS.items()},
     # Retrievers trained on a task's gold train pairs plus the queries of `queries`.
     "biencoder": {**BIENCODER_DEFAULTS, "queries": []},
     "colbert": {**COLBERT_DEFAULTS, "queries": []},
 }
 # Which product kinds a trained LLM's `data` may be.
-TRAINING_DATA = {"sft": ("sft_data", "query_sft_data"), "dpo": ("preference_pairs",)}
+SFT_PRODUCTS = ("sft_data", "query_sft_data", "best_of_n", "segment_beam")
+PAIR_PRODUCTS = ("preference_pairs", "query_preferences")
+TRAINING_DATA = {"sft": SFT_PRODUCTS, "dpo": PAIR_PRODUCTS, "reward_model": PAIR_PRODUCTS}
 QUERY_KINDS = ("pseudo_queries", "query_filter", "query_preferences")
 PRODUCT_DEFAULTS: dict[str, dict[str, Any]] = {
     # prompt: `rag`, or `closed_book` for `retrieval: none` (filled in _fill_nodes).
@@ -81,6 +97,12 @@ PRODUCT_DEFAULTS: dict[str, dict[str, Any]] = {
     # per `filter` (bm25, dense, lossnet): see FILTER_KINDS
     "query_filter": {},
     "query_preferences": PREFERENCE_DEFAULTS,
+    # a trained reward model's score on every sample of a generation product
+    "reward": {"batch_size": 8},
+    # rejection sampling into SFT data: the best sample by reward (holistic), or the
+    # best answer grown sentence by sentence (fine-grained)
+    "best_of_n": {**BEST_OF_N_DEFAULTS, "rewards": [{"kind": "correctness"}]},
+    "segment_beam": {**SEGMENT_BEAM_DEFAULTS, "rewards": [{"kind": "correctness"}]},
 }
 FILTER_KINDS: dict[str, dict[str, Any]] = {
     **FILTER_DEFAULTS,
@@ -89,6 +111,8 @@ FILTER_KINDS: dict[str, dict[str, Any]] = {
 # What each product kind is made from (its `from`), where it is made from a product.
 PRODUCT_SOURCES = {
     "judge": ("self_demos",),
+    "reward": ("self_demos", "judge"),
+    "best_of_n": ("self_demos", "judge", "reward"),
     "sft_data": ("judge",),
     "preference_pairs": ("judge",),
     "query_filter": ("pseudo_queries", "query_filter"),
@@ -99,6 +123,8 @@ PRODUCT_SOURCES = {
 PRODUCT_NEEDS = {
     "self_demos": ("model", "dataset", "retrieval"),
     "pseudo_queries": ("model", "dataset"),
+    "reward": ("from", "model"),
+    "segment_beam": ("model", "dataset"),
     "query_filter": ("from", "filter"),
     "query_preferences": ("from", "retriever"),
     "query_sft_data": (),  # a dataset or a product: checked in _fill_nodes
@@ -132,7 +158,13 @@ REFERENCES: dict[str, dict[str, str]] = {
         "retrieval": "retrievers",
         "retriever": "models",
     },
-    "models": {"init": "models", "data": "products", "dataset": "datasets", "queries": "products"},
+    "models": {
+        "init": "models",
+        "data": "products",
+        "dataset": "datasets",
+        "queries": "products",
+        "retrieval": "retrievers",
+    },
 }
 SECTIONS = ("worlds", "corpora", "retrievers", "datasets", "products", "models")
 
@@ -214,9 +246,14 @@ def _fill_nodes(config: dict) -> None:
             _one_source("models", name, node, ("gguf", "path", "hub"))
         elif kind in RETRIEVER_MODELS:
             _require("models", name, node, ("dataset",), f"{kind} model")
+        elif kind in RL_MODELS:
+            _require("models", name, node, ("init", "dataset"), f"{kind} model")
         else:
             _require("models", name, node, ("init", "data"), f"{kind} model")
-        config["models"][name] = _merge(_seeded(MODEL_DEFAULTS[kind], seed), node)
+        filled = _merge(_seeded(MODEL_DEFAULTS[kind], seed), node)
+        if kind in RL_MODELS:
+            filled.setdefault("prompt", _default_prompt(filled["retrieval"]))
+        config["models"][name] = filled
     config["generation"] = _merge(
         {**GENERATION_DEFAULTS, "seed": seed}, config.get("generation") or {}
     )
@@ -232,14 +269,67 @@ def _fill_nodes(config: dict) -> None:
             _kind_of(f"products.{name}.filter", node["filter"], FILTER_KINDS)
             defaults = FILTER_KINDS[node["filter"]]
         filled = _merge(_seeded(defaults, seed), node)
-        if kind == "self_demos":
-            filled.setdefault(
-                "prompt", "closed_book" if node["retrieval"] == NO_RETRIEVAL else "rag"
-            )
-        if kind in ("self_demos", "pseudo_queries"):
+        if kind in ("self_demos", "segment_beam"):
+            filled.setdefault("retrieval", NO_RETRIEVAL)
+            filled.setdefault("prompt", _default_prompt(filled["retrieval"]))
+        if kind in ("self_demos", "pseudo_queries", "segment_beam"):
             # Sampling settings: the run's generation settings under the product's own.
             filled["generation"] = _merge(config["generation"], node.get("generation") or {})
         config["products"][name] = filled
+
+
+def _default_prompt(retrieval: str) -> str:
+    return "closed_book" if retrieval == NO_RETRIEVAL else "rag"
+
+
+def _check_rewards(config: dict) -> None:
+    """Reward source lists: well formed, and their reward models are reward models."""
+    for section in ("models", "products"):
+        for name, node in config[section].items():
+            if "rewards" not in node:
+                continue
+            key = f"{section}.{name}.rewards"
+            try:
+                check_specs(node["rewards"], key)
+            except ValueError as e:
+                raise ConfigError(key, str(e).removeprefix(f"{key}: ")) from None
+            for i, model in enumerate(reward_models(node["rewards"])):
+                _reward_model(config, f"{key}[{i}].model", model)
+        if section == "products":
+            for name, node in config[section].items():
+                if node["kind"] == "reward":
+                    _reward_model(config, f"products.{name}.model", node["model"])
+
+
+def _check_language_models(config: dict) -> None:
+    """What starts training or generates must be a language model, not a reward model
+    or a retriever."""
+    lms = ("base", *LLM_KINDS)
+    checks = [
+        (f"models.{n}.init", m.get("init"))
+        for n, m in config["models"].items()
+        if m["kind"] not in RETRIEVER_MODELS
+    ] + [
+        (f"products.{n}.model", p.get("model"))
+        for n, p in config["products"].items()
+        if p["kind"] in ("self_demos", "pseudo_queries", "segment_beam")
+    ]
+    for key, name in checks:
+        if name and config["models"][name]["kind"] not in lms:
+            raise ConfigError(
+                key, f"{name!r} is a {config['models'][name]['kind']} model, not a language model"
+            )
+
+
+def _reward_model(config: dict, key: str, name: str) -> None:
+    found = config["models"].get(name, {}).get("kind")
+    if found != "reward_model":
+        known = sorted(n for n, m in config["models"].items() if m["kind"] == "reward_model")
+        raise ConfigError(
+            key,
+            f"expected a reward_model model, got {name!r} ({found or 'unknown'};"
+            f" reward models: {', '.join(known) or 'none'})",
+        )
 
 
 def _refs(value) -> list:
@@ -312,11 +402,13 @@ def _check_tasks(config: dict) -> None:
                     f" not {node['corpus']!r}",
                 )
     for name, node in config["products"].items():
-        if node["kind"] == "self_demos":
+        if node["kind"] in ("self_demos", "segment_beam"):
             _dataset_kind(config, f"products.{name}.dataset", node["dataset"], "qa")
         elif node.get("dataset"):
             _dataset_kind(config, f"products.{name}.dataset", node["dataset"], "beir")
     for name, node in config["models"].items():
+        if node["kind"] in RL_MODELS:
+            _dataset_kind(config, f"models.{name}.dataset", node["dataset"], "qa")
         if node["kind"] not in RETRIEVER_MODELS:
             continue
         _dataset_kind(config, f"models.{name}.dataset", node["dataset"], "beir")
@@ -396,6 +488,12 @@ def _expand_evaluate(config: dict, prompts_dir: Path | None) -> list[dict]:
                     raise ConfigError(
                         f"evaluate[{i}].{field}", f"unknown name {ref!r} (known: {known})"
                     )
+        for ref in entry["models"]:
+            if config["models"][ref]["kind"] not in ("base", *LLM_KINDS):
+                raise ConfigError(
+                    f"evaluate[{i}].models",
+                    f"{ref!r} is a {config['models'][ref]['kind']} model, not a language model",
+                )
         for ref in entry["retrieval"]:
             if ref != NO_RETRIEVAL and ref not in config["retrievers"]:
                 known = ", ".join([*sorted(config["retrievers"]), NO_RETRIEVAL])
@@ -451,15 +549,18 @@ def prepare(config: dict, prompts_dir: Path | None = None) -> dict:
     config["retrieval_evaluations"] = _expand_evaluate_retrieval(config)
     _fill_nodes(config)
     _check_references(config)
+    _check_rewards(config)
+    _check_language_models(config)
     _check_cycles(config)
     _fill_task_datasets(config)
     if prompts_dir is not None:
-        for name, node in config["products"].items():
-            if "prompt" in node and not (prompts_dir / f"{node['prompt']}.jinja").is_file():
-                raise ConfigError(
-                    f"products.{name}.prompt",
-                    f"no template {node['prompt']}.jinja in {prompts_dir}",
-                )
+        for section in ("products", "models"):
+            for name, node in config[section].items():
+                if "prompt" in node and not (prompts_dir / f"{node['prompt']}.jinja").is_file():
+                    raise ConfigError(
+                        f"{section}.{name}.prompt",
+                        f"no template {node['prompt']}.jinja in {prompts_dir}",
+                    )
     config["evaluations"] = _expand_evaluate(config, prompts_dir)
     return config
 

@@ -4,6 +4,10 @@ Both take chat conversations (lists of messages), render them with the model's
 own chat template, and return, per conversation, `n` completions with their
 token counts, so that callers (evaluation, self-demonstrations, rollouts) never
 depend on the backend.
+
+Both can also continue a partial assistant answer (`prefixes`) and stop at strings
+(`Sampling.stop`, kept in the output): segment-level search (ragtrain.rejection)
+generates an answer a sentence at a time.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ class Sampling:
     n: int = 1
     # Benchmarks force every answer to full length, so both backends do equal work.
     min_new_tokens: int = 0
+    # Stop strings, searched in the generated text only (not the prompt or prefix); the
+    # text ends with the stop string that ended it, anything generated after is cut.
+    stop: tuple[str, ...] = ()
 
     @classmethod
     def from_params(cls, params: dict, n: int = 1) -> Sampling:
@@ -44,8 +51,12 @@ class Sampling:
 class Completion:
     text: str
     num_tokens: int
-    # The generated token ids (HF backend): what PPO scores and trains on.
+    # The generated token ids (HF backend): what PPO scores and trains on. With stop
+    # strings they are all the generated ids: the last one may run past the cut text.
     token_ids: list[int] | None = None
+    # Why generation ended: "eos" (the model ended its answer), "stop" (a stop string),
+    # "length" (max_new_tokens); None where the backend does not say.
+    finish_reason: str | None = None
 
 
 @dataclass
@@ -72,10 +83,15 @@ class Generator(Protocol):
         conversations: list[Conversation],
         sampling: Sampling,
         seeds: list[int] | None = None,
+        prefixes: list[str] | None = None,
     ) -> list[list[Completion]]:
         """`n` completions per conversation. `seeds`, one per conversation, seed each
         request (vLLM on GPU), each call (vLLM on CPU) or each batch (HF) with the first
-        seed, so that a run resumed at a call boundary draws what an uninterrupted one would."""
+        seed, so that a run resumed at a call boundary draws what an uninterrupted one would.
+
+        `prefixes`, one per conversation: the start of the assistant's answer, which the
+        completions continue. Their text is then the raw continuation (leading spaces
+        kept: the answer is prefix + text); without prefixes it is stripped."""
         ...
 
 
@@ -144,12 +160,15 @@ class HFGenerator:
         conversations: list[Conversation],
         sampling: Sampling,
         seeds: list[int] | None = None,
+        prefixes: list[str] | None = None,
     ) -> list[list[Completion]]:
         import torch
 
+        _check_prefixes(conversations, prefixes)
         prompts = [
             self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
-            for c in conversations
+            + (prefixes[i] if prefixes is not None else "")
+            for i, c in enumerate(conversations)
         ]
         results: list[list[Completion]] = []
         do_sample = sampling.temperature > 0
@@ -158,12 +177,18 @@ class HFGenerator:
         extra = {"temperature": sampling.temperature, "top_p": sampling.top_p} if do_sample else {}
         if do_sample and sampling.top_k > 0:
             extra["top_k"] = sampling.top_k
+        eos = self._eos_ids()
         for start in range(0, len(prompts), self.batch_size):
             batch = prompts[start : start + self.batch_size]
             # The chat template already holds the special tokens.
             enc = self.tokenizer(
                 batch, return_tensors="pt", padding=True, add_special_tokens=False
             ).to(self.device)
+            prompt_len = enc["input_ids"].shape[1]
+            if sampling.stop:
+                extra["stopping_criteria"] = _stop_criteria(
+                    self.tokenizer, sampling.stop, prompt_len
+                )
             if seeds is not None:
                 # One generator state per batch: a batch draws the same samples wherever
                 # a run starts (HF has no per-request seed).
@@ -179,15 +204,27 @@ class HFGenerator:
                     pad_token_id=self.tokenizer.pad_token_id,
                     **extra,
                 )
-            new = out[:, enc["input_ids"].shape[1] :]
+            new = out[:, prompt_len:]
             completions = []
-            for row in new:
-                ids = [t for t in row.tolist() if t != self.tokenizer.pad_token_id]
+            for j, row in enumerate(new.tolist()):
+                ids = [t for t in row if t != self.tokenizer.pad_token_id]
+                if prefixes is None:
+                    text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                else:
+                    # Decoded after the prompt's last tokens, so that a leading space is
+                    # kept by tokenizers that drop it at the start of a text.
+                    prompt_ids = enc["input_ids"][j // returned].tolist()
+                    text = self._continuation(prompt_ids[-8:], ids)
+                text, stopped = _cut_at_stop(text, sampling.stop)
+                if stopped:
+                    reason = "stop"
+                elif any(t in eos or t == self.tokenizer.pad_token_id for t in row):
+                    reason = "eos"  # ended (rows padded after their end), not cut
+                else:
+                    reason = "length"
                 completions.append(
                     Completion(
-                        self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
-                        len(ids),
-                        ids,
+                        text if prefixes is not None else text.strip(), len(ids), ids, reason
                     )
                 )
             self.throughput.add(sum(c.num_tokens for c in completions), time.perf_counter() - began)
@@ -195,6 +232,48 @@ class HFGenerator:
                 answers = completions[i * returned : (i + 1) * returned]
                 results.append(answers * (sampling.n // returned))
         return results
+
+    def _eos_ids(self) -> set[int]:
+        ids = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids = set(ids if isinstance(ids, list) else [ids])
+        return {i for i in (*ids, self.tokenizer.eos_token_id) if i is not None}
+
+    def _continuation(self, context: list[int], ids: list[int]) -> str:
+        context = [t for t in context if t != self.tokenizer.pad_token_id]
+        head = self.tokenizer.decode(context, skip_special_tokens=True)
+        full = self.tokenizer.decode(context + ids, skip_special_tokens=True)
+        if full.startswith(head):
+            return full[len(head) :]
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _check_prefixes(conversations: list[Conversation], prefixes: list[str] | None) -> None:
+    if prefixes is not None and len(prefixes) != len(conversations):
+        raise ValueError(
+            f"prefixes: expected one per conversation ({len(conversations)}), got {len(prefixes)}"
+        )
+
+
+def _cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """The text up to and including the first stop string it completes."""
+    ends = [i + len(s) for s in stop if s and (i := text.find(s)) >= 0]
+    return (text[: min(ends)], True) if ends else (text, False)
+
+
+def _stop_criteria(tokenizer, stop: tuple[str, ...], prompt_len: int):
+    """Stop a row once its generated text holds a stop string. (transformers'
+    `stop_strings` also matches a stop string that starts in the prompt: a prefix ending
+    in "." and a first token " The" would stop on ". ".)"""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopInGenerated(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            texts = tokenizer.batch_decode(input_ids[:, prompt_len:], skip_special_tokens=True)
+            done = [any(s and s in t for s in stop) for t in texts]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StopInGenerated()])
 
 
 class VLLMGenerator:
@@ -238,8 +317,11 @@ class VLLMGenerator:
         conversations: list[Conversation],
         sampling: Sampling,
         seeds: list[int] | None = None,
+        prefixes: list[str] | None = None,
     ) -> list[list[Completion]]:
         from vllm import SamplingParams
+
+        _check_prefixes(conversations, prefixes)
 
         def params(seed: int | None) -> SamplingParams:
             return SamplingParams(
@@ -250,6 +332,8 @@ class VLLMGenerator:
                 top_k=sampling.top_k if sampling.temperature > 0 else -1,
                 min_tokens=sampling.min_new_tokens,
                 seed=seed,
+                stop=list(sampling.stop),
+                include_stop_str_in_output=True,
             )
 
         sp = params(None)
@@ -260,15 +344,41 @@ class VLLMGenerator:
                 import torch
 
                 torch.manual_seed(seeds[0])  # the sampler draws from torch's generator
+        extra = {}
+        if prefixes is not None:
+            # The prefix as the assistant's last message, continued (not closed) by the
+            # chat template.
+            conversations = [
+                [*c, {"role": "assistant", "content": p}]
+                for c, p in zip(conversations, prefixes, strict=True)
+            ]
+            extra = {"add_generation_prompt": False, "continue_final_message": True}
         began = time.perf_counter()
-        outputs = self.llm.chat(conversations, sp, use_tqdm=False)
+        outputs = self.llm.chat(conversations, sp, use_tqdm=False, **extra)
         results = [
-            [Completion(o.text.strip(), len(o.token_ids)) for o in request.outputs]
+            [
+                Completion(
+                    o.text if prefixes is not None else o.text.strip(),
+                    len(o.token_ids),
+                    finish_reason=_vllm_reason(o),
+                )
+                for o in request.outputs
+            ]
             for request in outputs
         ]
         tokens = sum(c.num_tokens for r in results for c in r)
         self.throughput.add(tokens, time.perf_counter() - began)
         return results
+
+
+def _vllm_reason(output) -> str | None:
+    """vLLM's finish_reason `stop` covers EOS (stop_reason None, or a stop token id) and
+    stop strings (stop_reason the string)."""
+    if output.finish_reason == "length":
+        return "length"
+    if output.finish_reason == "stop":
+        return "stop" if isinstance(output.stop_reason, str) else "eos"
+    return output.finish_reason
 
 
 BACKENDS = {"hf": HFGenerator, "vllm": VLLMGenerator}

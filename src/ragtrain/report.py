@@ -55,6 +55,10 @@ TRAINING_COLUMNS = [
     "dev_loss",
     "dev_reward_accuracy",
     "dev_reward_margin",
+    "dev_pair_accuracy",
+    "dev_reward_init",
+    "dev_reward",
+    "kl_last",
     "train_runtime_s",
 ]
 
@@ -81,6 +85,10 @@ def load_retrieval_rows(metric_files: list[str], model_dirs: list[str]) -> list[
     return sorted(rows, key=lambda r: (r["dataset"], r["split"], r["retriever"]))
 
 
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _query_product(stats: dict) -> str | None:
     """Pseudo-query products, in a few words (None for other products)."""
     if "filter" in stats:
@@ -103,6 +111,25 @@ def _query_product(stats: dict) -> str | None:
             f"{stats['n_pairs']} query preference pairs ({stats['n_train']} train,"
             f" {stats['n_dev']} dev); mean difficulty (source rank) of kept queries"
             f" {stats['mean_difficulty_kept']}, of dropped {stats['mean_difficulty_dropped']}"
+        )
+    if "reward_model" in stats and "mean_reward" in stats:
+        return (
+            f"{stats['n_samples']} samples scored by reward model {stats['reward_model']}:"
+            f" mean {_num(stats['mean_reward'])},"
+            f" best per question {_num(stats['mean_best_reward'])}"
+        )
+    if "mean_best_reward" in stats:  # best-of-n
+        return (
+            f"{stats['n_train']} train + {stats['n_dev']} dev demonstrations, the best of"
+            f" {stats['n_samples'] // max(stats['n_examples'], 1)} samples by reward: mean"
+            f" reward {_num(stats['mean_best_reward'])} vs {_num(stats['mean_sample_reward'])}"
+            " over all samples"
+        )
+    if "n_finished" in stats:  # segment beam
+        return (
+            f"{stats['n_train']} train + {stats['n_dev']} dev demonstrations by segment beam"
+            f" search: {_num(stats['mean_segments'])} segments, mean reward"
+            f" {_num(stats['mean_reward'])}, {stats['n_finished']} finished"
         )
     if "n_used" in stats:
         return (
@@ -243,8 +270,11 @@ def write_summary(
             "",
             "Held-out (`dev_`) values are on the product's dev split; for DPO,"
             " `dev_reward_accuracy` is the share of held-out pairs whose chosen answer gets"
-            " the higher implicit reward. Curves: `training.png`, and `loss.png` in each"
-            " model's folder.",
+            " the higher implicit reward; for a reward model, `dev_pair_accuracy` the share"
+            " it scores the right way round. RL models (PPO, GRPO, RLOO): mean reward of"
+            " greedy answers to the held-out questions before (`dev_reward_init`) and after"
+            " (`dev_reward`) training, and the last KL to the init model. Curves:"
+            " `training.png` (reward and KL for RL), and `loss.png` in each model's folder.",
             "",
             _markdown_table(training, TRAINING_COLUMNS),
             "",

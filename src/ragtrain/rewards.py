@@ -161,26 +161,54 @@ class Rewards:
                 }[kind](**settings)
             self.sources.append((source, float(spec.get("weight", 1.0))))
 
+    @classmethod
+    def from_sources(cls, sources: list[tuple[RewardSource, float]]) -> Rewards:
+        """Sources built elsewhere (a custom source, a test's), with their weights."""
+        rewards = cls.__new__(cls)
+        rewards.sources = list(sources)
+        return rewards
+
     @property
     def names(self) -> list[str]:
-        return [source.name for source, _ in self.sources]
+        """The sources' names, a repeated kind numbered (length, length_2)."""
+        names, seen = [], {}
+        for source, _ in self.sources:
+            seen[source.name] = seen.get(source.name, 0) + 1
+            count = seen[source.name]
+            names.append(source.name if count == 1 else f"{source.name}_{count}")
+        return names
+
+    def per_source(self, examples, responses) -> dict[str, list[Placed]]:
+        """Each source's weighted values per response."""
+        return {
+            name: [
+                [(offset, weight * value) for offset, value in placed]
+                for placed in source.score(examples, responses)
+            ]
+            for name, (source, weight) in zip(self.names, self.sources, strict=True)
+        }
 
     def score(self, examples, responses) -> list[Placed]:
-        out: list[Placed] = [[] for _ in responses]
-        for source, weight in self.sources:
-            for placed, more in zip(out, source.score(examples, responses), strict=True):
-                placed.extend((offset, weight * value) for offset, value in more)
-        return out
+        """All sources' weighted values per response, in offset order."""
+        return combine(self.per_source(examples, responses), len(responses))
+
+    def totals(self, examples, responses) -> list[float]:
+        return [total(p) for p in self.score(examples, responses)]
 
     def by_source(self, examples, responses) -> dict[str, list[float]]:
         """Each source's weighted total per response (for logs and stats)."""
         return {
-            source.name: [weight * total(p) for p in source.score(examples, responses)]
-            for source, weight in self.sources
+            name: [total(p) for p in placed]
+            for name, placed in self.per_source(examples, responses).items()
         }
 
-    def totals(self, examples, responses) -> list[float]:
-        return [total(p) for p in self.score(examples, responses)]
+
+def combine(per_source: dict[str, list[Placed]], n: int) -> list[Placed]:
+    out: list[Placed] = [[] for _ in range(n)]
+    for placed_lists in per_source.values():
+        for placed, more in zip(out, placed_lists, strict=True):
+            placed.extend(more)
+    return [sorted(p, key=lambda pair: pair[0]) for p in out]
 
 
 def total(placed: Placed) -> float:

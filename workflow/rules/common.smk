@@ -7,7 +7,14 @@ from pathlib import Path
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 
-from ragtrain.config import NO_RETRIEVAL, RETRIEVER_MODELS, ConfigError, prepare
+from ragtrain.config import (
+    LLM_KINDS,
+    NO_RETRIEVAL,
+    RETRIEVER_MODELS,
+    ConfigError,
+    prepare,
+)
+from ragtrain.rewards import reward_models
 
 PROMPTS = Path(workflow.basedir) / "resources" / "prompts"
 
@@ -159,8 +166,24 @@ def training_input(w, split):
 
 
 def trained_models():
-    """Trained LLMs (their curves go to the report)."""
-    return sorted(n for n, m in CFG["models"].items() if m["kind"] in ("sft", "dpo"))
+    """Trained LLMs and reward models (their curves go to the report)."""
+    return sorted(
+        n
+        for n, m in CFG["models"].items()
+        if m["kind"] in LLM_KINDS or m["kind"] == "reward_model"
+    )
+
+
+def reward_model_dirs(node):
+    """The folders of the reward models a node's `rewards` sources name."""
+    return [model_dir(m) for m in reward_models(node.get("rewards", []))]
+
+
+def reward_model_args(node):
+    return " ".join(
+        f"--reward-model {shlex.quote(f'{m}={model_dir(m)}')}"
+        for m in reward_models(node.get("rewards", []))
+    )
 
 
 def retriever_models():

@@ -64,3 +64,53 @@ use rule train_biencoder as train_colbert with:
         model=names("models", "colbert"),
     conda:
         "../../envs/colbert.yaml"
+
+
+rule train_reward_model:
+    input:
+        init=lambda w: model_dir(CFG["models"][w.model]["init"]),
+        train=lambda w: training_input(w, "train"),
+        dev=lambda w: training_input(w, "dev"),
+    output:
+        directory(f"{RESULTS}/models/{{model}}"),
+    log:
+        f"{LOGS}/models/{{model}}.log",
+    wildcard_constraints:
+        model=names("models", "reward_model"),
+    conda:
+        "../../envs/train.yaml"
+    threads: 4
+    params:
+        node=lambda w: node("models", w.model),
+        work=lambda w: work_root("models", w.model),
+    shell:
+        "python -m ragtrain train-reward-model --params {params.node:q} --init {input.init:q}"
+        " --train {input.train:q} --dev {input.dev:q} --work {params.work:q}"
+        " --threads {threads} --output {output:q} > {log:q} 2>&1"
+
+
+rule train_rl:
+    input:
+        init=lambda w: model_dir(CFG["models"][w.model]["init"]),
+        examples=lambda w: examples_path(
+            CFG["models"][w.model]["dataset"], CFG["models"][w.model]["retrieval"]
+        ),
+        prompt=lambda w: prompt_path(CFG["models"][w.model]["prompt"]),
+        reward_models=lambda w: reward_model_dirs(CFG["models"][w.model]),
+    output:
+        directory(f"{RESULTS}/models/{{model}}"),
+    log:
+        f"{LOGS}/models/{{model}}.log",
+    wildcard_constraints:
+        model=names("models", "ppo", "grpo", "rloo"),
+    conda:
+        "../../envs/train.yaml"
+    threads: 4
+    params:
+        node=lambda w: node("models", w.model),
+        work=lambda w: work_root("models", w.model),
+        reward_models=lambda w: reward_model_args(CFG["models"][w.model]),
+    shell:
+        "python -m ragtrain train-rl --params {params.node:q} --init {input.init:q}"
+        " --examples {input.examples:q} --prompt {input.prompt:q} {params.reward_models}"
+        " --work {params.work:q} --threads {threads} --output {output:q} > {log:q} 2>&1"

@@ -192,3 +192,79 @@ rule query_preferences:
         " --corpus {input.corpus:q} --retriever {input.retriever:q} --prompt {input.prompt:q}"
         " --output {output.queries:q} --train {output.train:q} --dev {output.dev:q}"
         " --stats {output.stats:q} > {log:q} 2>&1"
+
+
+rule reward:
+    input:
+        samples=lambda w: product_file(product(w)["from"], "data.jsonl"),
+        reward_model=lambda w: model_dir(product(w)["model"]),
+    output:
+        scored=product_file("{product}", "data.jsonl"),
+        stats=product_file("{product}", "stats.json"),
+    log:
+        f"{LOGS}/products/{{product}}.log",
+    wildcard_constraints:
+        product=names("products", "reward"),
+    conda:
+        "../../envs/train.yaml"
+    threads: 2
+    params:
+        node=lambda w: node("products", w.product),
+    shell:
+        "python -m ragtrain reward --params {params.node:q} --input {input.samples:q}"
+        " --reward-model-dir {input.reward_model:q} --output {output.scored:q}"
+        " --stats {output.stats:q} > {log:q} 2>&1"
+
+
+rule best_of_n:
+    input:
+        samples=lambda w: product_file(product(w)["from"], "data.jsonl"),
+        reward_models=lambda w: reward_model_dirs(product(w)),
+    output:
+        train=product_file("{product}", "train.jsonl"),
+        dev=product_file("{product}", "dev.jsonl"),
+        stats=product_file("{product}", "stats.json"),
+    log:
+        f"{LOGS}/products/{{product}}.log",
+    wildcard_constraints:
+        product=names("products", "best_of_n"),
+    conda:
+        "../../envs/train.yaml"
+    threads: 2
+    params:
+        node=lambda w: node("products", w.product),
+        work=lambda w: work_root("products", w.product),
+        reward_models=lambda w: reward_model_args(product(w)),
+    shell:
+        "python -m ragtrain best-of-n --params {params.node:q} --input {input.samples:q}"
+        " {params.reward_models} --work {params.work:q} --train {output.train:q}"
+        " --dev {output.dev:q} --stats {output.stats:q} > {log:q} 2>&1"
+
+
+rule segment_beam:
+    input:
+        model=lambda w: model_dir(product(w)["model"]),
+        examples=lambda w: examples_path(product(w)["dataset"], product(w)["retrieval"]),
+        prompt=lambda w: prompt_path(product(w)["prompt"]),
+        reward_models=lambda w: reward_model_dirs(product(w)),
+    output:
+        train=product_file("{product}", "train.jsonl"),
+        dev=product_file("{product}", "dev.jsonl"),
+        stats=product_file("{product}", "stats.json"),
+    log:
+        f"{LOGS}/products/{{product}}.log",
+    wildcard_constraints:
+        product=names("products", "segment_beam"),
+    conda:
+        "../../envs/generate.yaml"
+    # One generation engine at a time (see rule evaluate).
+    threads: 4
+    params:
+        node=lambda w: node("products", w.product),
+        work=lambda w: work_root("products", w.product),
+        reward_models=lambda w: reward_model_args(product(w)),
+    shell:
+        "python -m ragtrain segment-beam --params {params.node:q} --model {input.model:q}"
+        " --examples {input.examples:q} --prompt {input.prompt:q} {params.reward_models}"
+        " --work {params.work:q} --train {output.train:q} --dev {output.dev:q}"
+        " --stats {output.stats:q} > {log:q} 2>&1"

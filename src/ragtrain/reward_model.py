@@ -1,0 +1,375 @@
+"""Reward models: a scalar head on a causal LM, trained on preference pairs with TRL.
+
+A reward model starts from a causal-LM folder (its `init`), loaded as a sequence
+classifier with one output, and learns from a pair product (records `{id, prompt, chosen,
+rejected}` in TRL's conversational format) that score(prompt + chosen) > score(prompt +
+rejected) (Bradley-Terry loss). It writes, like `ragtrain.train`, the merged weights and
+tokenizer (what `RewardModelScorer` loads), `adapter/` (LoRA only),
+`trainer_state.json`, `metrics.json` and `loss.png`; checkpoints go to the node's work
+folder, so an interrupted run resumes from the last one.
+
+The held-out pair accuracy in the metrics is measured on the saved model with
+`RewardModelScorer`, the same code that later scores responses for RL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from ragtrain.records import atomic_dir, write_json
+from ragtrain.train import COMMON_DEFAULTS, _last_checkpoint, _resolve_dtype
+from ragtrain.workdir import finish, work_dir
+
+log = logging.getLogger(__name__)
+
+REWARD_MODEL_DEFAULTS = {
+    **COMMON_DEFAULTS,
+    "learning_rate": 1e-4,
+    # TRL's `center_rewards_coefficient`: a penalty on (r_chosen + r_rejected)^2 that keeps
+    # rewards near zero (0.01 is the usual value); null: none.
+    "center_rewards_coefficient": None,
+}
+FIELDS = ("prompt", "chosen", "rejected")
+
+
+def with_defaults(params: dict) -> dict:
+    defaults = REWARD_MODEL_DEFAULTS
+    return {**defaults, **params, "lora": {**defaults["lora"], **(params.get("lora") or {})}}
+
+
+def _pairs(path: str | Path) -> list[dict]:
+    """The pair records' conversations: `prompt` a list of messages, `chosen` and
+    `rejected` non-empty lists of (assistant) messages."""
+    from ragtrain.records import RecordError, iter_jsonl, require
+
+    rows = []
+    for lineno, record in iter_jsonl(path):
+        for field in FIELDS:
+            messages = require(record, field, list, path, lineno)
+            if field != "prompt" and not messages:
+                raise RecordError(path, lineno, f"field {field!r} has no message")
+            for message in messages:
+                if not (
+                    isinstance(message, dict)
+                    and isinstance(message.get("role"), str)
+                    and isinstance(message.get("content"), str)
+                ):
+                    raise RecordError(
+                        path,
+                        lineno,
+                        f"field {field!r}: expected messages {{role, content}}, got {message!r}",
+                    )
+        rows.append({field: record[field] for field in FIELDS})
+    return rows
+
+
+def _args(params: dict, output_dir: Path, has_dev: bool, n_train: int, dtype):
+    import torch
+    from trl import RewardConfig
+
+    steps_per_epoch = max(1, math.ceil(n_train / (params["batch_size"] * params["grad_accum"])))
+    total = steps_per_epoch * params["epochs"]
+    return RewardConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=params["epochs"],
+        per_device_train_batch_size=params["batch_size"],
+        per_device_eval_batch_size=params["batch_size"],
+        gradient_accumulation_steps=params["grad_accum"],
+        learning_rate=params["learning_rate"],
+        lr_scheduler_type=params["lr_scheduler"],
+        warmup_steps=params["warmup"],
+        weight_decay=params["weight_decay"],
+        logging_steps=params["logging_steps"],
+        save_strategy="steps",
+        save_steps=params["save_steps"],
+        save_total_limit=1,
+        # One held-out point just past halfway; train_reward_model() adds the final one.
+        eval_strategy="steps" if has_dev and total > 1 else "no",
+        eval_steps=total // 2 + 1,
+        seed=params["seed"],
+        data_seed=params["seed"],
+        train_sampling_strategy=params["sampling"],
+        report_to="none",
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        gradient_checkpointing=params["gradient_checkpointing"],
+        max_length=params["max_length"],
+        center_rewards_coefficient=params["center_rewards_coefficient"],
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=False,
+    )
+
+
+def _quiet_head_swap():
+    """TRL's filter for the expected load report of a causal LM read as a classifier
+    (`score.weight` new, `lm_head.weight` unused); a no-op if TRL moved it."""
+    try:
+        from trl.trainer.reward_trainer import suppress_seqcls_warning
+    except ImportError:
+        return contextlib.nullcontext()
+    return suppress_seqcls_warning()
+
+
+def train_reward_model(
+    params: dict,
+    init_dir: str | Path,
+    train_path: str | Path,
+    dev_path: str | Path | None,
+    out_dir: str | Path,
+    work_root: str | Path,
+) -> dict:
+    """Train one reward model node; return its metrics record."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+    from trl import RewardTrainer
+
+    params = with_defaults(params)
+    if params["finetune"] not in ("lora", "full"):
+        raise ValueError(f"finetune: expected 'lora' or 'full', got {params['finetune']!r}")
+    train_rows = _pairs(train_path)
+    dev_rows = _pairs(dev_path) if dev_path else []
+    if not train_rows:
+        raise ValueError(f"{train_path}: no training records")
+    inputs = [init_dir, train_path, *([dev_path] if dev_path else [])]
+    work = work_dir(work_root, params, inputs)
+
+    dtype = _resolve_dtype(params["dtype"])
+    if dtype == torch.float16 and not torch.cuda.is_available():
+        raise ValueError("dtype: float16 training needs a GPU; use float32 or auto on CPU")
+    tokenizer = AutoTokenizer.from_pretrained(init_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # The score head is new and random: seed it.
+    set_seed(params["seed"])
+    load_dtype = torch.float32 if params["finetune"] == "full" else dtype
+    with _quiet_head_swap():
+        model = AutoModelForSequenceClassification.from_pretrained(
+            init_dir, num_labels=1, dtype=load_dtype
+        )
+    # The classifier reads the score at the last token that is not padding.
+    model.config.pad_token_id = tokenizer.pad_token_id
+    peft_config = None
+    if params["finetune"] == "lora":
+        lora = params["lora"]
+        # SEQ_CLS: PEFT trains (and saves) a full copy of the `score` head beside the
+        # adapters and leaves it out of `all-linear`'s targets.
+        peft_config = LoraConfig(
+            r=lora["r"],
+            lora_alpha=lora["alpha"],
+            lora_dropout=lora["dropout"],
+            target_modules=lora["targets"],
+            task_type="SEQ_CLS",
+        )
+        # The head is trained whole, like full fine-tuning: keep float32 master weights
+        # (bf16 autocast computes), or small updates round away.
+        if getattr(model, "score", None) is not None:
+            model.score.to(torch.float32)
+    args = _args(params, work / "checkpoints", bool(dev_rows), len(train_rows), dtype)
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(dev_rows) if dev_rows else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    # TRL drops pairs with a side longer than max_length: say so, and stop if none is left.
+    kept = len(trainer.train_dataset)
+    if kept == 0:
+        raise ValueError(f"{train_path}: every pair is longer than max_length ({args.max_length})")
+    if kept < len(train_rows):
+        log.warning(
+            "%d of %d pairs dropped: longer than max_length (%d)",
+            len(train_rows) - kept,
+            len(train_rows),
+            args.max_length,
+        )
+    resume = _last_checkpoint(work / "checkpoints")
+    if resume:
+        log.info("resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    # The final evaluation goes into the state too, so the curves end at the last step.
+    dev_metrics = trainer.evaluate() if dev_rows else {}
+    metrics = _metrics(params, result.metrics, dev_metrics, kept, len(dev_rows), trainer)
+
+    with atomic_dir(out_dir) as tmp:
+        trained = trainer.model
+        if peft_config is not None:
+            trained.save_pretrained(tmp / "adapter")
+            trained = trained.merge_and_unload()
+        trained.to(dtype).save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        trainer.state.save_to_json(str(tmp / "trainer_state.json"))
+        del trainer, trained, model
+        if dev_rows:
+            scorer = RewardModelScorer(tmp, batch_size=params["batch_size"])
+            metrics.update(pair_metrics(scorer, dev_rows, prefix="dev_"))
+            del scorer
+        write_json(tmp / "metrics.json", metrics)
+        plot_curves(
+            _log_history(tmp / "trainer_state.json"), tmp / "loss.png", title=metrics["model"]
+        )
+    finish(work)
+    log.info("metrics: %s", metrics)
+    return metrics
+
+
+def _log_history(state_path: Path) -> list[dict]:
+    import json
+
+    return json.loads(state_path.read_text())["log_history"]
+
+
+def _metrics(params, train_metrics, dev_metrics, n_train, n_dev, trainer) -> dict:
+    out = {
+        "model": params.get("name", ""),
+        "kind": "reward_model",
+        "init": params.get("init"),
+        "finetune": params["finetune"],
+        "n_train": n_train,
+        "n_dev": n_dev,
+        "epochs": params["epochs"],
+        "steps": trainer.state.global_step,
+        "train_loss": round(train_metrics.get("train_loss", float("nan")), 4),
+        "train_runtime_s": round(train_metrics.get("train_runtime", 0.0), 1),
+        "train_samples_per_second": round(train_metrics.get("train_samples_per_second", 0.0), 3),
+        "trainable_parameters": sum(
+            p.numel() for p in trainer.model.parameters() if p.requires_grad
+        ),
+    }
+    # TRL's own held-out numbers: means of per-batch means over the pairs within max_length.
+    renamed = {
+        "eval_loss": "dev_loss",
+        "eval_accuracy": "dev_accuracy",
+        "eval_margin": "dev_margin",
+    }
+    for key, name in renamed.items():
+        if key in dev_metrics:
+            out[name] = round(float(dev_metrics[key]), 4)
+    return out
+
+
+def pair_metrics(scorer: RewardModelScorer, rows: Sequence[dict], prefix: str = "") -> dict:
+    """Share of pairs whose chosen side scores strictly above the rejected one, and the
+    mean score difference, over all `rows` ({prompt, chosen, rejected})."""
+    chosen = scorer.score_messages([r["prompt"] + r["chosen"] for r in rows])
+    rejected = scorer.score_messages([r["prompt"] + r["rejected"] for r in rows])
+    margins = [c - r for c, r in zip(chosen, rejected, strict=True)]
+    n = max(1, len(margins))
+    return {
+        f"{prefix}pair_accuracy": round(sum(m > 0 for m in margins) / n, 4),
+        f"{prefix}mean_margin": round(sum(margins) / n, 4),
+    }
+
+
+class RewardModelScorer:
+    """Scores (prompt, response) with a trained reward model folder.
+
+    A conversation is tokenized as TRL's RewardTrainer tokenized the training pairs:
+    the tokenizer's chat template over prompt + assistant message (no generation prompt,
+    nothing added), right-padded in batches; the score is the classifier's logit at the
+    last token that is not padding.
+    """
+
+    def __init__(self, model_dir: str | Path, batch_size: int = 8, device: str | None = None):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.batch_size = max(1, int(batch_size))
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=dtype)
+        if self.model.config.num_labels != 1:
+            raise ValueError(f"{model_dir}: not a reward model (num_labels != 1)")
+        # Padding is found by id: it has to be the id the batches are padded with.
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.model.to(self.device).eval()
+
+    def score(self, conversations: Sequence[list[dict]], responses: Sequence[str]) -> list[float]:
+        """The reward of each response (assistant text) to its conversation (the prompt's
+        chat messages)."""
+        if len(conversations) != len(responses):
+            raise ValueError(
+                f"score: {len(conversations)} conversations but {len(responses)} responses"
+            )
+        return self.score_messages(
+            [
+                [*prompt, {"role": "assistant", "content": text}]
+                for prompt, text in zip(conversations, responses, strict=True)
+            ]
+        )
+
+    def score_messages(self, conversations: Sequence[list[dict]]) -> list[float]:
+        """The reward of each whole conversation (ending with the scored response)."""
+        import torch
+
+        ids = [
+            list(
+                self.tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=True)[
+                    "input_ids"
+                ]
+            )
+            for messages in conversations
+        ]
+        # Batches of similar lengths pad less; scores come back in the given order.
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        scores = [0.0] * len(ids)
+        pad_id = self.tokenizer.pad_token_id
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                width = max(len(ids[i]) for i in batch)
+                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, i in enumerate(batch):
+                    input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+                    mask[row, : len(ids[i])] = 1
+                logits = self.model(
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    use_cache=False,
+                ).logits
+                for i, value in zip(batch, logits[:, 0].float().tolist(), strict=True):
+                    scores[i] = float(value)
+        return scores
+
+
+CURVES = (("loss", "loss"), ("accuracy", "pair accuracy"), ("margin", "reward margin"))
+
+
+def plot_curves(log_history: list[dict], path: Path, title: str = "") -> None:
+    """Training curves per logged step (loss, pair accuracy, chosen - rejected margin),
+    held-out values as points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.2), squeeze=False)
+    for ax, (key, label) in zip(axes[0], CURVES, strict=True):
+        train = [(h["step"], h[key]) for h in log_history if key in h]
+        dev = [(h["step"], h[f"eval_{key}"]) for h in log_history if f"eval_{key}" in h]
+        if train:
+            ax.plot(*zip(*train, strict=True), label="train", color="tab:blue")
+        if dev:
+            ax.plot(*zip(*dev, strict=True), "o--", label="dev", color="tab:orange")
+        ax.set_xlabel("step")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+        if train or dev:
+            ax.legend()
+    if title:
+        fig.suptitle(f"{title} (reward model)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

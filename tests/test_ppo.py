@@ -1,0 +1,237 @@
+"""PPO: the loss pieces against hand-computed cases, reward placement on tokens, and a
+tiny run that must learn a trivially learnable per-token reward."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ragtrain import ppo
+from ragtrain.rewards import Rewards, place_rewards, token_char_ends
+
+
+def t(rows):
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def test_gae_with_gamma_and_lambda_one_is_reward_to_go_minus_value():
+    rewards, values, mask = t([[1.0, 0.0, 2.0]]), t([[0.5, 0.2, 0.1]]), t([[1, 1, 1]])
+    advantages, returns = ppo.gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    assert returns.tolist()[0] == pytest.approx([3.0, 2.0, 2.0])
+    assert advantages.tolist()[0] == pytest.approx([2.5, 1.8, 1.9])
+
+
+def test_gae_hand_computed_and_padding_ends_the_episode():
+    # gamma 0.9, lambda 0.5, by hand:
+    # t2: delta = 2 - 0.1 = 1.9;             A2 = 1.9
+    # t1: delta = 0 + 0.9*0.1 - 0.2 = -0.11; A1 = -0.11 + 0.45*1.9 = 0.745
+    # t0: delta = 1 + 0.9*0.2 - 0.5 = 0.68;  A0 = 0.68 + 0.45*0.745 = 1.01525
+    rewards = t([[1.0, 0.0, 2.0, 0.0], [1.0, 3.0, 9.0, 9.0]])
+    values = t([[0.5, 0.2, 0.1, 0.0], [0.5, 0.2, 7.0, 7.0]])
+    mask = t([[1, 1, 1, 0], [1, 1, 0, 0]])
+    advantages, returns = ppo.gae(rewards, values, mask, gamma=0.9, lam=0.5)
+    assert advantages[0].tolist() == pytest.approx([1.01525, 0.745, 1.9, 0.0])
+    # Row 2 ends after two tokens: the padded value 7 must not leak in.
+    # t1: delta = 3 - 0.2 = 2.8; t0: delta = 1 + 0.9*0.2 - 0.5 = 0.68, A0 = 0.68 + 0.45*2.8
+    assert advantages[1].tolist() == pytest.approx([0.68 + 0.45 * 2.8, 2.8, 0.0, 0.0])
+    assert returns[1, :2].tolist() == pytest.approx([0.68 + 0.45 * 2.8 + 0.5, 3.0])
+
+
+def test_whiten_uses_unmasked_entries_only():
+    x, mask = t([[1.0, 2.0, 3.0, 100.0]]), t([[1, 1, 1, 0]])
+    out = ppo.whiten(x, mask)
+    # mean 2, unbiased variance 1
+    assert out.tolist()[0] == pytest.approx([-1.0, 0.0, 1.0, 0.0], abs=1e-6)
+    kept = ppo.whiten(x, mask, shift_mean=False)
+    assert kept.tolist()[0] == pytest.approx([1.0, 2.0, 3.0, 0.0], abs=1e-6)
+
+
+def test_kl_per_token_is_the_log_ratio_on_response_tokens():
+    logp, ref, mask = t([[-1.0, -2.0, -3.0]]), t([[-1.5, -1.0, -9.0]]), t([[1, 1, 0]])
+    assert ppo.kl_per_token(logp, ref, mask).tolist()[0] == pytest.approx([0.5, -1.0, 0.0])
+
+
+def test_policy_loss_clips_the_ratio_in_the_advantages_direction():
+    old = t([[-1.0, -1.0]])
+    new = old + math.log(1.5)  # ratio 1.5 on both tokens
+    mask = t([[1, 1]])
+    # A = +1: min(1.5, 1.2) * A -> loss -1.2, clipped; A = -1: max(-1.5, -1.2) -> loss 1.5
+    loss, clipped = ppo.policy_loss(new, old, t([[1.0, -1.0]]), mask, clip=0.2)
+    assert loss.item() == pytest.approx((-1.2 + 1.5) / 2)
+    assert clipped.item() == pytest.approx(0.5)
+    # Inside the clip range nothing is clipped and the loss is -ratio * A.
+    loss, clipped = ppo.policy_loss(old + math.log(1.1), old, t([[2.0, 2.0]]), mask, clip=0.2)
+    assert loss.item() == pytest.approx(-2.2)
+    assert clipped.item() == 0.0
+
+
+def test_value_loss_takes_the_larger_of_clipped_and_unclipped_errors():
+    old, returns, mask = t([[0.0, 0.0]]), t([[1.0, 1.0]]), t([[1, 1]])
+    # token 1 moves 0 -> 0.5: clipped to 0.2, error 0.64 > 0.25; token 2 moves 0 -> 0.1
+    loss, clipped = ppo.value_loss(t([[0.5, 0.1]]), old, returns, mask, clip=0.2)
+    assert loss.item() == pytest.approx(0.5 * (0.64 + 0.81) / 2)
+    assert clipped.item() == pytest.approx(0.5)
+
+
+def test_entropy_of_uniform_logits_is_log_vocab():
+    assert ppo.entropy_from_logits(torch.zeros(1, 1, 8)).item() == pytest.approx(math.log(8))
+
+
+class FakeTokenizer:
+    """Tokens are fixed strings, so character ends are known exactly."""
+
+    def __init__(self, pieces):
+        self.pieces = pieces
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(self.pieces[i] for i in ids)
+
+
+def test_rewards_land_on_the_token_holding_the_character_before_the_offset():
+    tok = FakeTokenizer(["Par", "is", " is", " big", ".", ""])  # id 5: EOS, no text
+    ids = [0, 1, 2, 3, 4, 5]
+    ends = token_char_ends(tok, ids)
+    assert ends == [3, 5, 8, 12, 13, 13]
+    # offset 2 is inside "Par" (chars 0-2): token 0; 5 ends "is": token 1; 6 is inside
+    # " is": token 2; the end of the text (13): the period, not EOS; past the end: last.
+    placed = [(2, 1.0), (5, 2.0), (6, 4.0), (13, 8.0), (99, 16.0), (0, 32.0)]
+    assert place_rewards(placed, ends) == [33.0, 2.0, 4.0, 0.0, 8.0, 16.0]
+
+
+def test_token_char_ends_with_the_real_tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    text = "The capital is Parisville, founded 1843."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    ends = token_char_ends(tok, ids)
+    assert ends[-1] == len(text)
+    assert ends == sorted(ends)
+    # A value at the end of "Parisville" lands on the token that completes it, which is
+    # the token whose decoded prefix first reaches that character.
+    offset = text.index("ville") + 3  # inside "ville"
+    position = place_rewards([(offset, 1.0)], ends).index(1.0)
+    assert len(tok.decode(ids[: position + 1])) >= offset > len(tok.decode(ids[:position]))
+
+
+class LetterReward:
+    """+1 at every letter `e` of a response: a per-token reward any policy can learn
+    (a random model already writes e-tokens now and then)."""
+
+    name = "letter_e"
+
+    def score(self, examples, responses):
+        return [[(i + 1, 1.0) for i, ch in enumerate(text) if ch == "e"] for text in responses]
+
+
+def _prompts(n, prefix):
+    return [
+        {"id": f"{prefix}{i}", "prompt": [{"role": "user", "content": f"Say something {i}."}]}
+        for i in range(n)
+    ]
+
+
+PARAMS = {
+    "iterations": 8,
+    "prompts_per_iteration": 4,
+    "samples_per_prompt": 4,
+    "ppo_epochs": 2,
+    "minibatch_size": 8,
+    "grad_accum": 2,
+    "learning_rate": 3e-3,
+    "kl_coef": 0.01,
+    "max_new_tokens": 8,
+    "temperature": 1.0,
+    "top_k": 0,
+    "eval_every": 4,
+    "save_every": 4,
+    "lora": {"r": 8, "alpha": 16},
+    "seed": 3,
+}
+
+
+@pytest.mark.parametrize("value_model", ["separate", "shared"])
+def test_tiny_ppo_learns_a_per_token_reward(tiny_model, tmp_path, value_model):
+    import json
+
+    rewards = Rewards.from_sources([(LetterReward(), 1.0)])
+    params = {**PARAMS, "value_model": value_model, "name": "ppo"}
+    metrics = ppo.train_ppo(
+        params,
+        tiny_model,
+        _prompts(8, "q"),
+        _prompts(4, "d"),
+        rewards,
+        tmp_path / "model",
+        tmp_path / "work",
+    )
+    history = json.loads((tmp_path / "model" / "trainer_state.json").read_text())["log_history"]
+    train = [h["reward"] for h in history if "reward" in h]
+    # It learns: the last iterations' rollouts earn clearly more than the first ones'.
+    assert sum(train[-2:]) / 2 > sum(train[:2]) / 2 + 0.5, train
+    assert metrics["dev_reward"] > metrics["dev_reward_init"]
+    assert metrics["iterations"] == 8 and metrics["steps"] == 8 * 2 * 2
+    for key in ("kl", "entropy", "value_loss", "clip_fraction", "approx_kl", "policy_loss"):
+        assert all(math.isfinite(h[key]) for h in history if "reward" in h), key
+    out = tmp_path / "model"
+    for name in ("model.safetensors", "adapter/adapter_config.json", "loss.png", "metrics.json"):
+        assert (out / name).is_file(), name
+    # The final checkpoint is not kept: only the model folder is the result.
+    assert not (tmp_path / "work" / "checkpoints" / "iteration-8").exists()
+
+
+def test_ppo_resumes_from_its_last_checkpoint(tiny_model, tmp_path, monkeypatch):
+    """A run stopped after iteration 4's checkpoint goes on from iteration 5, with the
+    same rollouts an uninterrupted run would draw."""
+    import json
+
+    rewards = Rewards.from_sources([(LetterReward(), 1.0)])
+    params = {**PARAMS, "iterations": 6, "save_every": 2, "eval_every": 100}
+    calls = []
+    original = ppo.PPOTrainer.optimize
+
+    def stop_after_four(self, scored, rng):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return original(self, scored, rng)
+
+    monkeypatch.setattr(ppo.PPOTrainer, "optimize", stop_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        ppo.train_ppo(
+            params, tiny_model, _prompts(8, "q"), [], rewards, tmp_path / "m", tmp_path / "w"
+        )
+    assert not (tmp_path / "m").exists()
+    assert (tmp_path / "w" / "checkpoints" / "iteration-4" / "state.json").is_file()
+    monkeypatch.setattr(ppo.PPOTrainer, "optimize", original)
+    ppo.train_ppo(params, tiny_model, _prompts(8, "q"), [], rewards, tmp_path / "m", tmp_path / "w")
+    history = json.loads((tmp_path / "m" / "trainer_state.json").read_text())["log_history"]
+    assert [h["iteration"] for h in history] == [1, 2, 3, 4, 5, 6]
+    # The uninterrupted run draws the same iteration-5 rollouts (same seeds, same weights).
+    ppo.train_ppo(
+        params, tiny_model, _prompts(8, "q"), [], rewards, tmp_path / "m2", tmp_path / "w2"
+    )
+    again = json.loads((tmp_path / "m2" / "trainer_state.json").read_text())["log_history"]
+    assert again[4]["reward"] == pytest.approx(history[4]["reward"])
+
+
+def test_holistic_mode_puts_the_whole_reward_on_the_last_token(tiny_model):
+    params = {**PARAMS, "holistic": True, "kl_coef": 0.0}
+    trainer = ppo.PPOTrainer(params, tiny_model, Rewards.from_sources([(LetterReward(), 1.0)]))
+    rollouts = trainer.generate(_prompts(2, "q"), trainer.sampling, "x")
+    scored = trainer.score(rollouts)
+    # gamma = lambda = 1 and values 0 (zero head): returns are the reward still to come,
+    # the same on every token when the whole reward sits on the last one.
+    for r, returns, mask in zip(rollouts, scored["returns"], scored["batch"].mask, strict=True):
+        n = int(mask.sum())
+        expected = float(r["text"].count("e"))
+        assert returns[:n].tolist() == pytest.approx([expected] * n, abs=1e-4)
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="value_model"):
+        ppo.with_defaults({"value_model": "both"})
+    with pytest.raises(ValueError, match="grad_accum"):
+        ppo.with_defaults({"minibatch_size": 6, "grad_accum": 4})
