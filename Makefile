@@ -53,3 +53,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/training.py
 	$(BIN)/python bench/bm25_filter.py
+	$(BIN)/python bench/ppo_step.py

@@ -150,7 +150,7 @@ def test_trained_models_and_products_get_their_kind_defaults():
             "data",
             "sft_data",
             r"models\.dpo\.data: a dpo model trains on a"
-            r" preference_pairs product, not 'sft_data'",
+            r" preference_pairs or query_preferences product, not 'sft_data'",
         ),
         ("models", "sft", "data", "nothing", r"models\.sft\.data: unknown product 'nothing'"),
         ("models", "sft", "init", None, r"models\.sft\.init: a sft model needs init"),

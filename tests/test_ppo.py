@@ -235,3 +235,63 @@ def test_bad_settings_are_named():
         ppo.with_defaults({"value_model": "both"})
     with pytest.raises(ValueError, match="grad_accum"):
         ppo.with_defaults({"minibatch_size": 6, "grad_accum": 4})
+
+
+def _examples_file(path, n):
+    import json
+
+    rows = [
+        {
+            "id": f"q{i}",
+            "question": f"Who founded company {i}?",
+            "answers": [f"Ann {i}"],
+            "docs": [],
+        }
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.e2e
+def test_ppo_stage_under_accelerate_with_two_processes(tiny_model, tmp_path):
+    """`accelerate launch --num_processes 2 --cpu`: each process rolls out half the prompts,
+    gradients are averaged, and one process writes the model."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    params = {
+        "kind": "ppo",
+        "iterations": 2,
+        "prompts_per_iteration": 4,
+        "samples_per_prompt": 2,
+        "ppo_epochs": 1,
+        "minibatch_size": 4,
+        "max_new_tokens": 4,
+        "eval_every": 1,
+        "save_every": 1,
+        "dev_fraction": 0.25,
+        "lora": {"r": 4, "alpha": 8},
+        "rewards": [{"kind": "length", "max_words": 1, "per_word": 0.1}],
+    }
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "-m", "ragtrain", "train-rl", "--params", json.dumps(params),
+        "--init", str(tiny_model), "--examples", str(_examples_file(tmp_path / "ex.jsonl", 8)),
+        "--prompt", str(ROOT / "resources/prompts/closed_book.jinja"),
+        "--work", str(tmp_path / "work"), "--output", str(tmp_path / "ppo"),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ppo" / "metrics.json").read_text())
+    assert metrics["iterations"] == 2 and metrics["n_dev"] == 2 and metrics["n_train"] == 6
+    history = json.loads((tmp_path / "ppo" / "trainer_state.json").read_text())["log_history"]
+    # Two processes of 2 prompts x 2 samples each: one step per process and iteration.
+    assert [h["updates"] for h in history if "reward" in h] == [1.0, 1.0]
+    assert (tmp_path / "ppo" / "model.safetensors").is_file()

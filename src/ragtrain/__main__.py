@@ -369,7 +369,8 @@ def cmd_best_of_n(args) -> None:
     from ragtrain.workdir import finish, work_dir
 
     params = {**PRODUCT_DEFAULTS["best_of_n"], **args.params}
-    work = work_dir(args.work, params, [args.input, *(args.reward_model or [])])
+    reward_dirs = list(_reward_model_dirs(args.reward_model).values())
+    work = work_dir(args.work, params, [args.input, *reward_dirs])
     records, stats = best_of_n(read_jsonl(args.input), _rewards(args, params), params, work)
     _write_sft_product(args, records, stats)
     finish(work)
@@ -386,7 +387,12 @@ def cmd_segment_beam(args) -> None:
 
     params = {**PRODUCT_DEFAULTS["segment_beam"], **args.params}
     params["generation"] = _generation(params)
-    inputs = [args.model, args.examples, args.prompt, *(args.reward_model or [])]
+    inputs = [
+        args.model,
+        args.examples,
+        args.prompt,
+        *_reward_model_dirs(args.reward_model).values(),
+    ]
     work = work_dir(args.work, params, inputs)
     records, stats = segment_beam_demos(
         read_jsonl(args.examples),

@@ -292,7 +292,9 @@ def _check_rewards(config: dict) -> None:
             try:
                 check_specs(node["rewards"], key)
             except ValueError as e:
-                raise ConfigError(key, str(e).removeprefix(f"{key}: ")) from None
+                # check_specs names the exact key first: `<key>[i].<setting>: reason`
+                where, _, reason = str(e).partition(": ")
+                raise ConfigError(where, reason) from None
             for i, model in enumerate(reward_models(node["rewards"])):
                 _reward_model(config, f"{key}[{i}].model", model)
         if section == "products":

@@ -696,10 +696,10 @@ def train_ppo(
                     if old.name != f"iteration-{state['iteration']}":
                         _remove(old)
     runtime = time.perf_counter() - began
+    acc.wait_for_everyone()  # the main process has written the best weights
     if dev_examples and best_path.is_file():
         trainer.load_state_dict(load_file(str(best_path)))
     metrics = _metrics(p, state, train_examples, dev_examples, runtime, trainer)
-    acc.wait_for_everyone()
     if acc.is_main_process:
         model = trainer.ac.model
         with atomic_dir(out_dir) as tmp:
