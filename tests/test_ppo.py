@@ -218,7 +218,7 @@ def test_ppo_resumes_from_its_last_checkpoint(tiny_model, tmp_path, monkeypatch)
 
 
 def test_holistic_mode_puts_the_whole_reward_on_the_last_token(tiny_model):
-    params = {**PARAMS, "holistic": True, "kl_coef": 0.0}
+    params = {**PARAMS, "holistic": True, "kl_coef": 0.0, "gamma": 1.0, "lam": 1.0}
     trainer = ppo.PPOTrainer(params, tiny_model, Rewards.from_sources([(LetterReward(), 1.0)]))
     rollouts = trainer.generate(_prompts(2, "q"), trainer.sampling, "x")
     scored = trainer.score(rollouts)

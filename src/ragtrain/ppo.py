@@ -752,7 +752,7 @@ def _metrics(p, state, train_examples, dev_examples, runtime, trainer) -> dict:
         "reward_last": last.get("reward"),
         "kl_last": last.get("kl"),
         "dev_reward_init": dev[0]["dev_reward"] if dev and dev[0]["iteration"] == 0 else None,
-        "dev_reward": state["best_dev_reward"],
+        "dev_reward": _rounded(state["best_dev_reward"]),
         "best_iteration": state["best_iteration"],
         "train_runtime_s": round(runtime, 1),
         "trainable_parameters": sum(v.numel() for v in trainer.ac.trainable().values()),
@@ -788,3 +788,7 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
