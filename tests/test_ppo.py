@@ -255,8 +255,10 @@ def _examples_file(path, n):
 
 @pytest.mark.e2e
 def test_ppo_stage_under_accelerate_with_two_processes(tiny_model, tmp_path):
-    """`accelerate launch --num_processes 2 --cpu`: each process rolls out half the prompts,
-    gradients are averaged, and one process writes the model."""
+    """Two CPU processes (torchrun; accelerate forms a gloo group from them): each rolls
+    out half the prompts, gradients are averaged, and one process writes the model.
+    (`accelerate launch --cpu --num_processes 2` starts a single process in accelerate
+    1.15: its multi-CPU launch goes through mpirun.)"""
     import json
     import os
     import subprocess
@@ -279,8 +281,7 @@ def test_ppo_stage_under_accelerate_with_two_processes(tiny_model, tmp_path):
         "rewards": [{"kind": "length", "max_words": 1, "per_word": 0.1}],
     }
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
         "-m", "ragtrain", "train-rl", "--params", json.dumps(params),
         "--init", str(tiny_model), "--examples", str(_examples_file(tmp_path / "ex.jsonl", 8)),
         "--prompt", str(ROOT / "resources/prompts/closed_book.jinja"),
@@ -292,6 +293,8 @@ def test_ppo_stage_under_accelerate_with_two_processes(tiny_model, tmp_path):
     metrics = json.loads((tmp_path / "ppo" / "metrics.json").read_text())
     assert metrics["iterations"] == 2 and metrics["n_dev"] == 2 and metrics["n_train"] == 6
     history = json.loads((tmp_path / "ppo" / "trainer_state.json").read_text())["log_history"]
-    # Two processes of 2 prompts x 2 samples each: one step per process and iteration.
+    # Two processes of 2 prompts x 2 samples each: one step per process and iteration
+    # (one process alone would take all 4 prompts: two steps).
     assert [h["updates"] for h in history if "reward" in h] == [1.0, 1.0]
+    assert "PPO process 1 of 2" in proc.stderr
     assert (tmp_path / "ppo" / "model.safetensors").is_file()

@@ -318,7 +318,9 @@ class PPOTrainer:
         from ragtrain.train import _resolve_dtype
 
         self.params = params = with_defaults(params)
-        self.accelerator = accelerator or Accelerator()
+        # cpu=True without a GPU: several CPU processes (torchrun) then form a gloo group;
+        # otherwise accelerate would treat each as a lone process.
+        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         self.rewards = rewards
         torch.manual_seed(params["seed"] + self.accelerator.process_index)
         self.tokenizer = AutoTokenizer.from_pretrained(init_dir)
@@ -628,6 +630,7 @@ def train_ppo(
 
     trainer = PPOTrainer(params, init_dir, rewards)
     p, acc = trainer.params, trainer.accelerator
+    log.info("PPO process %d of %d on %s", acc.process_index, acc.num_processes, acc.device)
     if not train_examples:
         raise ValueError("PPO: no training prompts")
     work.mkdir(parents=True, exist_ok=True)
@@ -746,7 +749,7 @@ def _metrics(p, state, train_examples, dev_examples, runtime, trainer) -> dict:
         "n_train": len(train_examples),
         "n_dev": len(dev_examples),
         "iterations": state["iteration"],
-        "steps": sum(h.get("updates", 0) for h in history),
+        "steps": int(sum(h.get("updates", 0) for h in history)),
         "rollouts": state["iteration"] * p["prompts_per_iteration"] * p["samples_per_prompt"],
         "reward_first": first.get("reward"),
         "reward_last": last.get("reward"),
