@@ -23,12 +23,13 @@ def test_rl_config_fills_defaults_and_keeps_anchored_rewards():
     cfg = prepare(RL, prompts_dir=PROMPTS)
     ppo = cfg["models"]["ppo"]
     # given, and the published fine-grained defaults left alone
-    assert ppo["value_model"] == "shared" and ppo["kl_coef"] == 0.1
+    assert ppo["value_model"] == "shared" and ppo["kl_coef"] == 0.2
     assert (ppo["gamma"], ppo["lam"], ppo["clip"], ppo["value_clip"]) == (1.0, 0.95, 0.2, 0.2)
     assert ppo["prompt"] == "rag"  # retrieval bm25
     assert cfg["models"]["grpo"]["beta"] == 0.04
     assert [s["kind"] for s in ppo["rewards"]] == ["correctness", "reward_model", "length"]
-    assert cfg["products"]["best_of_4"]["rewards"] == ppo["rewards"]
+    assert cfg["models"]["grpo"]["rewards"] == ppo["rewards"]  # the shared anchor
+    assert [s["kind"] for s in cfg["products"]["best_of_4"]["rewards"]] == ["correctness", "length"]
     assert cfg["models"]["rm"]["center_rewards_coefficient"] is None
     evaluated = {e["model"] for e in cfg["evaluations"]}
     assert evaluated == {"sft", "ppo", "grpo", "sft_best_of_4"}
