@@ -32,7 +32,7 @@ from pathlib import Path
 from ragtrain.records import atomic_dir, write_json
 from ragtrain.rewards import Rewards, check_specs, total
 from ragtrain.seeds import DEFAULT_SEED
-from ragtrain.train import _last_checkpoint, _resolve_dtype
+from ragtrain.train import _last_checkpoint, _resolve_dtype, lora_config
 from ragtrain.workdir import finish, work_dir
 
 log = logging.getLogger(__name__)
@@ -238,7 +238,6 @@ def train_group_rl(
     `{id, prompt: [chat messages], answers, ...}` (what the reward sources read); return
     its metrics record."""
     import torch
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerState
     from trl import GRPOTrainer, RLOOTrainer
 
@@ -280,14 +279,7 @@ def train_group_rl(
 
     peft_config = None
     if params["finetune"] == "lora":
-        lora = params["lora"]
-        peft_config = LoraConfig(
-            r=lora["r"],
-            lora_alpha=lora["alpha"],
-            lora_dropout=lora["dropout"],
-            target_modules=lora["targets"],
-            task_type="CAUSAL_LM",
-        )
+        peft_config = lora_config(params["lora"])
     funcs, weights = reward_functions(rewards, examples)
     args = _args(params, work / "checkpoints", dtype, weights)
     trainer_cls = GRPOTrainer if kind == "grpo" else RLOOTrainer

@@ -176,18 +176,13 @@ class ActorCritic:
 
     def __init__(self, init_dir: str | Path, params: dict, device, dtype):
         import torch
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
         from transformers import AutoModelForCausalLM
 
+        from ragtrain.train import lora_config
+
         base = AutoModelForCausalLM.from_pretrained(init_dir, dtype=dtype)
-        lora = params["lora"]
-        config = LoraConfig(
-            r=lora["r"],
-            lora_alpha=lora["alpha"],
-            lora_dropout=lora["dropout"],
-            target_modules=lora["targets"],
-            task_type="CAUSAL_LM",
-        )
+        config = lora_config(params["lora"])
         self.model = get_peft_model(
             base, config, adapter_name="default"
         )  # "default": saved at the top of adapter/

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ragtrain.records import atomic_dir, write_json
-from ragtrain.train import COMMON_DEFAULTS, _last_checkpoint, _resolve_dtype
+from ragtrain.train import COMMON_DEFAULTS, _last_checkpoint, _resolve_dtype, lora_config
 from ragtrain.workdir import finish, work_dir
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,6 @@ def train_reward_model(
     """Train one reward model node; return its metrics record."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from trl import RewardTrainer
 
@@ -157,16 +156,9 @@ def train_reward_model(
     model.config.pad_token_id = tokenizer.pad_token_id
     peft_config = None
     if params["finetune"] == "lora":
-        lora = params["lora"]
         # SEQ_CLS: PEFT trains (and saves) a full copy of the `score` head beside the
         # adapters and leaves it out of `all-linear`'s targets.
-        peft_config = LoraConfig(
-            r=lora["r"],
-            lora_alpha=lora["alpha"],
-            lora_dropout=lora["dropout"],
-            target_modules=lora["targets"],
-            task_type="SEQ_CLS",
-        )
+        peft_config = lora_config(params["lora"], task_type="SEQ_CLS")
         # The head is trained whole, like full fine-tuning: keep float32 master weights
         # (bf16 autocast computes), or small updates round away.
         if getattr(model, "score", None) is not None:

@@ -55,6 +55,19 @@ def with_defaults(params: dict) -> dict:
     return {**defaults, **params, "lora": {**defaults["lora"], **(params.get("lora") or {})}}
 
 
+def lora_config(lora: dict, task_type: str = "CAUSAL_LM"):
+    """PEFT's LoraConfig from a node's `lora` settings (r, alpha, dropout, targets)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=lora["targets"],
+        task_type=task_type,
+    )
+
+
 def _dataset(path: str | Path, kind: str):
     from datasets import Dataset
 
@@ -143,7 +156,6 @@ def train(
 ) -> dict:
     """Train one model node; return its metrics record."""
     import torch
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOTrainer, SFTTrainer
 
@@ -173,14 +185,7 @@ def train(
     model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=load_dtype)
     peft_config = None
     if params["finetune"] == "lora":
-        lora = params["lora"]
-        peft_config = LoraConfig(
-            r=lora["r"],
-            lora_alpha=lora["alpha"],
-            lora_dropout=lora["dropout"],
-            target_modules=lora["targets"],
-            task_type="CAUSAL_LM",
-        )
+        peft_config = lora_config(params["lora"])
     args = _args(kind, params, work / "checkpoints", dev_ds is not None, len(train_ds), dtype)
     trainer_cls = SFTTrainer if kind == "sft" else DPOTrainer
     trainer = trainer_cls(
