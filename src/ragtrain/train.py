@@ -215,7 +215,10 @@ def train(
     result = trainer.train(resume_from_checkpoint=resume)
     dev_metrics = trainer.evaluate() if dev_ds is not None else {}
     # The final evaluation goes into the state too, so the curves end at the last step.
-    metrics = _metrics(params, result.metrics, dev_metrics, kept, dev_ds, trainer)
+    n_dev = len(dev_ds) if dev_ds is not None else 0
+    metrics = trainer_metrics(
+        params, kind, result.metrics, dev_metrics, kept, n_dev, trainer, DEV_NAMES
+    )
 
     with atomic_dir(out_dir) as tmp:
         trained = trainer.model
@@ -232,14 +235,27 @@ def train(
     return metrics
 
 
-def _metrics(params, train_metrics, dev_metrics, n_train, dev_ds, trainer) -> dict:
+# TRL's held-out metric names -> ours.
+DEV_NAMES = {
+    "eval_loss": "dev_loss",
+    "eval_mean_token_accuracy": "dev_token_accuracy",
+    "eval_rewards/accuracies": "dev_reward_accuracy",
+    "eval_rewards/margins": "dev_reward_margin",
+}
+
+
+def trainer_metrics(
+    params, kind, train_metrics, dev_metrics, n_train, n_dev, trainer, dev_names
+) -> dict:
+    """A trained model's metrics record from a transformers Trainer's results; the
+    held-out values in `dev_metrics` are renamed by `dev_names`."""
     out = {
         "model": params.get("name", ""),
-        "kind": params["kind"],
+        "kind": kind,
         "init": params.get("init"),
         "finetune": params["finetune"],
         "n_train": n_train,
-        "n_dev": len(dev_ds) if dev_ds is not None else 0,
+        "n_dev": n_dev,
         "epochs": params["epochs"],
         "steps": trainer.state.global_step,
         "train_loss": round(train_metrics.get("train_loss", float("nan")), 4),
@@ -249,13 +265,7 @@ def _metrics(params, train_metrics, dev_metrics, n_train, dev_ds, trainer) -> di
             p.numel() for p in trainer.model.parameters() if p.requires_grad
         ),
     }
-    renamed = {
-        "eval_loss": "dev_loss",
-        "eval_mean_token_accuracy": "dev_token_accuracy",
-        "eval_rewards/accuracies": "dev_reward_accuracy",
-        "eval_rewards/margins": "dev_reward_margin",
-    }
-    for key, name in renamed.items():
+    for key, name in dev_names.items():
         if key in dev_metrics:
             out[name] = round(float(dev_metrics[key]), 4)
     return out
