@@ -27,6 +27,10 @@ rule train:
     conda:
         "../../envs/train.yaml"
     threads: 4
+    # One GPU by default; the Slurm profile turns it into `sbatch --gpus=1`, a local
+    # run counts it against `--resources gpu=N` (profiles/local).
+    resources:
+        gpu=1,
     params:
         node=lambda w: node("models", w.model),
         work=lambda w: work_root("models", w.model),
@@ -49,6 +53,8 @@ rule train_biencoder:
     conda:
         "../../envs/data.yaml"
     threads: 2
+    resources:
+        gpu=1,
     params:
         node=lambda w: node("models", w.model),
     shell:
