@@ -10,7 +10,7 @@ CORES ?= all
 CONFIG ?= config/config.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format clean-demo bench
+.PHONY: install demo test lint format clean-demo bench slurm-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format src tests bench
 	$(BIN)/snakefmt Snakefile workflow/rules
+
+# A one-node Slurm cluster (two fake GPUs) runs the tiny config through profiles/slurm.
+# Needs root: it installs slurm-wlm and munge from Debian and starts their daemons.
+slurm-test: $(STAMP)
+	PYTHON=$(BIN)/python scripts/slurm-test.sh
 
 bench: $(STAMP)
 	$(BIN)/python bench/generation.py
