@@ -59,3 +59,6 @@ bench: $(STAMP)
 	$(BIN)/python bench/training.py
 	$(BIN)/python bench/bm25_filter.py
 	$(BIN)/python bench/ppo_step.py
+	$(BIN)/python bench/dag_scale.py
+	# Measures on a CUDA GPU; without one it says so and exits 0.
+	$(BIN)/python bench/gpu_train.py

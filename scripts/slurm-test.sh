@@ -177,6 +177,10 @@ work, tiny = Path(sys.argv[1]), Path(sys.argv[2])
 cfg = yaml.safe_load(tiny.read_text())
 cfg["models"]["base"]["path"] = str(build_tiny_llama(work / "tiny-llama"))
 cfg["generation"]["backend"] = "hf"
+# Stage defaults that fit this one small node; one node asks for its own memory.
+small = {"mem_mb": 3000, "runtime": 60}
+cfg["resources"] = {"train": small, "generate": small, "cpu": {**small, "mem_mb": 2000}}
+cfg["models"]["sft"]["resources"] = {"mem_mb": 2500}
 (work / "tiny.yaml").write_text(yaml.safe_dump(cfg))
 EOF
 
@@ -213,7 +217,9 @@ from collections import Counter
 from pathlib import Path
 
 plan_file, jobs_file, jobcomp_file = map(Path, sys.argv[1:])
-GPU_RULES = {"train", "train_biencoder", "train_colbert"}
+TRAIN_RULES = {"train", "train_biencoder", "train_colbert", "train_reward_model", "train_rl"}
+# Generation (vLLM) asks for a GPU too; the other stages for none.
+GPU_RULES = TRAIN_RULES | {"self_demos", "pseudo_queries", "segment_beam", "reward", "evaluate"}
 
 
 def fields(line: str) -> dict[str, str]:
@@ -243,9 +249,14 @@ for job in jobs:
             errors.append(f"{where}: asked {asked or 'no GPU'}, given {got or 'none'}")
     elif "gpu" in asked + got:
         errors.append(f"{where}: a GPU for a rule that needs none ({asked}, {got})")
+    # Memory from the config: the stage defaults, and the sft node's own.
+    memory = {"train_wildcards_sft": "2500M"}.get(job.get("Comment", "").removeprefix("rule_"))
+    memory = memory or ("3000M" if rule in GPU_RULES else None)
+    if memory and job.get("MinMemoryNode") != memory:
+        errors.append(f"{where}: memory {job.get('MinMemoryNode')}, config asks {memory}")
 if ran != planned:
     errors.append(f"jobs by rule: planned {dict(planned)}, Slurm ran {dict(ran)}")
-if not sum(planned[rule] for rule in GPU_RULES):
+if not sum(planned[rule] for rule in TRAIN_RULES):
     errors.append("the plan has no training job")
 
 completed = [fields(line) for line in jobcomp_file.read_text().splitlines()]
@@ -256,5 +267,9 @@ if states != Counter({"COMPLETED": sum(planned.values())}):
 if errors:
     sys.exit("slurm-test: FAILED:\n  " + "\n  ".join(errors))
 gpu_jobs = sum(ran[rule] for rule in GPU_RULES)
-print(f"slurm-test: OK: {sum(ran.values())} Slurm jobs, all COMPLETED; {gpu_jobs} with a GPU")
+train_jobs = sum(ran[rule] for rule in TRAIN_RULES)
+print(
+    f"slurm-test: OK: {sum(ran.values())} Slurm jobs, all COMPLETED; {gpu_jobs} with a GPU"
+    f" ({train_jobs} training)"
+)
 EOF

@@ -14,6 +14,7 @@ from ragtrain.config import (
     ConfigError,
     prepare,
 )
+from ragtrain.cluster import JOB_KEYS, job_resources, launch_args
 from ragtrain.rewards import reward_models
 
 PROMPTS = Path(workflow.basedir) / "resources" / "prompts"
@@ -69,9 +70,43 @@ wildcard_constraints:
 
 
 def node(section, name, drop=()):
-    """A node's config as one JSON string: passed as `params` so that a change reruns it."""
-    settings = {k: v for k, v in CFG[section][name].items() if k not in drop}
+    """A node's config as one JSON string: passed as `params` so that a change reruns it.
+    Its `resources` are left out: more memory or another partition changes no result."""
+    dropped = {"resources", *drop}
+    settings = {k: v for k, v in CFG[section][name].items() if k not in dropped}
     return json.dumps(settings, sort_keys=True)
+
+
+def resources_of(stage, node_of):
+    """A rule's resources (ragtrain.cluster): for each of Snakemake's names, the value
+    for a job's node (`node_of(wildcards)`), its memory and time growing per attempt.
+    Names a job does not set are None, which Snakemake leaves unset."""
+
+    def one(key):
+        def value(wildcards, attempt):
+            given = node_of(wildcards).get("resources")
+            defaults = CFG.get("resources", {}).get(stage)
+            return job_resources(given, stage, attempt, defaults).get(key)
+
+        return value
+
+    return {key: one(key) for key in JOB_KEYS}
+
+
+def model_resources(stage):
+    return resources_of(stage, lambda w: CFG["models"][w.model])
+
+
+def product_resources(stage):
+    return resources_of(stage, lambda w: CFG["products"][w.product])
+
+
+def launch(w):
+    """`ragtrain.launch` arguments of a training job: its GPUs per node and nodes."""
+    given = CFG["models"][w.model].get("resources")
+    return shlex.join(
+        launch_args(given, "train", CFG.get("resources", {}).get("train"))
+    )
 
 
 EVALUATIONS = {

@@ -13,8 +13,13 @@ rule evaluate:
     # Snakemake caps threads at --cores: on a small CPU one engine at a time, as two
     # side by side only thrash.
     threads: 4
+    resources:
+        **resources_of("generate", evaluation),
     params:
-        node=lambda w: json.dumps(evaluation(w), sort_keys=True),
+        node=lambda w: json.dumps(
+            {k: v for k, v in evaluation(w).items() if k != "resources"},
+            sort_keys=True,
+        ),
     shell:
         "python -m ragtrain evaluate --params {params.node:q} --model {input.model:q}"
         " --examples {input.examples:q} --prompt {input.prompt:q}"

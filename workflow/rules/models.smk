@@ -7,6 +7,8 @@ rule base_model:
         model=names("models", "base"),
     conda:
         "../../envs/train.yaml"
+    resources:
+        **model_resources("cpu"),
     params:
         node=lambda w: node("models", w.model),
     shell:
@@ -27,15 +29,14 @@ rule train:
     conda:
         "../../envs/train.yaml"
     threads: 4
-    # One GPU by default; the Slurm profile turns it into `sbatch --gpus=1`, a local
-    # run counts it against `--resources gpu=N` (profiles/local).
     resources:
-        gpu=1,
+        **model_resources("train"),
     params:
         node=lambda w: node("models", w.model),
         work=lambda w: work_root("models", w.model),
+        launch=launch,
     shell:
-        "python -m ragtrain train --params {params.node:q} --init {input.init:q}"
+        "python -m ragtrain.launch {params.launch} -- train --params {params.node:q} --init {input.init:q}"
         " --train {input.train:q} --dev {input.dev:q} --work {params.work:q}"
         " --threads {threads} --output {output:q} > {log:q} 2>&1"
 
@@ -54,7 +55,7 @@ rule train_biencoder:
         "../../envs/data.yaml"
     threads: 2
     resources:
-        gpu=1,
+        **model_resources("train"),
     params:
         node=lambda w: node("models", w.model),
     shell:
@@ -86,11 +87,14 @@ rule train_reward_model:
     conda:
         "../../envs/train.yaml"
     threads: 4
+    resources:
+        **model_resources("train"),
     params:
         node=lambda w: node("models", w.model),
         work=lambda w: work_root("models", w.model),
+        launch=launch,
     shell:
-        "python -m ragtrain train-reward-model --params {params.node:q} --init {input.init:q}"
+        "python -m ragtrain.launch {params.launch} -- train-reward-model --params {params.node:q} --init {input.init:q}"
         " --train {input.train:q} --dev {input.dev:q} --work {params.work:q}"
         " --threads {threads} --output {output:q} > {log:q} 2>&1"
 
@@ -112,11 +116,14 @@ rule train_rl:
     conda:
         "../../envs/train.yaml"
     threads: 4
+    resources:
+        **model_resources("train"),
     params:
         node=lambda w: node("models", w.model),
         work=lambda w: work_root("models", w.model),
+        launch=launch,
         reward_models=lambda w: reward_model_args(CFG["models"][w.model]),
     shell:
-        "python -m ragtrain train-rl --params {params.node:q} --init {input.init:q}"
+        "python -m ragtrain.launch {params.launch} -- train-rl --params {params.node:q} --init {input.init:q}"
         " --examples {input.examples:q} --prompt {input.prompt:q} {params.reward_models}"
         " --work {params.work:q} --threads {threads} --output {output:q} > {log:q} 2>&1"

@@ -14,6 +14,8 @@ rule self_demos:
         "../../envs/generate.yaml"
     # One generation engine at a time (see rule evaluate).
     threads: 4
+    resources:
+        **product_resources("generate"),
     params:
         node=lambda w: node("products", w.product),
         work=lambda w: work_root("products", w.product),
@@ -35,6 +37,8 @@ rule judge:
         product=names("products", "judge"),
     conda:
         "../../envs/evaluate.yaml"
+    resources:
+        **product_resources("cpu"),
     params:
         node=lambda w: node("products", w.product),
     shell:
@@ -55,6 +59,8 @@ rule sft_data:
         product=names("products", "sft_data"),
     conda:
         "../../envs/data.yaml"
+    resources:
+        **product_resources("cpu"),
     params:
         node=lambda w: node("products", w.product),
     shell:
@@ -75,6 +81,8 @@ rule preference_pairs:
         product=names("products", "preference_pairs"),
     conda:
         "../../envs/data.yaml"
+    resources:
+        **product_resources("cpu"),
     params:
         node=lambda w: node("products", w.product),
     shell:
@@ -99,6 +107,8 @@ rule query_sft_data:
         product=names("products", "query_sft_data"),
     conda:
         "../../envs/data.yaml"
+    resources:
+        **product_resources("cpu"),
     params:
         node=lambda w: node("products", w.product),
         # gold train pairs of the task, or the queries of a product
@@ -129,6 +139,8 @@ rule pseudo_queries:
         "../../envs/generate.yaml"
     # One generation engine at a time (see rule evaluate).
     threads: 4
+    resources:
+        **product_resources("generate"),
     params:
         node=lambda w: node("products", w.product),
         work=lambda w: work_root("products", w.product),
@@ -156,6 +168,8 @@ rule query_filter:
     conda:
         "../../envs/data.yaml"
     threads: 2
+    resources:
+        **product_resources("cpu"),
     params:
         node=lambda w: node("products", w.product),
         retriever=lambda w, input: (
@@ -185,6 +199,8 @@ rule query_preferences:
     conda:
         "../../envs/data.yaml"
     threads: 2
+    resources:
+        **product_resources("cpu"),
     params:
         node=lambda w: node("products", w.product),
     shell:
@@ -208,6 +224,8 @@ rule reward:
     conda:
         "../../envs/train.yaml"
     threads: 2
+    resources:
+        **product_resources("generate"),
     params:
         node=lambda w: node("products", w.product),
     shell:
@@ -231,6 +249,8 @@ rule best_of_n:
     conda:
         "../../envs/train.yaml"
     threads: 2
+    resources:
+        **product_resources("cpu"),
     params:
         node=lambda w: node("products", w.product),
         work=lambda w: work_root("products", w.product),
@@ -259,6 +279,8 @@ rule segment_beam:
         "../../envs/generate.yaml"
     # One generation engine at a time (see rule evaluate).
     threads: 4
+    resources:
+        **product_resources("generate"),
     params:
         node=lambda w: node("products", w.product),
         work=lambda w: work_root("products", w.product),
