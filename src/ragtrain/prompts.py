@@ -25,7 +25,10 @@ class PromptTemplate:
     def render(self, record: dict) -> str:
         """The template over the record's fields: a question with its `docs`, or a
         passage's `title` and `text` (doc -> query prompts)."""
-        return self._template.render(**{"docs": [], **record}).strip()
+        try:
+            return self._template.render(**{"docs": [], **record}).strip()
+        except jinja2.UndefinedError as e:  # a record without a field the prompt names
+            raise ValueError(f"{self.path}: record {record.get('id')!r}: {e.message}") from e
 
     def conversation(self, record: dict) -> list[dict[str, str]]:
         return [{"role": "user", "content": self.render(record)}]

@@ -86,15 +86,23 @@ def atomic_dir(path: str | Path):
     succeeds, so a folder output (an index, a model) is never seen half-written."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    old = path.with_name(f".{path.name}.old")
+    for stale in (tmp, old):  # left by a process killed here before
+        shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         yield tmp
-        shutil.rmtree(path, ignore_errors=True)
+        # An existing folder is moved aside, not deleted in place: a kill while a large
+        # folder is deleted would leave part of it at `path`.
+        if path.exists():
+            path.rename(old)
         tmp.rename(path)
     except BaseException:
+        if old.exists() and not path.exists():  # failed between the two renames
+            old.rename(path)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
