@@ -22,6 +22,7 @@ from ragtrain.config import (
     RETRIEVER_DEFAULTS,
 )
 from ragtrain.records import RecordError, write_json, write_jsonl
+from ragtrain.security import install_redaction, redact
 
 log = logging.getLogger("ragtrain")
 
@@ -941,13 +942,15 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Tokens come from the environment only; their values never reach a log.
+    install_redaction()
     try:
         args.func(args)
     except (ValueError, OSError) as e:
         # Bad input or settings (RecordError is a ValueError): one line that says where
         # and what; the traceback only with --verbose.
         log.debug("traceback", exc_info=True)
-        print(f"ragtrain {args.stage}: error: {e}", file=sys.stderr)
+        print(f"ragtrain {args.stage}: error: {redact(str(e))}", file=sys.stderr)
         return 1
     except KeyError as e:
         log.debug("traceback", exc_info=True)

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
+from ragtrain.security import folder_trusts_remote_code
+
 log = logging.getLogger(__name__)
 
 Conversation = list[dict[str, str]]
@@ -133,9 +135,13 @@ class HFGenerator:
 
         # Seeded once: successive calls draw new samples, a rerun the same ones.
         torch.manual_seed(params["seed"])
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype(params["dtype"]))
+        trust = folder_trusts_remote_code(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=torch_dtype(params["dtype"]), trust_remote_code=trust
+        )
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self._setup(model.to(device).eval(), AutoTokenizer.from_pretrained(model_dir), params)
+        self._setup(model.to(device).eval(), tokenizer, params)
 
     @classmethod
     def from_model(cls, model, tokenizer, params: dict) -> HFGenerator:
@@ -307,6 +313,7 @@ class VLLMGenerator:
             gpu_memory_utilization=params["gpu_memory_utilization"],
             enforce_eager=params["enforce_eager"],
             tensor_parallel_size=params["tensor_parallel_size"],
+            trust_remote_code=folder_trusts_remote_code(model_dir),
             **extra,
         )
         self.in_process = bool(extra)

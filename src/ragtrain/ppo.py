@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ragtrain.rewards import Rewards, combine, place_rewards, token_char_ends, total
+from ragtrain.security import folder_trusts_remote_code, inherit_model_meta
 from ragtrain.seeds import DEFAULT_SEED, stable_seed
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,9 @@ class ActorCritic:
 
         from ragtrain.train import lora_config
 
-        base = AutoModelForCausalLM.from_pretrained(init_dir, dtype=dtype)
+        base = AutoModelForCausalLM.from_pretrained(
+            init_dir, dtype=dtype, trust_remote_code=folder_trusts_remote_code(init_dir)
+        )
         config = lora_config(params["lora"])
         self.model = get_peft_model(
             base, config, adapter_name="default"
@@ -318,7 +321,9 @@ class PPOTrainer:
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         self.rewards = rewards
         torch.manual_seed(params["seed"] + self.accelerator.process_index)
-        self.tokenizer = AutoTokenizer.from_pretrained(init_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            init_dir, trust_remote_code=folder_trusts_remote_code(init_dir)
+        )
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.ac = ActorCritic(
@@ -711,6 +716,7 @@ def train_ppo(
             merged = model.merge_and_unload()
             merged.save_pretrained(tmp, safe_serialization=True)
             trainer.tokenizer.save_pretrained(tmp)
+            inherit_model_meta(init_dir, tmp)
             write_json(tmp / "trainer_state.json", {"log_history": state["log_history"]})
             write_json(tmp / "metrics.json", metrics)
             plot_curves(state["log_history"], tmp / "loss.png", title=metrics["model"])

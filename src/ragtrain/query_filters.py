@@ -63,6 +63,7 @@ FILTER_DEFAULTS: dict[str, dict] = {
         "batch_size": 64,
         "query_prefix": "",
         "passage_prefix": "",
+        "trust_remote_code": False,
     },
 }
 RULES = ("pool_top1", "corpus_topk")

@@ -23,6 +23,7 @@ from ragtrain.records import (
     write_json,
     write_jsonl,
 )
+from ragtrain.security import trust_remote_code
 
 # Encoders that ship inside a PyPI wheel, so that the demo and tests run offline.
 PACKAGED_ENCODERS = {
@@ -105,9 +106,14 @@ def _build_bm25(texts: list[str], params: dict, out: Path) -> None:
 
 
 def _encoder(params: dict):
+    """A sentence-transformers encoder. Its own code runs only where `trust_remote_code`
+    is on: the node's setting for the encoder it names, else (no setting given) what a
+    trained retriever's folder records."""
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(resolve_encoder(params["encoder"]), device="cpu")
+    encoder = resolve_encoder(params["encoder"])
+    trust = trust_remote_code(encoder, params.get("trust_remote_code"))
+    return SentenceTransformer(encoder, device="cpu", trust_remote_code=trust)
 
 
 def _encode(model, texts: list[str], params: dict) -> np.ndarray:

@@ -28,6 +28,7 @@ from typing import Any
 
 from ragtrain.records import _UMASK, atomic_dir, write_json
 from ragtrain.retrieval import _encode, _encoder, bm25_top, passage_text, resolve_encoder
+from ragtrain.security import folder_trusts_remote_code, trust_remote_code, write_model_meta
 from ragtrain.seeds import DEFAULT_SEED, stable_seed
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ BIENCODER_DEFAULTS: dict[str, Any] = {
     "warmup_ratio": 0.1,
     "scale": 20.0,
     "max_seq_length": 256,
+    # run the encoder's own code (a hub model with custom code): only when turned on
+    "trust_remote_code": False,
 }
 COLBERT_DEFAULTS: dict[str, Any] = {
     "encoder": "all-MiniLM-L6-v2",
@@ -52,6 +55,7 @@ COLBERT_DEFAULTS: dict[str, Any] = {
     "candidates_k": 100,
     "document_length": 180,
     "query_length": 32,
+    "trust_remote_code": False,
 }
 SEARCH_KINDS = ("bm25", "biencoder", "colbert")
 ENCODE_BATCH = 64
@@ -70,10 +74,12 @@ def _with_defaults(params: dict, defaults: dict, what: str) -> dict:
     return merged
 
 
-def _save(model, trainer, metrics: dict, out_dir: str | Path) -> None:
+def _save(model, trainer, metrics: dict, out_dir: str | Path, trust: bool) -> None:
     """The model folder, its trainer state and metrics, appearing at once."""
     with atomic_dir(out_dir) as tmp:
         model.save(str(tmp))
+        # What loading the trained folder may run: the setting its encoder was loaded with.
+        write_model_meta(tmp, trust)
         trainer.state.save_to_json(str(tmp / "trainer_state.json"))
         write_json(tmp / "metrics.json", metrics)
         _readable(tmp)
@@ -201,7 +207,9 @@ def train_biencoder(
         )
     # Seeds weight init (none here, but a hub model may add a head) and the data order.
     transformers.set_seed(params["seed"])
-    model = SentenceTransformer(resolve_encoder(params["encoder"]), device="cpu")
+    encoder = resolve_encoder(params["encoder"])
+    trust = trust_remote_code(encoder, params["trust_remote_code"])
+    model = SentenceTransformer(encoder, device="cpu", trust_remote_code=trust)
     model.max_seq_length = params["max_seq_length"]
     metrics: dict[str, Any] = {}
     if dev is not None:
@@ -220,7 +228,7 @@ def train_biencoder(
     }
     if dev is not None:
         metrics["dev"] = _dev_metrics(model, dev)
-    _save(model, trainer, metrics, out_dir)
+    _save(model, trainer, metrics, out_dir, trust)
     return metrics
 
 
@@ -292,8 +300,11 @@ def train_colbert(triples: list[tuple[str, str, str]], params: dict, out_dir: st
         triples = rng.sample(list(triples), params["max_triples"])
     # The projection layer PyLate adds on top of the encoder is randomly initialised.
     transformers.set_seed(params["seed"])
+    encoder = resolve_encoder(params["encoder"])
+    trust = trust_remote_code(encoder, params["trust_remote_code"])
     model = models.ColBERT(
-        model_name_or_path=resolve_encoder(params["encoder"]),
+        model_name_or_path=encoder,
+        trust_remote_code=trust,
         device="cpu",
         query_length=params["query_length"],
         document_length=params["document_length"],
@@ -315,7 +326,7 @@ def train_colbert(triples: list[tuple[str, str, str]], params: dict, out_dir: st
             data_collator=utils.ColBERTCollator(tokenize_fn=model.tokenize),
         )
     metrics = _train_metrics(trainer, output, seconds, len(triples), params["epochs"], "triples")
-    _save(model, trainer, metrics, out_dir)
+    _save(model, trainer, metrics, out_dir, trust)
     return metrics
 
 
@@ -406,7 +417,10 @@ def _colbert_rerank(
     if not qids:
         return run
     # No device given: the GPU where there is one (scoring is the costly part of a run).
-    model = models.ColBERT(model_name_or_path=resolve_encoder(str(model_dir)))
+    model = models.ColBERT(
+        model_name_or_path=resolve_encoder(str(model_dir)),
+        trust_remote_code=folder_trusts_remote_code(model_dir),
+    )
     # Token embeddings are large (length x 128 floats a passage): hold those of one chunk of
     # queries at a time, each candidate passage encoded once within it.
     for start in range(0, len(qids), RERANK_CHUNK):
