@@ -56,6 +56,7 @@ RETRIEVER_DEFAULTS: dict[str, dict[str, Any]] = {
         "batch_size": 64,
         "query_prefix": "",
         "passage_prefix": "",
+        "trust_remote_code": False,
     },
 }
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -242,6 +243,11 @@ def _fill_nodes(config: dict) -> None:
     for name, node in config["models"].items():
         kind = node.setdefault("kind", "base")
         _kind("models", name, kind, MODEL_DEFAULTS)
+        if kind in (*LLM_KINDS, "reward_model") and "trust_remote_code" in node:
+            raise ConfigError(
+                f"models.{name}.trust_remote_code",
+                "a trained model inherits it from the model it starts from (init): set it there",
+            )
         if kind == "base":
             _one_source("models", name, node, ("gguf", "path", "hub"))
         elif kind in RETRIEVER_MODELS:
@@ -532,6 +538,7 @@ def _expand_evaluate(config: dict, prompts_dir: Path | None) -> list[dict]:
                         "retrieval": retrieval,
                         "prompt": prompt,
                         "generation": generation,
+                        **({"resources": entry["resources"]} if entry.get("resources") else {}),
                     }
     return list(nodes.values())
 
@@ -554,6 +561,7 @@ def prepare(config: dict, prompts_dir: Path | None = None) -> dict:
     _check_rewards(config)
     _check_language_models(config)
     _check_cycles(config)
+    _check_launch(config)
     _fill_task_datasets(config)
     if prompts_dir is not None:
         for section in ("products", "models"):
@@ -564,7 +572,47 @@ def prepare(config: dict, prompts_dir: Path | None = None) -> dict:
                         f"no template {node['prompt']}.jinja in {prompts_dir}",
                     )
     config["evaluations"] = _expand_evaluate(config, prompts_dir)
+    _fill_tensor_parallel(config)
     return config
+
+
+# Trainer-based training (TRL): what a `deepspeed` config reaches. Under ZeRO-3 each
+# process holds a slice of the weights; SFT/DPO gather them to save, the others save
+# from the first process and so take ZeRO-2 only.
+DEEPSPEED_KINDS = {"sft": ("zero2", "zero3"), "dpo": ("zero2", "zero3")}
+DEEPSPEED_KINDS.update({kind: ("zero2",) for kind in ("reward_model", "grpo", "rloo")})
+# Models whose rule starts them through ragtrain.launch (several GPUs or nodes).
+LAUNCHED_KINDS = (*TRAIN_DEFAULTS, "reward_model", *RL_MODELS)
+# Products that generate with an engine (vLLM takes every GPU of the job).
+GENERATING_PRODUCTS = ("self_demos", "pseudo_queries", "segment_beam")
+
+
+def _check_launch(config: dict) -> None:
+    for name, node in config["models"].items():
+        kind, stages = node["kind"], DEEPSPEED_KINDS.get(node["kind"], ())
+        if node.get("deepspeed") and node["deepspeed"] not in stages:
+            allowed = f"one of {list(stages)}" if stages else "no DeepSpeed config"
+            raise ConfigError(f"models.{name}.deepspeed", f"a {kind} model takes {allowed}")
+        if (node.get("resources") or {}).get("nodes", 1) > 1 and kind not in LAUNCHED_KINDS:
+            raise ConfigError(
+                f"models.{name}.resources.nodes",
+                f"a {kind} model runs on one node (several: {', '.join(LAUNCHED_KINDS)})",
+            )
+    for name, node in config["products"].items():
+        if (node.get("resources") or {}).get("nodes", 1) > 1:
+            raise ConfigError(f"products.{name}.resources.nodes", "products run on one node")
+
+
+def _fill_tensor_parallel(config: dict) -> None:
+    """vLLM shards the model over every GPU of a generating job, unless the node's
+    generation settings choose a tensor-parallel size themselves."""
+    default_gpus = (config.get("resources") or {}).get("generate", {}).get("gpu", 1)
+    nodes = [p for p in config["products"].values() if p["kind"] in GENERATING_PRODUCTS]
+    for node in [*nodes, *config["evaluations"]]:
+        gpus = (node.get("resources") or {}).get("gpu", default_gpus)
+        generation = node["generation"]
+        if gpus > 1 and generation.get("tensor_parallel_size", 1) == 1:
+            node["generation"] = {**generation, "tensor_parallel_size": gpus}
 
 
 def _fill_task_datasets(config: dict) -> None:

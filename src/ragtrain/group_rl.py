@@ -31,9 +31,16 @@ from pathlib import Path
 
 from ragtrain.records import atomic_dir, write_json
 from ragtrain.rewards import Rewards, check_specs, total
+from ragtrain.security import folder_trusts_remote_code, inherit_model_meta
 from ragtrain.seeds import DEFAULT_SEED
-from ragtrain.train import _last_checkpoint, _resolve_dtype, lora_config
-from ragtrain.workdir import finish, work_dir
+from ragtrain.train import (
+    _last_checkpoint,
+    _resolve_dtype,
+    deepspeed_config,
+    lora_config,
+    shared_work_dir,
+)
+from ragtrain.workdir import finish
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +227,8 @@ def _args(params: dict, output_dir: Path, dtype, weights: list[float]):
         "beta": params["beta"],
         "reward_weights": weights,
     }
+    if params.get("deepspeed"):
+        common["deepspeed"] = str(deepspeed_config(params["deepspeed"]))
     if kind == "grpo":
         return GRPOConfig(**common, loss_type=params["loss_type"])
     return RLOOConfig(**common)
@@ -255,15 +264,18 @@ def train_group_rl(
         raise ValueError("dtype: float16 training needs a GPU; use float32 or auto on CPU")
     # The examples are in memory: their digest stands for them in the work folder's key.
     inputs = [init_dir, *sorted((reward_model_dirs or {}).values())]
-    work = work_dir(work_root, {**params, "examples": _digest(examples)}, inputs)
+    work = shared_work_dir(work_root, {**params, "examples": _digest(examples)}, inputs)
 
-    tokenizer = AutoTokenizer.from_pretrained(init_dir)
+    trust = folder_trusts_remote_code(init_dir)
+    tokenizer = AutoTokenizer.from_pretrained(init_dir, trust_remote_code=trust)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     # As in ragtrain.train: float32 master weights for full fine-tuning, LoRA's adapters
     # are float32 anyway.
     load_dtype = torch.float32 if params["finetune"] == "full" else dtype
-    model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=load_dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        init_dir, dtype=load_dtype, trust_remote_code=trust
+    )
     if torch.cuda.is_available():
         model.to("cuda")
 
@@ -282,6 +294,8 @@ def train_group_rl(
         peft_config = lora_config(params["lora"])
     funcs, weights = reward_functions(rewards, examples)
     args = _args(params, work / "checkpoints", dtype, weights)
+    # TRL loads a reference model from the init folder's name: with the same setting.
+    args.trust_remote_code = trust
     trainer_cls = GRPOTrainer if kind == "grpo" else RLOOTrainer
     trainer = trainer_cls(
         model=model,
@@ -303,6 +317,9 @@ def train_group_rl(
             log.info("resuming from %s", resume)
         train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
 
+    if not trainer.is_world_process_zero():
+        # Launched as several processes: the first one alone writes the model.
+        return {}
     trained = trainer.model
     trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     with atomic_dir(out_dir) as tmp:
@@ -316,6 +333,7 @@ def train_group_rl(
         )
         trained.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        inherit_model_meta(init_dir, tmp)
         trainer.state.save_to_json(str(tmp / "trainer_state.json"))
         metrics = _metrics(
             params, train_metrics, trainer.state, len(examples), len(dev_examples), trainable

@@ -21,14 +21,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ragtrain.records import atomic_dir, write_json
+from ragtrain.security import folder_trusts_remote_code, inherit_model_meta
 from ragtrain.train import (
     COMMON_DEFAULTS,
     _last_checkpoint,
     _resolve_dtype,
+    deepspeed_config,
     lora_config,
+    shared_work_dir,
     trainer_metrics,
 )
-from ragtrain.workdir import finish, work_dir
+from ragtrain.workdir import finish
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +108,7 @@ def _args(params: dict, output_dir: Path, has_dev: bool, n_train: int, dtype):
         gradient_checkpointing=params["gradient_checkpointing"],
         max_length=params["max_length"],
         center_rewards_coefficient=params["center_rewards_coefficient"],
+        deepspeed=str(deepspeed_config(params["deepspeed"])) if params.get("deepspeed") else None,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,
@@ -143,12 +147,13 @@ def train_reward_model(
     if not train_rows:
         raise ValueError(f"{train_path}: no training records")
     inputs = [init_dir, train_path, *([dev_path] if dev_path else [])]
-    work = work_dir(work_root, params, inputs)
+    work = shared_work_dir(work_root, params, inputs)
 
     dtype = _resolve_dtype(params["dtype"])
     if dtype == torch.float16 and not torch.cuda.is_available():
         raise ValueError("dtype: float16 training needs a GPU; use float32 or auto on CPU")
-    tokenizer = AutoTokenizer.from_pretrained(init_dir)
+    trust = folder_trusts_remote_code(init_dir)
+    tokenizer = AutoTokenizer.from_pretrained(init_dir, trust_remote_code=trust)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     # The score head is new and random: seed it.
@@ -156,7 +161,7 @@ def train_reward_model(
     load_dtype = torch.float32 if params["finetune"] == "full" else dtype
     with _quiet_head_swap():
         model = AutoModelForSequenceClassification.from_pretrained(
-            init_dir, num_labels=1, dtype=load_dtype
+            init_dir, num_labels=1, dtype=load_dtype, trust_remote_code=trust
         )
     # The classifier reads the score at the last token that is not padding.
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -170,6 +175,7 @@ def train_reward_model(
         if getattr(model, "score", None) is not None:
             model.score.to(torch.float32)
     args = _args(params, work / "checkpoints", bool(dev_rows), len(train_rows), dtype)
+    args.trust_remote_code = trust
     trainer = RewardTrainer(
         model=model,
         args=args,
@@ -199,6 +205,9 @@ def train_reward_model(
         params, "reward_model", result.metrics, dev_metrics, kept, len(dev_rows), trainer, DEV_NAMES
     )
 
+    if not trainer.is_world_process_zero():
+        # Launched as several processes: the first one alone writes the model.
+        return {}
     with atomic_dir(out_dir) as tmp:
         trained = trainer.model
         if peft_config is not None:
@@ -206,6 +215,7 @@ def train_reward_model(
             trained = trained.merge_and_unload()
         trained.to(dtype).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        inherit_model_meta(init_dir, tmp)
         trainer.state.save_to_json(str(tmp / "trainer_state.json"))
         del trainer, trained, model
         if dev_rows:
@@ -259,11 +269,14 @@ class RewardModelScorer:
 
         self.batch_size = max(1, int(batch_size))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        trust = folder_trusts_remote_code(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=dtype)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, dtype=dtype, trust_remote_code=trust
+        )
         if self.model.config.num_labels != 1:
             raise ValueError(f"{model_dir}: not a reward model (num_labels != 1)")
         # Padding is found by id: it has to be the id the batches are padded with.

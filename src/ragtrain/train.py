@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 from ragtrain.records import atomic_dir, write_json
+from ragtrain.security import folder_trusts_remote_code, inherit_model_meta
 from ragtrain.seeds import DEFAULT_SEED
 from ragtrain.workdir import finish, work_dir
 
@@ -43,6 +44,10 @@ TRAIN_DEFAULTS = {
     "sft": {**COMMON_DEFAULTS, "learning_rate": 2e-4},
     "dpo": {**COMMON_DEFAULTS, "learning_rate": 5e-5, "beta": 0.1, "loss_type": "sigmoid"},
 }
+# DeepSpeed configs a training node can name (`deepspeed: zero2`); they live beside the
+# prompts in the checkout's resources/.
+DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[2] / "resources" / "deepspeed"
+DEEPSPEED_STAGES = ("zero2", "zero3")
 # The record fields each trainer reads (TRL's conversational formats).
 FIELDS = {"sft": ("prompt", "completion"), "dpo": ("prompt", "chosen", "rejected")}
 
@@ -79,6 +84,14 @@ def _dataset(path: str | Path, kind: str):
             require(record, field, list, path, lineno)
         rows.append({field: record[field] for field in FIELDS[kind]})
     return Dataset.from_list(rows)
+
+
+def deepspeed_config(name: str) -> Path:
+    """resources/deepspeed/<name>.json: ZeRO-2 or ZeRO-3, its sizes left to the Trainer."""
+    path = DEEPSPEED_CONFIGS / f"{name}.json"
+    if name not in DEEPSPEED_STAGES or not path.is_file():
+        raise ValueError(f"deepspeed: expected one of {list(DEEPSPEED_STAGES)}, got {name!r}")
+    return path
 
 
 def _resolve_dtype(name: str):
@@ -122,12 +135,43 @@ def _args(kind: str, params: dict, output_dir: Path, has_dev: bool, n_train: int
         "max_length": params["max_length"],
         "dataloader_num_workers": 0,
         "dataloader_pin_memory": torch.cuda.is_available(),
+        # Several processes (DDP): every trainable weight gets a gradient each step.
+        "ddp_find_unused_parameters": False,
         "disable_tqdm": False,
     }
+    if params.get("deepspeed"):
+        common["deepspeed"] = str(deepspeed_config(params["deepspeed"]))
     if kind == "sft":
         # Loss on the completion only: the prompt (documents, question) is given.
         return SFTConfig(**common, completion_only_loss=True)
     return DPOConfig(**common, beta=params["beta"], loss_type=[params["loss_type"]])
+
+
+def shared_work_dir(root: str | Path, params: dict, inputs: list) -> Path:
+    """The node's work folder (ragtrain.workdir) for a stage that may run as several
+    processes (ragtrain.launch): the first process alone decides whether its state is
+    resumed or cleared, and the others then find it ready."""
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():
+        return work_dir(root, params, inputs)
+
+
+def _steps_trained():
+    """A Trainer callback that keeps the first and last optimizer step this process ran
+    (`first`, `last`): a resumed run starts after its checkpoint's step, not at 1."""
+    from transformers import TrainerCallback
+
+    class StepsTrained(TrainerCallback):
+        first: int | None = None
+        last: int | None = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.first is None:
+                self.first = state.global_step
+            self.last = state.global_step
+
+    return StepsTrained()
 
 
 def _last_checkpoint(folder: Path) -> str | None:
@@ -170,23 +214,28 @@ def train(
     if dev_ds is not None and len(dev_ds) == 0:
         dev_ds = None
     inputs = [init_dir, train_path, *([dev_path] if dev_path else [])]
-    work = work_dir(work_root, params, inputs)
+    work = shared_work_dir(work_root, params, inputs)
 
     dtype = _resolve_dtype(params["dtype"])
     if dtype == torch.float16 and not torch.cuda.is_available():
         raise ValueError("dtype: float16 training needs a GPU; use float32 or auto on CPU")
-    tokenizer = AutoTokenizer.from_pretrained(init_dir)
+    trust = folder_trusts_remote_code(init_dir)
+    tokenizer = AutoTokenizer.from_pretrained(init_dir, trust_remote_code=trust)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     # Full fine-tuning keeps float32 master weights (bf16/fp16 autocast computes): updates
     # smaller than a bf16 weight's resolution would otherwise be rounded away. LoRA's
     # adapters are kept in float32 by PEFT, so the frozen weights can stay in `dtype`.
     load_dtype = torch.float32 if params["finetune"] == "full" else dtype
-    model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=load_dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        init_dir, dtype=load_dtype, trust_remote_code=trust
+    )
     peft_config = None
     if params["finetune"] == "lora":
         peft_config = lora_config(params["lora"])
     args = _args(kind, params, work / "checkpoints", dev_ds is not None, len(train_ds), dtype)
+    # TRL loads a reference model from the init folder's name: with the same setting.
+    args.trust_remote_code = trust
     trainer_cls = SFTTrainer if kind == "sft" else DPOTrainer
     trainer = trainer_cls(
         model=model,
@@ -212,7 +261,13 @@ def train(
     resume = _last_checkpoint(work / "checkpoints")
     if resume:
         log.info("resuming from %s", resume)
+    steps = _steps_trained()
+    trainer.add_callback(steps)
     result = trainer.train(resume_from_checkpoint=resume)
+    if steps.first is None:
+        log.info("no step left to train: the checkpoint ends at step %d", trainer.state.global_step)
+    else:
+        log.info("trained steps %d to %d of %d", steps.first, steps.last, trainer.state.max_steps)
     dev_metrics = trainer.evaluate() if dev_ds is not None else {}
     # The final evaluation goes into the state too, so the curves end at the last step.
     n_dev = len(dev_ds) if dev_ds is not None else 0
@@ -220,19 +275,45 @@ def train(
         params, kind, result.metrics, dev_metrics, kept, n_dev, trainer, DEV_NAMES
     )
 
-    with atomic_dir(out_dir) as tmp:
-        trained = trainer.model
-        if peft_config is not None:
-            trained.save_pretrained(tmp / "adapter")
-            trained = trained.merge_and_unload()
-        trained.to(dtype).save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        trainer.state.save_to_json(str(tmp / "trainer_state.json"))
-        write_json(tmp / "metrics.json", metrics)
-        plot_loss(trainer.state.log_history, kind, tmp / "loss.png", title=metrics["model"])
-    finish(work)
-    log.info("metrics: %s", metrics)
+    trained = _gathered_model(trainer, params, init_dir, work, load_dtype)
+    if trainer.is_world_process_zero():
+        with atomic_dir(out_dir) as tmp:
+            if peft_config is not None:
+                trained.save_pretrained(tmp / "adapter")
+                trained = trained.merge_and_unload()
+            trained.to(dtype).save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            trainer.state.save_to_json(str(tmp / "trainer_state.json"))
+            write_json(tmp / "metrics.json", metrics)
+            inherit_model_meta(init_dir, tmp)
+            plot_loss(trainer.state.log_history, kind, tmp / "loss.png", title=metrics["model"])
+        finish(work)
+        log.info("metrics: %s", metrics)
     return metrics
+
+
+def _gathered_model(trainer, params: dict, init_dir, work: Path, load_dtype):
+    """The trained model, whole, on the main process. Under ZeRO-3 every process holds a
+    slice of the weights: the Trainer gathers them into a saved model (adapter, for
+    LoRA), which the main process loads back onto the init model."""
+    if params.get("deepspeed") != "zero3":
+        return trainer.model
+    from transformers import AutoModelForCausalLM
+
+    gathered = work / "gathered"
+    trainer.save_model(str(gathered))  # collective: every process takes part
+    if not trainer.is_world_process_zero():
+        return None
+    trust = folder_trusts_remote_code(init_dir)
+    if params["finetune"] == "full":
+        return AutoModelForCausalLM.from_pretrained(
+            gathered, dtype=load_dtype, trust_remote_code=trust
+        )
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(init_dir, dtype=load_dtype, trust_remote_code=trust)
+    # An adapter is weights (safetensors) and a config: no code of its own.
+    return PeftModel.from_pretrained(base, gathered)
 
 
 # TRL's held-out metric names -> ours.
@@ -258,6 +339,8 @@ def trainer_metrics(
         "n_dev": n_dev,
         "epochs": params["epochs"],
         "steps": trainer.state.global_step,
+        # Training processes (GPUs): the global batch is batch_size x grad_accum x this.
+        "processes": trainer.args.world_size,
         "train_loss": round(train_metrics.get("train_loss", float("nan")), 4),
         "train_runtime_s": round(train_metrics.get("train_runtime", 0.0), 1),
         "train_samples_per_second": round(train_metrics.get("train_samples_per_second", 0.0), 3),
