@@ -2,12 +2,15 @@
 Snakemake plans (and submits to Slurm) from them."""
 
 import copy
+import importlib.util
+import json
 import re
 
 import pytest
 import yaml
 
 from ragtrain.config import ConfigError, prepare
+from ragtrain.train import DEEPSPEED_CONFIGS, DEEPSPEED_STAGES, deepspeed_config
 from tests.conftest import ROOT
 from tests.test_workflow import snakemake
 
@@ -127,3 +130,18 @@ def test_unknown_resource_names_are_refused_by_the_schema(tmp_path):
     proc = snakemake("-n", "--configfile", str(path), "--directory", str(tmp_path), check=False)
     assert proc.returncode != 0
     assert "gpus" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("name", DEEPSPEED_STAGES)
+def test_deepspeed_configs_leave_their_sizes_to_the_trainer(name):
+    ds = json.loads((DEEPSPEED_CONFIGS / f"{name}.json").read_text())
+    assert ds["zero_optimization"]["stage"] == int(name[-1])
+    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
+        assert ds[key] == "auto"  # filled from the node's batch_size and grad_accum
+    if importlib.util.find_spec("deepspeed") is None:
+        with pytest.raises(ValueError, match="needs the deepspeed package"):
+            deepspeed_config(name)
+    else:
+        assert deepspeed_config(name) == DEEPSPEED_CONFIGS / f"{name}.json"
+    with pytest.raises(ValueError, match="expected one of"):
+        deepspeed_config("zero4")

@@ -88,9 +88,15 @@ def _dataset(path: str | Path, kind: str):
 
 def deepspeed_config(name: str) -> Path:
     """resources/deepspeed/<name>.json: ZeRO-2 or ZeRO-3, its sizes left to the Trainer."""
+    import importlib.util
+
     path = DEEPSPEED_CONFIGS / f"{name}.json"
     if name not in DEEPSPEED_STAGES or not path.is_file():
         raise ValueError(f"deepspeed: expected one of {list(DEEPSPEED_STAGES)}, got {name!r}")
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ValueError(
+            f"deepspeed: {name} needs the deepspeed package (the `gpu` extra or envs/train.yaml)"
+        )
     return path
 
 
