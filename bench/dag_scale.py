@@ -32,6 +32,8 @@ from pathlib import Path
 
 import yaml
 
+from ragtrain.dryrun import planned_jobs
+
 ROOT = Path(__file__).resolve().parents[1]
 COMBINATIONS = [["bm25"], ["bm25", "dense"], ["bm25", "dense", "lossnet"]]
 
@@ -170,17 +172,6 @@ def expected_jobs(models: int = 40, datasets: int = 10, rounds: int = 3) -> dict
                 "evaluate_colbert": r,
             }
         )
-    return jobs
-
-
-def planned_jobs(dry_run_output: str) -> dict[str, int]:
-    """The "Job stats" table of a dry run: rule -> number of jobs."""
-    table = dry_run_output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
-    jobs = {}
-    for line in table.splitlines()[3:]:
-        rule, count = line.split()
-        if rule != "total":
-            jobs[rule] = int(count)
     return jobs
 
 

@@ -216,6 +216,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from ragtrain.dryrun import planned_jobs
+
 plan_file, jobs_file, jobcomp_file = map(Path, sys.argv[1:])
 TRAIN_RULES = {"train", "train_biencoder", "train_colbert", "train_reward_model", "train_rl"}
 # Generation (vLLM) asks for a GPU too; the other stages for none.
@@ -226,12 +228,8 @@ def fields(line: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in line.split() if "=" in item)
 
 
-table = plan_file.read_text().split("Job stats:", 1)[1].split("\n\n", 1)[0]
-planned = Counter()
-for line in table.splitlines()[3:]:
-    rule, count = line.split()
-    if rule not in {"total", "all"}:
-        planned[rule] = int(count)
+planned = Counter(planned_jobs(plan_file.read_text()))
+del planned["all"]  # a local rule: no Slurm job
 
 jobs = [fields(line) for line in jobs_file.read_text().splitlines() if line.strip()]
 errors = []

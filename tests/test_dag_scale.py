@@ -7,6 +7,7 @@ import importlib.util
 import pytest
 import yaml
 
+from ragtrain.dryrun import planned_jobs
 from tests.conftest import ROOT
 
 spec = importlib.util.spec_from_file_location("dag_scale", ROOT / "bench" / "dag_scale.py")
@@ -20,7 +21,7 @@ def test_dry_run_plans_the_expected_jobs(tmp_path, models, datasets, rounds):
     config = dag_scale.make_config(models, datasets, rounds)
     configfile.write_text(yaml.safe_dump(config, sort_keys=False))
     _, output = dag_scale.dry_run(configfile, tmp_path)
-    assert dag_scale.planned_jobs(output) == dag_scale.expected_jobs(models, datasets, rounds)
+    assert planned_jobs(output) == dag_scale.expected_jobs(models, datasets, rounds)
 
 
 def test_every_model_is_evaluated_on_every_dataset():

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ragtrain.dryrun import planned_jobs
 from tests.conftest import ROOT
-from tests.test_workflow import planned_jobs, snakemake
+from tests.test_workflow import snakemake
 
 
 def tiny_pq_config(tmp_path: Path, tiny_model: Path) -> Path:

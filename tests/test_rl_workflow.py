@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ragtrain.dryrun import planned_jobs
 from tests.conftest import ROOT
-from tests.test_workflow import planned_jobs, snakemake
+from tests.test_workflow import snakemake
 
 
 def read_jsonl(path: Path) -> list[dict]:

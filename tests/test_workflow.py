@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ragtrain.dryrun import planned_jobs
 from tests.conftest import ROOT
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -66,17 +67,6 @@ def test_unknown_name_stops_before_any_job(tmp_path):
     assert "retrievers.bm25.corpus" in proc.stderr + proc.stdout
     assert "wikipedia" in proc.stderr + proc.stdout
     assert not (tmp_path / "results").exists()
-
-
-def planned_jobs(dry_run_output: str) -> dict[str, int]:
-    """The "Job stats" table of a dry run: rule -> number of jobs."""
-    table = dry_run_output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
-    jobs = {}
-    for line in table.splitlines()[3:]:
-        rule, count = line.split()
-        if rule != "total":
-            jobs[rule] = int(count)
-    return jobs
 
 
 def tiny_config(tmp_path: Path, tiny_model: Path, **generation) -> Path:
