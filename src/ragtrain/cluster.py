@@ -34,6 +34,11 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def _merged(given: dict | None, stage: str, defaults: dict | None) -> dict[str, Any]:
+    """A node's `resources` over the config's stage defaults over ours."""
+    return {**STAGE_DEFAULTS[stage], **(defaults or {}), **(given or {})}
+
+
 def job_resources(
     given: dict | None, stage: str, attempt: int = 1, defaults: dict | None = None
 ) -> dict[str, Any]:
@@ -41,7 +46,7 @@ def job_resources(
     the config's top-level `resources.<stage>`), memory and time scaled by the attempt.
     Several nodes ask for GPUs per node (`gres`) and one srun task per node, which
     starts that node's processes (ragtrain.launch)."""
-    out = {**STAGE_DEFAULTS[stage], **(defaults or {}), **(given or {})}
+    out = _merged(given, stage, defaults)
     for key in GROWING:
         out[key] = out[key] * attempt
     nodes = out.get("nodes") or 1
@@ -58,5 +63,5 @@ def launch_args(
     given: dict | None, stage: str = "train", defaults: dict | None = None
 ) -> list[str]:
     """`ragtrain.launch` arguments: GPUs per node and nodes, as the job asked for them."""
-    out = {**STAGE_DEFAULTS[stage], **(defaults or {}), **(given or {})}
+    out = _merged(given, stage, defaults)
     return ["--gpus", str(out.get("gpu") or 0), "--nodes", str(out.get("nodes") or 1)]
