@@ -2,7 +2,7 @@
 
 The BM25 pool_top1 filter (SPTAR's pipeline: the source document among 300 random others,
 kept when it ranks first) runs over the same synthetic corpus and queries, through the same
-`ragtrain.query_filters.pool_ranks` (same pools) and the same token lists, scoring each pool
+`query_filters.pool_ranks` (same pools) and the same token lists, scoring each pool
 three ways: ragtrain's pool scorer (`bm25_pool_scorer`: bm25s's formula for the query's words
 only), a bm25s index built per pool, and `rank_bm25.BM25Okapi` built per pool (what the
 original pipeline used).
@@ -19,7 +19,7 @@ agreement only.
 The dense part times top-k search of the same vectors: FAISS IndexFlatIP against a NumPy
 matrix product + argpartition, and the exact source ranks the dense filter computes.
 
-Corpus: `ragtrain.world` passages (people, organisations, cities, near-namesakes); each query
+Corpus: `ragtrain.data.world` passages (people, organisations, cities, near-namesakes); each query
 mixes one to three words of its source passage with one to three words of another passage,
 so that some are kept and some not. Sources are drawn with replacement, so some documents
 have several queries and share one pool.
@@ -36,7 +36,9 @@ import time
 
 import numpy as np
 
-from ragtrain.query_filters import (
+from ragtrain.data.world import WorldConfig, generate_world
+from ragtrain.retrieval.index import passage_text
+from ragtrain.retrieval.query_filters import (
     FILTER_DEFAULTS,
     bm25_pool_scorer,
     bm25_tokens,
@@ -44,8 +46,6 @@ from ragtrain.query_filters import (
     filter_queries,
     pool_ranks,
 )
-from ragtrain.retrieval import passage_text
-from ragtrain.world import WorldConfig, generate_world
 
 POOL_SIZE = 300
 K1, B = 1.5, 0.75

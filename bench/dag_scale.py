@@ -8,7 +8,7 @@ one world), every model (the base one too) evaluated on every dataset with BM25,
 round, as in config/pseudo_query.yaml) over a BEIR-style task of the same world. Writes it
 to a temporary folder and times
 
-- `ragtrain.config.prepare` in process (defaults, references, cycles, expansion of the
+- `ragtrain.graph.config.prepare` in process (defaults, references, cycles, expansion of the
   pseudo-query block and the evaluation lists): what every Snakefile parse pays;
 - `snakemake -n` on it as a subprocess (Python start-up, parsing the Snakefile, the
   input functions of workflow/rules/common.smk, the DAG, the job listing).
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from ragtrain.dryrun import planned_jobs
+from ragtrain.graph.dryrun import planned_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 COMBINATIONS = [["bm25"], ["bm25", "dense"], ["bm25", "dense", "lossnet"]]
@@ -177,7 +177,7 @@ def expected_jobs(models: int = 40, datasets: int = 10, rounds: int = 3) -> dict
 
 def time_prepare(config: dict, repeat: int) -> tuple[float, dict]:
     """Best of `repeat` in-process `prepare` calls (seconds), and the prepared config."""
-    from ragtrain.config import prepare
+    from ragtrain.graph.config import prepare
 
     best = float("inf")
     for _ in range(repeat):
@@ -267,7 +267,7 @@ def main() -> None:
         " retrieval evaluations"
     )
     print(f"jobs (snakemake -n):        {r['jobs']} (expected {r['expected_jobs']})")
-    print(f"ragtrain.config.prepare:    {r['prepare_s']:.3f} s")
+    print(f"ragtrain.graph.config.prepare:    {r['prepare_s']:.3f} s")
     print(f"snakemake -n (this config): {r['dry_run_s']:.2f} s")
     print(f"snakemake -n (demo config): {r['demo_dry_run_s']:.2f} s (start-up and parse)")
     if r["jobs"] != r["expected_jobs"]:

@@ -15,10 +15,10 @@ import gc
 import time
 from pathlib import Path
 
-from ragtrain.config import GENERATION_DEFAULTS
-from ragtrain.generation import Sampling, load_generator
-from ragtrain.prompts import PromptTemplate
-from ragtrain.records import read_jsonl
+from ragtrain.core.records import read_jsonl
+from ragtrain.data.prompts import PromptTemplate
+from ragtrain.generation.engine import Sampling, load_generator
+from ragtrain.graph.config import GENERATION_DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -78,7 +78,7 @@ SIZES: dict[str, dict] = {
     # Llama-3.1-8B
     "8b": dict(hidden=4096, layers=32, heads=32, kv_heads=8, intermediate=14336, vocab=128256,
                tied=False),
-    # the CPU smoke test's (ragtrain.models.build_tiny_llama's shape, a small vocabulary)
+    # the CPU smoke test's (ragtrain.training.models.build_tiny_llama's shape, a small vocabulary)
     "tiny": dict(hidden=128, layers=2, heads=2, kv_heads=2, intermediate=256, vocab=1024,
                  tied=True),
 }  # fmt: skip

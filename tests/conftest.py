@@ -17,6 +17,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A 2-layer Llama, hidden 128, 2 heads of 64 (vLLM on CPU rejects head_dim 16)."""
-    from ragtrain.models import build_tiny_llama
+    from ragtrain.training.models import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from ragtrain.beir import (
+from ragtrain.core.records import RecordError
+from ragtrain.data.beir import (
     INDUSTRY_WORDS,
     PROFESSION_WORDS,
     check_task,
@@ -12,8 +13,7 @@ from ragtrain.beir import (
     load_queries,
     world_task,
 )
-from ragtrain.records import RecordError
-from ragtrain.world import WorldConfig, generate_world
+from ragtrain.data.world import WorldConfig, generate_world
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import re
 import pytest
 import yaml
 
-from ragtrain.config import ConfigError, prepare
-from ragtrain.train import DEEPSPEED_CONFIGS, DEEPSPEED_STAGES, deepspeed_config
+from ragtrain.graph.config import ConfigError, prepare
+from ragtrain.training.sft_dpo import DEEPSPEED_CONFIGS, DEEPSPEED_STAGES, deepspeed_config
 from tests.conftest import ROOT
 from tests.test_workflow import snakemake
 

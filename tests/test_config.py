@@ -3,7 +3,7 @@ import copy
 import pytest
 import yaml
 
-from ragtrain.config import ConfigError, prepare
+from ragtrain.graph.config import ConfigError, prepare
 from tests.conftest import ROOT
 
 BASE = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())

@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 import yaml
 
-from ragtrain.dryrun import planned_jobs
+from ragtrain.graph.dryrun import planned_jobs
 from tests.conftest import ROOT
 
 spec = importlib.util.spec_from_file_location("dag_scale", ROOT / "bench" / "dag_scale.py")
@@ -25,7 +25,7 @@ def test_dry_run_plans_the_expected_jobs(tmp_path, models, datasets, rounds):
 
 
 def test_every_model_is_evaluated_on_every_dataset():
-    from ragtrain.config import prepare
+    from ragtrain.graph.config import prepare
 
     prepared = prepare(dag_scale.make_config(5, 3, 1))
     trained = [n for n, m in prepared["models"].items() if m["kind"] in ("sft", "dpo")]

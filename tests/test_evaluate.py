@@ -1,8 +1,8 @@
 """Evaluation scoring with a stand-in generator (the real backends run in test_workflow)."""
 
-from ragtrain.evaluate import evaluate
-from ragtrain.generation import Completion, Throughput
-from ragtrain.prompts import PromptTemplate
+from ragtrain.data.prompts import PromptTemplate
+from ragtrain.evaluation.evaluate import evaluate
+from ragtrain.generation.engine import Completion, Throughput
 from tests.conftest import ROOT
 
 

@@ -368,7 +368,7 @@ def test_killed_while_writing_records_leaves_no_file(tmp_path):
     script = (
         PAUSE
         + f"""
-from ragtrain.records import write_jsonl
+from ragtrain.core.records import write_jsonl
 def records():
     for i in range(3):
         yield {{"id": i}}
@@ -387,7 +387,7 @@ def test_killed_while_writing_a_folder_leaves_none(tmp_path):
     script = (
         PAUSE
         + f"""
-from ragtrain.records import atomic_dir
+from ragtrain.core.records import atomic_dir
 with atomic_dir({str(out)!r}) as tmp:
     (tmp / "config.json").write_text("{{}}")
     pause()
@@ -408,7 +408,7 @@ def test_killed_while_replacing_a_folder_leaves_the_new_one_whole(tmp_path):
         PAUSE
         + f"""
 import shutil
-from ragtrain import records
+from ragtrain.core import records
 written = False
 def rmtree(path, ignore_errors=False):
     # Deleting the previous folder: half of it, then the kill.
@@ -427,7 +427,7 @@ with records.atomic_dir({str(out)!r}) as tmp:
     assert sorted(p.name for p in out.iterdir()) == ["x", "y"]
     assert all(p.read_text() == "new" for p in out.iterdir())
     # A later write clears what the killed one left beside it.
-    from ragtrain.records import atomic_dir
+    from ragtrain.core.records import atomic_dir
 
     with atomic_dir(out) as tmp:
         (tmp / "z").write_text("newer")

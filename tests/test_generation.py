@@ -2,15 +2,15 @@
 
 import pytest
 
-from ragtrain.config import GENERATION_DEFAULTS
-from ragtrain.generation import (
+from ragtrain.data.prompts import PromptTemplate
+from ragtrain.generation.engine import (
     HFGenerator,
     Sampling,
     _cut_at_stop,
     device_defaults,
     load_generator,
 )
-from ragtrain.prompts import PromptTemplate
+from ragtrain.graph.config import GENERATION_DEFAULTS
 from tests.conftest import ROOT
 
 CONVERSATIONS = [

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ragtrain.group_rl import (
+from ragtrain.training.group_rl import (
     GROUP_RL_DEFAULTS,
     check,
     completion_text,
@@ -17,7 +17,7 @@ from ragtrain.group_rl import (
     train_group_rl,
     with_defaults,
 )
-from ragtrain.rewards import Rewards
+from ragtrain.training.rewards import Rewards
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -113,7 +113,7 @@ def test_a_short_run_writes_a_merged_model_and_its_records(kind, tiny_model, tmp
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(
     tiny_model, tmp_path, monkeypatch, caplog
 ):
-    import ragtrain.group_rl as group_rl
+    import ragtrain.training.group_rl as group_rl
 
     def interrupted(path):
         raise RuntimeError("killed")
@@ -125,7 +125,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(
         train_group_rl(*run, dev_examples=examples(1))
     assert list(tmp_path.glob("w/*/checkpoints/checkpoint-2/trainer_state.json"))
     monkeypatch.setattr(group_rl, "atomic_dir", real)
-    with caplog.at_level(logging.INFO, logger="ragtrain.group_rl"):
+    with caplog.at_level(logging.INFO, logger="ragtrain.training.group_rl"):
         metrics = train_group_rl(*run, dev_examples=examples(1))
     assert "resuming from" in caplog.text
     # The logs come back with the checkpoint's state: nothing trained twice.
@@ -205,7 +205,7 @@ def test_settings_reach_trl_as_its_config(tmp_path):
     import torch
     from trl import GRPOConfig, RLOOConfig
 
-    from ragtrain.group_rl import _args
+    from ragtrain.training.group_rl import _args
 
     grpo = _args(with_defaults({"kind": "grpo", "top_k": -1}), tmp_path, torch.float32, [1.0])
     assert isinstance(grpo, GRPOConfig)

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from ragtrain.ir_metrics import evaluate_run, read_qrels, read_run, write_qrels, write_run
-from ragtrain.records import RecordError
+from ragtrain.core.records import RecordError
+from ragtrain.metrics.ir import evaluate_run, read_qrels, read_run, write_qrels, write_run
 
 
 def test_one_relevant_doc_at_rank_two():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ragtrain.judge import CORRECT, INCORRECT, REFUSE, judge_record, judge_stats, label
+from ragtrain.generation.judge import CORRECT, INCORRECT, REFUSE, judge_record, judge_stats, label
 
 
 @pytest.mark.parametrize(

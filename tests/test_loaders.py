@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from ragtrain.loaders import LOADERS, QA_FORMATS, load_beir_corpus, load_qa
-from ragtrain.records import RecordError
+from ragtrain.core.records import RecordError
+from ragtrain.data.loaders import LOADERS, QA_FORMATS, load_beir_corpus, load_qa
 
 
 def write_lines(path, records):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from ragtrain.lossnet import (
+from ragtrain.retrieval.index import _encoder, passage_text, resolve_encoder
+from ragtrain.retrieval.lossnet import (
     LOSSNET_DEFAULTS,
     check_params,
     hard_negatives,
@@ -14,7 +15,6 @@ from ragtrain.lossnet import (
     train_lossnet,
     true_losses,
 )
-from ragtrain.retrieval import _encoder, passage_text, resolve_encoder
 
 CORPUS = [
     {"id": "p1", "title": "Marel Dovant", "text": "Marel Dovant was born in Kesh in 1962."},

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ragtrain.metrics import (
+from ragtrain.metrics.qa import (
     aggregate,
     answer_recall,
     contains_answer,

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from ragtrain.config import GENERATION_DEFAULTS
-from ragtrain.generation import HFGenerator, Sampling, device_defaults
-from ragtrain.models import find_gguf, import_base_model
+from ragtrain.generation.engine import HFGenerator, Sampling, device_defaults
+from ragtrain.graph.config import GENERATION_DEFAULTS
+from ragtrain.training.models import find_gguf, import_base_model
 
 
 def test_gguf_from_the_wheel_becomes_a_safetensors_folder_that_answers(tmp_path):

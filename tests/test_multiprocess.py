@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from ragtrain import launch
-from ragtrain.cluster import job_resources, launch_args
+from ragtrain.graph.cluster import job_resources, launch_args
 from tests.conftest import ROOT
 from tests.test_train import pairs_file, params, sft_file
 

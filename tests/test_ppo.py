@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from ragtrain import ppo
-from ragtrain.rewards import Rewards, place_rewards, token_char_ends
+from ragtrain.training import ppo
+from ragtrain.training.rewards import Rewards, place_rewards, token_char_ends
 
 
 def t(rows):

@@ -4,9 +4,9 @@ import random
 
 import pytest
 
-from ragtrain.judge import assign_splits, dev_ids, judge_record
-from ragtrain.metrics import is_refusal, normalize_answer
-from ragtrain.products import by_split, preference_pairs, sft_data
+from ragtrain.generation.judge import assign_splits, dev_ids, judge_record
+from ragtrain.generation.products import by_split, preference_pairs, sft_data
+from ragtrain.metrics.qa import is_refusal, normalize_answer
 
 
 def split(records, params, key="id"):

@@ -2,10 +2,10 @@
 
 import pytest
 
-from ragtrain.config import GENERATION_DEFAULTS
-from ragtrain.generation import Completion, Throughput
-from ragtrain.prompts import PromptTemplate
-from ragtrain.pseudo_query import (
+from ragtrain.core.records import RecordError
+from ragtrain.data.prompts import PromptTemplate
+from ragtrain.generation.engine import Completion, Throughput
+from ragtrain.generation.pseudo_query import (
     clean_query,
     generate_queries,
     preference_pairs,
@@ -13,7 +13,7 @@ from ragtrain.pseudo_query import (
     unlabelled_sample,
     with_difficulty,
 )
-from ragtrain.records import RecordError
+from ragtrain.graph.config import GENERATION_DEFAULTS
 from tests.conftest import ROOT
 
 TEMPLATE = PromptTemplate(ROOT / "resources" / "prompts" / "doc2query.jinja")

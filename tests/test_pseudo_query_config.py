@@ -6,7 +6,7 @@ import copy
 import pytest
 import yaml
 
-from ragtrain.config import ConfigError, prepare
+from ragtrain.graph.config import ConfigError, prepare
 from tests.conftest import ROOT
 
 TINY = yaml.safe_load((ROOT / "tests" / "tiny_pq.yaml").read_text())

@@ -8,8 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from ragtrain import query_filters as qf
-from ragtrain.query_filters import (
+from ragtrain.retrieval import query_filters as qf
+from ragtrain.retrieval.query_filters import (
     BM25_METHODS,
     FILTER_DEFAULTS,
     bm25_pool_scorer,

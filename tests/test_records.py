@@ -1,6 +1,6 @@
 import pytest
 
-from ragtrain.records import RecordError, atomic_path, read_jsonl, require, write_jsonl
+from ragtrain.core.records import RecordError, atomic_path, read_jsonl, require, write_jsonl
 
 
 def test_round_trip_skips_blank_lines(tmp_path):
@@ -56,7 +56,7 @@ def test_require_names_field_and_record(tmp_path):
 
 
 def test_atomic_dir_replaces_a_folder_only_on_success(tmp_path):
-    from ragtrain.records import atomic_dir
+    from ragtrain.core.records import atomic_dir
 
     out = tmp_path / "index"
     out.mkdir()

@@ -3,19 +3,19 @@ generator for its logic, the tiny model through the HF backend for its wiring)."
 
 import pytest
 
-from ragtrain.config import GENERATION_DEFAULTS
-from ragtrain.generation import Completion, HFGenerator, Throughput, device_defaults
-from ragtrain.judge import dev_ids
-from ragtrain.prompts import PromptTemplate
-from ragtrain.rejection import (
+from ragtrain.core.seeds import stable_seed
+from ragtrain.data.prompts import PromptTemplate
+from ragtrain.generation.engine import Completion, HFGenerator, Throughput, device_defaults
+from ragtrain.generation.judge import dev_ids
+from ragtrain.graph.config import GENERATION_DEFAULTS
+from ragtrain.training.rejection import (
     SEGMENT_BEAM_DEFAULTS,
     best_of_n,
     segment_beam,
     segment_beam_demos,
     split_records,
 )
-from ragtrain.rewards import Rewards
-from ragtrain.seeds import stable_seed
+from ragtrain.training.rewards import Rewards
 
 
 class Marks:

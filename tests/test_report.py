@@ -1,7 +1,7 @@
 import csv
 import json
 
-from ragtrain.report import load_rows, write_plot, write_summary, write_table
+from ragtrain.evaluation.report import load_rows, write_plot, write_summary, write_table
 
 
 def metrics(model, retrieval, em):

@@ -1,7 +1,7 @@
 import pytest
 
-from ragtrain.config import RETRIEVER_DEFAULTS
-from ragtrain.retrieval import Index, build_index, resolve_encoder, retrieve
+from ragtrain.graph.config import RETRIEVER_DEFAULTS
+from ragtrain.retrieval.index import Index, build_index, resolve_encoder, retrieve
 
 CORPUS = [
     {"id": "p1", "title": "Marel Dovant", "text": "Marel Dovant was born in Kesh in 1962."},

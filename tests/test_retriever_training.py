@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from ragtrain import retriever_training
-from ragtrain.ir_metrics import evaluate_run
-from ragtrain.retrieval import passage_text
-from ragtrain.retriever_training import (
+from ragtrain.metrics.ir import evaluate_run
+from ragtrain.retrieval import retriever_training
+from ragtrain.retrieval.index import passage_text
+from ragtrain.retrieval.retriever_training import (
     hard_negative_triples,
     search,
     train_biencoder,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ragtrain.records import write_jsonl
-from ragtrain.reward_model import (
+from ragtrain.core.records import write_jsonl
+from ragtrain.training.reward_model import (
     RewardModelScorer,
     pair_metrics,
     plot_curves,
@@ -63,7 +63,7 @@ def _untrained_scorer(tiny_model: Path, folder: Path) -> RewardModelScorer:
     """The reward model training starts from: the init with the same seeded random head."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
-    from ragtrain.reward_model import REWARD_MODEL_DEFAULTS
+    from ragtrain.training.reward_model import REWARD_MODEL_DEFAULTS
 
     set_seed(REWARD_MODEL_DEFAULTS["seed"])
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)

@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ragtrain.config import ConfigError, prepare
-from ragtrain.security import (
+from ragtrain.core.security import (
     MODEL_META,
     REDACTED,
     RedactSecrets,
@@ -29,6 +28,7 @@ from ragtrain.security import (
     trust_remote_code,
     write_model_meta,
 )
+from ragtrain.graph.config import ConfigError, prepare
 from tests.conftest import ROOT
 
 SOURCES = sorted((ROOT / "src" / "ragtrain").rglob("*.py"))
@@ -175,9 +175,9 @@ LOAD_SCRIPT = """
 import json, sys
 from pathlib import Path
 
-from ragtrain.generation import HFGenerator
-from ragtrain.models import import_base_model
-from ragtrain.security import MODEL_META
+from ragtrain.generation.engine import HFGenerator
+from ragtrain.training.models import import_base_model
+from ragtrain.core.security import MODEL_META
 
 source, out, marker = map(Path, sys.argv[1:])
 result = {}
@@ -272,7 +272,7 @@ def test_no_unsafe_deserialisation_in_the_sources():
 
 
 def test_a_trained_model_folder_holds_safetensors_and_inherits_the_setting(tiny_model, tmp_path):
-    from ragtrain.train import train
+    from ragtrain.training.sft_dpo import train
     from tests.test_train import params, sft_file
 
     # The base turned remote code on (harmless here: the tiny Llama has no code of its own).

@@ -2,12 +2,12 @@
 
 import pytest
 
-from ragtrain.config import GENERATION_DEFAULTS
-from ragtrain.generation import Completion, Throughput, load_generator
-from ragtrain.prompts import PromptTemplate
-from ragtrain.records import RecordError
-from ragtrain.seeds import stable_seed
-from ragtrain.selfdemo import sample_demos
+from ragtrain.core.records import RecordError
+from ragtrain.core.seeds import stable_seed
+from ragtrain.data.prompts import PromptTemplate
+from ragtrain.generation.engine import Completion, Throughput, load_generator
+from ragtrain.generation.selfdemo import sample_demos
+from ragtrain.graph.config import GENERATION_DEFAULTS
 
 PARAMS = {
     "n": 2,
@@ -176,10 +176,10 @@ def test_hf_samples_are_reproducible_and_resume(tmp_path, template, tiny_model):
 _VLLM_RESUME = """
 import json, sys
 from pathlib import Path
-from ragtrain.config import GENERATION_DEFAULTS
-from ragtrain.generation import load_generator
-from ragtrain.prompts import PromptTemplate
-from ragtrain.selfdemo import sample_demos
+from ragtrain.graph.config import GENERATION_DEFAULTS
+from ragtrain.generation.engine import load_generator
+from ragtrain.data.prompts import PromptTemplate
+from ragtrain.generation.selfdemo import sample_demos
 
 if __name__ == "__main__":
     model, template, work = sys.argv[1], PromptTemplate(sys.argv[2]), Path(sys.argv[3])

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ragtrain.records import write_jsonl
-from ragtrain.train import plot_loss, train, with_defaults
+from ragtrain.core.records import write_jsonl
+from ragtrain.training.sft_dpo import plot_loss, train, with_defaults
 
 
 def _prompt(i: int) -> list[dict]:

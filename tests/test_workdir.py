@@ -2,8 +2,8 @@
 
 import os
 
-from ragtrain.seeds import stable_seed
-from ragtrain.workdir import finish, params_hash, work_dir
+from ragtrain.core.seeds import stable_seed
+from ragtrain.core.workdir import finish, params_hash, work_dir
 
 PARAMS = {"n": 2, "generation": {"seed": 3, "temperature": 1.0}}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ragtrain.dryrun import planned_jobs
+from ragtrain.graph.dryrun import planned_jobs
 from tests.conftest import ROOT
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]

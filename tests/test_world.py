@@ -1,11 +1,11 @@
-"""Invariants of the fictional-world generator (ragtrain.world)."""
+"""Invariants of the fictional-world generator (ragtrain.data.world)."""
 
 from dataclasses import replace
 
 import pytest
 
-from ragtrain.records import read_json, read_jsonl
-from ragtrain.world import World, WorldConfig, generate_world, write_world
+from ragtrain.core.records import read_json, read_jsonl
+from ragtrain.data.world import World, WorldConfig, generate_world, write_world
 
 BIG = WorldConfig(
     seed=5,

@@ -14,15 +14,15 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from ragtrain.config import (
+from ragtrain.core.records import RecordError, write_json, write_jsonl
+from ragtrain.core.security import install_redaction, redact
+from ragtrain.graph.config import (
     GENERATION_DEFAULTS,
     MODEL_DEFAULTS,
     NO_RETRIEVAL,
     PRODUCT_DEFAULTS,
     RETRIEVER_DEFAULTS,
 )
-from ragtrain.records import RecordError, write_json, write_jsonl
-from ragtrain.security import install_redaction, redact
 
 log = logging.getLogger("ragtrain")
 
@@ -50,7 +50,7 @@ def _retriever(params: dict) -> dict:
 
 
 def cmd_world(args) -> None:
-    from ragtrain.world import WorldConfig, generate_world, write_world
+    from ragtrain.data.world import WorldConfig, generate_world, write_world
 
     world = generate_world(WorldConfig.from_dict(args.params))
     write_world(world, args.corpus, args.questions, args.stats, args.entities)
@@ -59,7 +59,7 @@ def cmd_world(args) -> None:
 
 
 def cmd_corpus(args) -> None:
-    from ragtrain.loaders import load_beir_corpus
+    from ragtrain.data.loaders import load_beir_corpus
 
     passages = load_beir_corpus(args.input)
     write_jsonl(args.output, passages)
@@ -78,7 +78,7 @@ def dataset_stats(examples: list[dict]) -> dict:
 
 
 def cmd_dataset(args) -> None:
-    from ragtrain.loaders import load_qa
+    from ragtrain.data.loaders import load_qa
 
     params = args.params
     if params.get("world"):
@@ -100,8 +100,8 @@ def cmd_dataset(args) -> None:
 
 
 def cmd_index(args) -> None:
-    from ragtrain.records import read_jsonl
-    from ragtrain.retrieval import build_index
+    from ragtrain.core.records import read_jsonl
+    from ragtrain.retrieval.index import build_index
 
     corpus = read_jsonl(args.corpus)
     build_index(corpus, _retriever(args.params), Path(args.output))
@@ -109,8 +109,8 @@ def cmd_index(args) -> None:
 
 
 def cmd_retrieve(args) -> None:
-    from ragtrain.records import read_jsonl
-    from ragtrain.retrieval import Index, retrieve
+    from ragtrain.core.records import read_jsonl
+    from ragtrain.retrieval.index import Index, retrieve
 
     index = Index(args.index)
     k = _retriever({**index.params, **args.params})["k"]
@@ -121,16 +121,16 @@ def cmd_retrieve(args) -> None:
 
 
 def cmd_base_model(args) -> None:
-    from ragtrain.models import import_base_model
+    from ragtrain.training.models import import_base_model
 
     import_base_model({**MODEL_DEFAULTS["base"], **args.params}, args.output)
 
 
 def cmd_evaluate(args) -> None:
-    from ragtrain.evaluate import evaluate
-    from ragtrain.generation import load_generator
-    from ragtrain.prompts import PromptTemplate
-    from ragtrain.records import read_jsonl
+    from ragtrain.core.records import read_jsonl
+    from ragtrain.data.prompts import PromptTemplate
+    from ragtrain.evaluation.evaluate import evaluate
+    from ragtrain.generation.engine import load_generator
 
     params = {
         "model": Path(args.model).name,
@@ -158,9 +158,9 @@ def _generate_in_shards(args, params: dict, items: list[dict], inputs: list[str]
     """A sharded, resumable generation stage: `generate(items, load_generator, template,
     params, work)` writes its shards to the node's work folder, dropped once the output
     and (last: their presence means the output is complete) the stats are written."""
-    from ragtrain.generation import load_generator
-    from ragtrain.prompts import PromptTemplate
-    from ragtrain.workdir import finish, work_dir
+    from ragtrain.core.workdir import finish, work_dir
+    from ragtrain.data.prompts import PromptTemplate
+    from ragtrain.generation.engine import load_generator
 
     template = PromptTemplate(args.prompt)
     work = work_dir(args.work, params, inputs)
@@ -174,8 +174,8 @@ def _generate_in_shards(args, params: dict, items: list[dict], inputs: list[str]
 
 
 def cmd_self_demos(args) -> None:
-    from ragtrain.records import read_jsonl
-    from ragtrain.selfdemo import sample_demos
+    from ragtrain.core.records import read_jsonl
+    from ragtrain.generation.selfdemo import sample_demos
 
     params = {**PRODUCT_DEFAULTS["self_demos"], "prompt": "rag", **args.params}
     params["generation"] = _generation(params)
@@ -184,8 +184,8 @@ def cmd_self_demos(args) -> None:
 
 
 def cmd_judge(args) -> None:
-    from ragtrain.judge import assign_splits, judge_record, judge_stats
-    from ragtrain.records import iter_jsonl, require
+    from ragtrain.core.records import iter_jsonl, require
+    from ragtrain.generation.judge import assign_splits, judge_record, judge_stats
 
     judged = []
     for lineno, record in iter_jsonl(args.input):
@@ -203,8 +203,8 @@ def cmd_judge(args) -> None:
 
 
 def _product(args, build) -> None:
-    from ragtrain.products import by_split
-    from ragtrain.records import read_jsonl
+    from ragtrain.core.records import read_jsonl
+    from ragtrain.generation.products import by_split
 
     judged = read_jsonl(args.input)
     for i, record in enumerate(judged, start=1):
@@ -228,13 +228,13 @@ def _product(args, build) -> None:
 
 
 def cmd_sft_data(args) -> None:
-    from ragtrain.products import sft_data
+    from ragtrain.generation.products import sft_data
 
     _product(args, sft_data)
 
 
 def cmd_preference_pairs(args) -> None:
-    from ragtrain.products import preference_pairs
+    from ragtrain.generation.products import preference_pairs
 
     _product(args, preference_pairs)
 
@@ -242,7 +242,7 @@ def cmd_preference_pairs(args) -> None:
 def cmd_train(args) -> None:
     import torch
 
-    from ragtrain.train import train
+    from ragtrain.training.sft_dpo import train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -262,7 +262,7 @@ def _reward_model_dirs(values: list[str] | None) -> dict[str, str]:
 
 
 def _rewards(args, params: dict):
-    from ragtrain.rewards import Rewards
+    from ragtrain.training.rewards import Rewards
 
     return Rewards(params["rewards"], _reward_model_dirs(args.reward_model))
 
@@ -275,7 +275,7 @@ def _threads(args) -> None:
 
 
 def cmd_train_reward_model(args) -> None:
-    from ragtrain.reward_model import train_reward_model
+    from ragtrain.training.reward_model import train_reward_model
 
     _threads(args)
     params = {"name": Path(args.output).name, **args.params}
@@ -284,9 +284,9 @@ def cmd_train_reward_model(args) -> None:
 
 def _prompt_records(args, params: dict) -> tuple[list[dict], list[dict]]:
     """The examples with their rendered prompt, split into train and dev by a seeded hash."""
-    from ragtrain.judge import dev_ids
-    from ragtrain.prompts import PromptTemplate
-    from ragtrain.records import iter_jsonl, require
+    from ragtrain.core.records import iter_jsonl, require
+    from ragtrain.data.prompts import PromptTemplate
+    from ragtrain.generation.judge import dev_ids
 
     template = PromptTemplate(args.prompt)
     records = []
@@ -299,7 +299,7 @@ def _prompt_records(args, params: dict) -> tuple[list[dict], list[dict]]:
 
 
 def cmd_train_rl(args) -> None:
-    from ragtrain.workdir import finish, work_dir
+    from ragtrain.core.workdir import finish, work_dir
 
     _threads(args)
     kind = args.params.get("kind")
@@ -309,7 +309,7 @@ def cmd_train_rl(args) -> None:
     train, dev = _prompt_records(args, params)
     dirs = _reward_model_dirs(args.reward_model)
     if kind == "ppo":
-        from ragtrain.ppo import train_ppo
+        from ragtrain.training.ppo import train_ppo
 
         inputs = [args.init, args.examples, args.prompt, *dirs.values()]
         work = work_dir(args.work, params, inputs)
@@ -318,15 +318,15 @@ def cmd_train_rl(args) -> None:
         )
         finish(work)
     else:
-        from ragtrain.group_rl import train_group_rl
+        from ragtrain.training.group_rl import train_group_rl
 
         metrics = train_group_rl(params, args.init, train, args.output, args.work, dirs, dev)
     log.info("metrics: %s", metrics)
 
 
 def cmd_reward(args) -> None:
-    from ragtrain.records import read_jsonl
-    from ragtrain.reward_model import RewardModelScorer
+    from ragtrain.core.records import read_jsonl
+    from ragtrain.training.reward_model import RewardModelScorer
 
     params = {**PRODUCT_DEFAULTS["reward"], **args.params}
     records = read_jsonl(args.input)
@@ -353,7 +353,7 @@ def cmd_reward(args) -> None:
 
 
 def _write_sft_product(args, records: list[dict], stats: dict) -> None:
-    from ragtrain.rejection import split_records
+    from ragtrain.training.rejection import split_records
 
     train, dev = split_records(records)
     if not train:
@@ -365,9 +365,9 @@ def _write_sft_product(args, records: list[dict], stats: dict) -> None:
 
 
 def cmd_best_of_n(args) -> None:
-    from ragtrain.records import read_jsonl
-    from ragtrain.rejection import best_of_n
-    from ragtrain.workdir import finish, work_dir
+    from ragtrain.core.records import read_jsonl
+    from ragtrain.core.workdir import finish, work_dir
+    from ragtrain.training.rejection import best_of_n
 
     params = {**PRODUCT_DEFAULTS["best_of_n"], **args.params}
     reward_dirs = list(_reward_model_dirs(args.reward_model).values())
@@ -380,11 +380,11 @@ def cmd_best_of_n(args) -> None:
 def cmd_segment_beam(args) -> None:
     from functools import partial
 
-    from ragtrain.generation import load_generator
-    from ragtrain.prompts import PromptTemplate
-    from ragtrain.records import read_jsonl
-    from ragtrain.rejection import segment_beam_demos
-    from ragtrain.workdir import finish, work_dir
+    from ragtrain.core.records import read_jsonl
+    from ragtrain.core.workdir import finish, work_dir
+    from ragtrain.data.prompts import PromptTemplate
+    from ragtrain.generation.engine import load_generator
+    from ragtrain.training.rejection import segment_beam_demos
 
     params = {**PRODUCT_DEFAULTS["segment_beam"], **args.params}
     params["generation"] = _generation(params)
@@ -408,7 +408,7 @@ def cmd_segment_beam(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from ragtrain.report import (
+    from ragtrain.evaluation.report import (
         load_retrieval_rows,
         load_rows,
         load_training,
@@ -431,8 +431,8 @@ def cmd_report(args) -> None:
 
 def _gold_queries(queries_path: str, qrels_dir: str, split: str = "train") -> list[dict]:
     """The task's judged (query, passage) pairs of a split as query records."""
-    from ragtrain.beir import load_queries
-    from ragtrain.ir_metrics import read_qrels
+    from ragtrain.data.beir import load_queries
+    from ragtrain.metrics.ir import read_qrels
 
     texts = {q["id"]: q["query"] for q in load_queries(queries_path)}
     path = Path(qrels_dir) / f"{split}.tsv"
@@ -448,13 +448,13 @@ def _gold_queries(queries_path: str, qrels_dir: str, split: str = "train") -> li
 
 def _passages(path: str) -> list[dict]:
     """A corpus: ours ({id, title, text}) or a BEIR corpus.jsonl (`_id`), checked."""
-    from ragtrain.loaders import load_beir_corpus
+    from ragtrain.data.loaders import load_beir_corpus
 
     return load_beir_corpus(path)
 
 
 def _query_records(path: str) -> list[dict]:
-    from ragtrain.records import iter_jsonl, require
+    from ragtrain.core.records import iter_jsonl, require
 
     records = []
     for lineno, record in iter_jsonl(path):
@@ -465,8 +465,8 @@ def _query_records(path: str) -> list[dict]:
 
 
 def cmd_task(args) -> None:
-    from ragtrain.beir import check_task, load_folder, world_task, write_task
-    from ragtrain.records import read_jsonl
+    from ragtrain.core.records import read_jsonl
+    from ragtrain.data.beir import check_task, load_folder, world_task, write_task
 
     params = args.params
     corpus = _passages(args.corpus)
@@ -483,8 +483,8 @@ def cmd_task(args) -> None:
 
 
 def cmd_query_sft_data(args) -> None:
-    from ragtrain.prompts import PromptTemplate
-    from ragtrain.pseudo_query import query_sft_data
+    from ragtrain.data.prompts import PromptTemplate
+    from ragtrain.generation.pseudo_query import query_sft_data
 
     if args.input:
         queries, source = _query_records(args.input), args.input
@@ -500,8 +500,12 @@ def cmd_query_sft_data(args) -> None:
 
 
 def cmd_pseudo_queries(args) -> None:
-    from ragtrain.ir_metrics import read_qrels
-    from ragtrain.pseudo_query import PSEUDO_QUERY_DEFAULTS, generate_queries, unlabelled_sample
+    from ragtrain.generation.pseudo_query import (
+        PSEUDO_QUERY_DEFAULTS,
+        generate_queries,
+        unlabelled_sample,
+    )
+    from ragtrain.metrics.ir import read_qrels
 
     params = {**PSEUDO_QUERY_DEFAULTS, **args.params}
     params["generation"] = _generation(params)
@@ -525,7 +529,7 @@ def _settings(params: dict, defaults: dict) -> dict:
 
 
 def cmd_query_filter(args) -> None:
-    from ragtrain.config import FILTER_KINDS
+    from ragtrain.graph.config import FILTER_KINDS
 
     params = args.params
     kind = params.get("filter")
@@ -533,7 +537,7 @@ def cmd_query_filter(args) -> None:
         raise ValueError(f"--params: 'filter' must be one of {sorted(FILTER_KINDS)}")
     records, corpus = _query_records(args.input), _passages(args.corpus)
     if kind == "lossnet":
-        from ragtrain.lossnet import lossnet_filter
+        from ragtrain.retrieval.lossnet import lossnet_filter
 
         settings = _settings(params, FILTER_KINDS["lossnet"])
         # The current retriever: a trained one, else the untrained encoder.
@@ -545,7 +549,7 @@ def cmd_query_filter(args) -> None:
         gold = _gold_queries(args.queries, args.qrels) if args.queries else None
         out, stats = lossnet_filter(records, corpus, retriever, settings, gold=gold)
     else:
-        from ragtrain.query_filters import filter_queries
+        from ragtrain.retrieval.query_filters import filter_queries
 
         out, stats = filter_queries(
             records, corpus, {**_settings(params, FILTER_KINDS[kind]), "filter": kind}
@@ -557,9 +561,13 @@ def cmd_query_filter(args) -> None:
 
 
 def cmd_query_preferences(args) -> None:
-    from ragtrain.prompts import PromptTemplate
-    from ragtrain.pseudo_query import PREFERENCE_DEFAULTS, preference_pairs, with_difficulty
-    from ragtrain.retriever_training import search
+    from ragtrain.data.prompts import PromptTemplate
+    from ragtrain.generation.pseudo_query import (
+        PREFERENCE_DEFAULTS,
+        preference_pairs,
+        with_difficulty,
+    )
+    from ragtrain.retrieval.retriever_training import search
 
     params = {**PREFERENCE_DEFAULTS, **args.params}
     corpus = _passages(args.corpus)
@@ -581,8 +589,8 @@ def cmd_query_preferences(args) -> None:
 def cmd_train_retriever(args) -> None:
     import torch
 
-    from ragtrain.records import atomic_dir
-    from ragtrain.retriever_training import (
+    from ragtrain.core.records import atomic_dir
+    from ragtrain.retrieval.retriever_training import (
         BIENCODER_DEFAULTS,
         COLBERT_DEFAULTS,
         hard_negative_triples,
@@ -615,11 +623,11 @@ def cmd_train_retriever(args) -> None:
 
 
 def cmd_evaluate_retrieval(args) -> None:
-    from ragtrain.beir import load_queries
-    from ragtrain.ir_metrics import evaluate_run, read_qrels, read_run, write_run
-    from ragtrain.records import read_json
-    from ragtrain.retrieval import Index
-    from ragtrain.retriever_training import search
+    from ragtrain.core.records import read_json
+    from ragtrain.data.beir import load_queries
+    from ragtrain.metrics.ir import evaluate_run, read_qrels, read_run, write_run
+    from ragtrain.retrieval.index import Index
+    from ragtrain.retrieval.retriever_training import search
 
     params = args.params
     split, k = params.get("split", "test"), params.get("k", 100)

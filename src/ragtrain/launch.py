@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not stage:
         parser.error("give the stage to run after --")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from ragtrain.security import install_redaction
+    from ragtrain.core.security import install_redaction
 
     install_redaction()  # tokens in the environment never reach a log
     processes = args.processes or processes_for(args.gpus)

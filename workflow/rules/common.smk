@@ -7,15 +7,15 @@ from pathlib import Path
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 
-from ragtrain.config import (
+from ragtrain.graph.config import (
     LLM_KINDS,
     NO_RETRIEVAL,
     RETRIEVER_MODELS,
     ConfigError,
     prepare,
 )
-from ragtrain.cluster import JOB_KEYS, job_resources, launch_args
-from ragtrain.rewards import reward_models
+from ragtrain.graph.cluster import JOB_KEYS, job_resources, launch_args
+from ragtrain.training.rewards import reward_models
 
 PROMPTS = Path(workflow.basedir) / "resources" / "prompts"
 
@@ -78,7 +78,7 @@ def node(section, name, drop=()):
 
 
 def resources_of(stage, node_of):
-    """A rule's resources (ragtrain.cluster): for each of Snakemake's names, the value
+    """A rule's resources (ragtrain.graph.cluster): for each of Snakemake's names, the value
     for a job's node (`node_of(wildcards)`), its memory and time growing per attempt.
     Names a job does not set are None, which Snakemake leaves unset."""
 

@@ -15,7 +15,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from ragtrain.records import write_json
+from ragtrain.core.records import write_json
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from ragtrain.retrieval import _encode, _encoder, bm25_top, passage_text, resolve_encoder
-from ragtrain.seeds import DEFAULT_SEED, stable_seed
+from ragtrain.core.seeds import DEFAULT_SEED, stable_seed
+from ragtrain.retrieval.index import _encode, _encoder, bm25_top, passage_text, resolve_encoder
 
 LOSSNET_DEFAULTS: dict[str, Any] = {
     "encoder": "all-MiniLM-L6-v2",
@@ -97,7 +97,7 @@ def hard_negatives(
 ) -> list[str]:
     """Per query, the id of the best BM25 passage among the top `depth` that is not its source.
 
-    Tokenised like ragtrain.retrieval (bm25s, English stopwords). When the top `depth` holds
+    Tokenised like ragtrain.retrieval.index (bm25s, English stopwords). When the top `depth` holds
     only the source (depth 1), a seeded random other passage stands in.
     """
     if len(corpus) < 2:

@@ -14,26 +14,26 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ragtrain.beir import WORLD_TASK_DEFAULTS
-from ragtrain.group_rl import GROUP_RL_DEFAULTS
-from ragtrain.judge import JUDGE_DEFAULTS
-from ragtrain.lossnet import LOSSNET_DEFAULTS
-from ragtrain.ppo import PPO_DEFAULTS
-from ragtrain.products import PAIRS_DEFAULTS, SFT_DEFAULTS
-from ragtrain.pseudo_query import (
+from ragtrain.core.seeds import DEFAULT_SEED
+from ragtrain.data.beir import WORLD_TASK_DEFAULTS
+from ragtrain.data.world import WorldConfig
+from ragtrain.generation.judge import JUDGE_DEFAULTS
+from ragtrain.generation.products import PAIRS_DEFAULTS, SFT_DEFAULTS
+from ragtrain.generation.pseudo_query import (
     PREFERENCE_DEFAULTS,
     PSEUDO_QUERY_DEFAULTS,
     QUERY_SFT_DEFAULTS,
 )
-from ragtrain.query_filters import FILTER_DEFAULTS
-from ragtrain.rejection import BEST_OF_N_DEFAULTS, SEGMENT_BEAM_DEFAULTS
-from ragtrain.retrieval import BM25_DEFAULTS
-from ragtrain.retriever_training import BIENCODER_DEFAULTS, COLBERT_DEFAULTS
-from ragtrain.reward_model import REWARD_MODEL_DEFAULTS
-from ragtrain.rewards import check_specs, reward_models
-from ragtrain.seeds import DEFAULT_SEED
-from ragtrain.train import TRAIN_DEFAULTS
-from ragtrain.world import WorldConfig
+from ragtrain.retrieval.index import BM25_DEFAULTS
+from ragtrain.retrieval.lossnet import LOSSNET_DEFAULTS
+from ragtrain.retrieval.query_filters import FILTER_DEFAULTS
+from ragtrain.retrieval.retriever_training import BIENCODER_DEFAULTS, COLBERT_DEFAULTS
+from ragtrain.training.group_rl import GROUP_RL_DEFAULTS
+from ragtrain.training.ppo import PPO_DEFAULTS
+from ragtrain.training.rejection import BEST_OF_N_DEFAULTS, SEGMENT_BEAM_DEFAULTS
+from ragtrain.training.reward_model import REWARD_MODEL_DEFAULTS
+from ragtrain.training.rewards import check_specs, reward_models
+from ragtrain.training.sft_dpo import TRAIN_DEFAULTS
 
 NO_RETRIEVAL = "none"
 
@@ -138,7 +138,7 @@ GENERATION_DEFAULTS: dict[str, Any] = {
     "top_k": -1,
     "batch_size": 16,
     "seed": DEFAULT_SEED,
-    # auto / null: chosen for the device by ragtrain.generation.device_defaults.
+    # auto / null: chosen for the device by ragtrain.generation.engine.device_defaults.
     "dtype": "auto",
     "max_model_len": 2048,
     "gpu_memory_utilization": None,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from ragtrain.generation import Generator, Sampling
-from ragtrain.metrics import aggregate, score_example
-from ragtrain.prompts import PromptTemplate
+from ragtrain.data.prompts import PromptTemplate
+from ragtrain.generation.engine import Generator, Sampling
+from ragtrain.metrics.qa import aggregate, score_example
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import numbers
 from pathlib import Path
 from typing import Literal, overload
 
-from ragtrain.records import RecordError, atomic_path
+from ragtrain.core.records import RecordError, atomic_path
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
 MEASURES = ("ndcg@10", "map@10", "recall@100", "mrr@10")

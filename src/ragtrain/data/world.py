@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ragtrain.records import write_json, write_jsonl
+from ragtrain.core.records import write_json, write_jsonl
 
 # single letters repeated so that clusters and diphthongs stay occasional (pronounceable)
 ONSETS = tuple("bdfgklmnprstvz") * 3 + ("br", "dr", "kr", "st", "th", "sh", "tr", "gr")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ragtrain.metrics import contains_answer, exact_match, f1, is_refusal
-from ragtrain.seeds import DEFAULT_SEED, stable_seed
+from ragtrain.core.seeds import DEFAULT_SEED, stable_seed
+from ragtrain.metrics.qa import contains_answer, exact_match, f1, is_refusal
 
 JUDGE_DEFAULTS = {"dev_fraction": 0.1, "seed": DEFAULT_SEED}
 

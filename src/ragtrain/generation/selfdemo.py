@@ -3,7 +3,7 @@
 Generation is written in shards to the node's work folder and resumes where it
 stopped. Every example has its own seed (from the node's seed and the example id):
 vLLM on GPU seeds each request with it; vLLM on CPU each shard, and the HF backend each
-batch, with its first example's (see ragtrain.generation). So a resumed run draws the
+batch, with its first example's (see ragtrain.generation.engine). So a resumed run draws the
 same samples as an uninterrupted one.
 """
 
@@ -16,10 +16,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ragtrain.generation import Generator, Sampling, Throughput
-from ragtrain.prompts import PromptTemplate
-from ragtrain.records import RecordError, read_jsonl, write_jsonl
-from ragtrain.seeds import stable_seed
+from ragtrain.core.records import RecordError, read_jsonl, write_jsonl
+from ragtrain.core.seeds import stable_seed
+from ragtrain.data.prompts import PromptTemplate
+from ragtrain.generation.engine import Generator, Sampling, Throughput
 
 log = logging.getLogger(__name__)
 

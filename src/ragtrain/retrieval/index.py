@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ragtrain.metrics import answer_recall
-from ragtrain.records import (
+from ragtrain.core.records import (
     atomic_dir,
     atomic_path,
     read_json,
@@ -23,7 +22,8 @@ from ragtrain.records import (
     write_json,
     write_jsonl,
 )
-from ragtrain.security import trust_remote_code
+from ragtrain.core.security import trust_remote_code
+from ragtrain.metrics.qa import answer_recall
 
 # Encoders that ship inside a PyPI wheel, so that the demo and tests run offline.
 PACKAGED_ENCODERS = {

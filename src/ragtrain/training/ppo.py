@@ -32,9 +32,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ragtrain.rewards import Rewards, combine, place_rewards, token_char_ends, total
-from ragtrain.security import folder_trusts_remote_code, inherit_model_meta
-from ragtrain.seeds import DEFAULT_SEED, stable_seed
+from ragtrain.core.security import folder_trusts_remote_code, inherit_model_meta
+from ragtrain.core.seeds import DEFAULT_SEED, stable_seed
+from ragtrain.training.rewards import Rewards, combine, place_rewards, token_char_ends, total
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class ActorCritic:
         from peft import get_peft_model
         from transformers import AutoModelForCausalLM
 
-        from ragtrain.train import lora_config
+        from ragtrain.training.sft_dpo import lora_config
 
         base = AutoModelForCausalLM.from_pretrained(
             init_dir, dtype=dtype, trust_remote_code=folder_trusts_remote_code(init_dir)
@@ -312,8 +312,8 @@ class PPOTrainer:
         from accelerate import Accelerator
         from transformers import AutoTokenizer, get_scheduler
 
-        from ragtrain.generation import HFGenerator, Sampling
-        from ragtrain.train import _resolve_dtype
+        from ragtrain.generation.engine import HFGenerator, Sampling
+        from ragtrain.training.sft_dpo import _resolve_dtype
 
         self.params = params = with_defaults(params)
         # cpu=True without a GPU: several CPU processes (torchrun) then form a gloo group;
@@ -578,7 +578,7 @@ def _save_checkpoint(trainer: PPOTrainer, folder: Path, state: dict) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from ragtrain.records import atomic_dir, write_json
+    from ragtrain.core.records import atomic_dir, write_json
 
     with atomic_dir(folder) as tmp:
         save_file(trainer.state_dict(), str(tmp / "weights.safetensors"))
@@ -626,7 +626,7 @@ def train_ppo(
     """Run PPO; write the best policy (merged), its adapter, logs and curves to `out_dir`."""
     from safetensors.torch import load_file, save_file
 
-    from ragtrain.records import atomic_dir, write_json
+    from ragtrain.core.records import atomic_dir, write_json
 
     trainer = PPOTrainer(params, init_dir, rewards)
     p, acc = trainer.params, trainer.accelerator

@@ -6,7 +6,7 @@ token counts, so that callers (evaluation, self-demonstrations, rollouts) never
 depend on the backend.
 
 Both can also continue a partial assistant answer (`prefixes`) and stop at strings
-(`Sampling.stop`, kept in the output): segment-level search (ragtrain.rejection)
+(`Sampling.stop`, kept in the output): segment-level search (ragtrain.training.rejection)
 generates an answer a sentence at a time.
 """
 
@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from ragtrain.security import folder_trusts_remote_code
+from ragtrain.core.security import folder_trusts_remote_code
 
 log = logging.getLogger(__name__)
 

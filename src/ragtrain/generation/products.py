@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ragtrain.judge import CORRECT, INCORRECT, REFUSE
-from ragtrain.metrics import normalize_answer
+from ragtrain.generation.judge import CORRECT, INCORRECT, REFUSE
+from ragtrain.metrics.qa import normalize_answer
 
 SFT_DEFAULTS = {"select": "shortest", "gold_fallback": True, "refusal": "I don't know."}
 PAIRS_DEFAULTS = {"pairs_per_example": 2, "gold_fallback": True, "refusal": "I don't know."}

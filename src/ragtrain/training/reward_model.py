@@ -3,7 +3,7 @@
 A reward model starts from a causal-LM folder (its `init`), loaded as a sequence
 classifier with one output, and learns from a pair product (records `{id, prompt, chosen,
 rejected}` in TRL's conversational format) that score(prompt + chosen) > score(prompt +
-rejected) (Bradley-Terry loss). It writes, like `ragtrain.train`, the merged weights and
+rejected) (Bradley-Terry loss). It writes, like `ragtrain.training.sft_dpo`, the merged weights and
 tokenizer (what `RewardModelScorer` loads), `adapter/` (LoRA only),
 `trainer_state.json`, `metrics.json` and `loss.png`; checkpoints go to the node's work
 folder, so an interrupted run resumes from the last one.
@@ -20,9 +20,10 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from ragtrain.records import atomic_dir, write_json
-from ragtrain.security import folder_trusts_remote_code, inherit_model_meta
-from ragtrain.train import (
+from ragtrain.core.records import atomic_dir, write_json
+from ragtrain.core.security import folder_trusts_remote_code, inherit_model_meta
+from ragtrain.core.workdir import finish
+from ragtrain.training.sft_dpo import (
     COMMON_DEFAULTS,
     _last_checkpoint,
     _resolve_dtype,
@@ -31,7 +32,6 @@ from ragtrain.train import (
     shared_work_dir,
     trainer_metrics,
 )
-from ragtrain.workdir import finish
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def with_defaults(params: dict) -> dict:
 def _pairs(path: str | Path) -> list[dict]:
     """The pair records' conversations: `prompt` a list of messages, `chosen` and
     `rejected` non-empty lists of (assistant) messages."""
-    from ragtrain.records import RecordError, iter_jsonl, require
+    from ragtrain.core.records import RecordError, iter_jsonl, require
 
     rows = []
     for lineno, record in iter_jsonl(path):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .records import RecordError, iter_jsonl, require
+from ragtrain.core.records import RecordError, iter_jsonl, require
 
 OPTIONAL_FIELDS = ("gold_doc_ids", "qa_pairs", "claims", "reference")
 

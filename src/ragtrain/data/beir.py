@@ -5,7 +5,7 @@ A BEIR folder holds `corpus.jsonl`, `queries.jsonl` (`_id`, `text`) and
 task is `queries.jsonl` ({id, query}), `qrels/<split>.tsv` and the corpus of the
 task's `corpus` node.
 
-`world_task` builds a synthetic task over a generated world (ragtrain.world) for the
+`world_task` builds a synthetic task over a generated world (ragtrain.data.world) for the
 demo and the tests. Its queries describe a passage's entity by two of its attributes
 without its name, and in other words than the passage's (a "map maker" for a
 cartographer, "pottery" for ceramics), so that lexical match is not enough: several
@@ -19,8 +19,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from ragtrain.ir_metrics import read_qrels, write_qrels
-from ragtrain.records import RecordError, iter_jsonl, require, write_json, write_jsonl
+from ragtrain.core.records import RecordError, iter_jsonl, require, write_json, write_jsonl
+from ragtrain.metrics.ir import read_qrels, write_qrels
 
 # fmt: off
 PROFESSION_WORDS = {

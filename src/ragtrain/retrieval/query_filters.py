@@ -42,8 +42,8 @@ from numbers import Real
 
 import numpy as np
 
-from ragtrain.retrieval import _encode, _encoder, passage_text
-from ragtrain.seeds import DEFAULT_SEED, stable_seed
+from ragtrain.core.seeds import DEFAULT_SEED, stable_seed
+from ragtrain.retrieval.index import _encode, _encoder, passage_text
 
 FILTER_DEFAULTS: dict[str, dict] = {
     "bm25": {

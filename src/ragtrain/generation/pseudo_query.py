@@ -19,11 +19,11 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from ragtrain.generation import Generator
-from ragtrain.prompts import PromptTemplate
-from ragtrain.records import RecordError
-from ragtrain.seeds import DEFAULT_SEED
-from ragtrain.selfdemo import sample_demos
+from ragtrain.core.records import RecordError
+from ragtrain.core.seeds import DEFAULT_SEED
+from ragtrain.data.prompts import PromptTemplate
+from ragtrain.generation.engine import Generator
+from ragtrain.generation.selfdemo import sample_demos
 
 QUERY_SFT_DEFAULTS = {"prompt": "doc2query", "dev_fraction": 0.1, "seed": DEFAULT_SEED}
 PSEUDO_QUERY_DEFAULTS = {

@@ -15,7 +15,7 @@ Both write SFT records in TRL's conversational format, `{id, prompt, completion,
 split}`. The split is the question's own where the input has one (judged samples), else
 chosen as the judge stage chooses it (`dev_ids`, same fraction and seed: the same
 questions are held out). Both work in shards of examples and, given a work folder,
-write each shard there and resume from it (see ragtrain.selfdemo).
+write each shard there and resume from it (see ragtrain.generation.selfdemo).
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ragtrain.generation import Completion, Generator, Sampling, Throughput
-from ragtrain.judge import JUDGE_DEFAULTS, dev_ids
-from ragtrain.prompts import PromptTemplate
-from ragtrain.records import RecordError, read_jsonl, write_jsonl
-from ragtrain.rewards import Rewards
-from ragtrain.seeds import stable_seed
+from ragtrain.core.records import RecordError, read_jsonl, write_jsonl
+from ragtrain.core.seeds import stable_seed
+from ragtrain.data.prompts import PromptTemplate
+from ragtrain.generation.engine import Completion, Generator, Sampling, Throughput
+from ragtrain.generation.judge import JUDGE_DEFAULTS, dev_ids
+from ragtrain.training.rewards import Rewards
 
 log = logging.getLogger(__name__)
 

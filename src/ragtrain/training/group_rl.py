@@ -1,4 +1,4 @@
-"""Group RL: GRPO and RLOO with TRL, scored by our reward sources (`ragtrain.rewards`).
+"""Group RL: GRPO and RLOO with TRL, scored by our reward sources (`ragtrain.training.rewards`).
 
 For each prompt the policy samples `num_generations` answers; each answer's reward is
 the weighted sum of the sources' sequence-level values, and its advantage is measured
@@ -11,7 +11,7 @@ Each source is one TRL reward function, weighted by the source's `weight`
 (`reward_weights`), so TRL logs every source's mean (`rewards/<source>/mean`, before
 weighting) beside the total (`reward`, after).
 
-A model starts from its `init` model's folder and writes, like `ragtrain.train`, the
+A model starts from its `init` model's folder and writes, like `ragtrain.training.sft_dpo`, the
 merged weights and tokenizer, `adapter/` (LoRA only), `trainer_state.json`,
 `metrics.json` and `loss.png` (reward, KL and loss per step). Checkpoints go to the
 node's work folder, so an interrupted run resumes from the last complete one; the model
@@ -29,18 +29,18 @@ import logging
 import math
 from pathlib import Path
 
-from ragtrain.records import atomic_dir, write_json
-from ragtrain.rewards import Rewards, check_specs, total
-from ragtrain.security import folder_trusts_remote_code, inherit_model_meta
-from ragtrain.seeds import DEFAULT_SEED
-from ragtrain.train import (
+from ragtrain.core.records import atomic_dir, write_json
+from ragtrain.core.security import folder_trusts_remote_code, inherit_model_meta
+from ragtrain.core.seeds import DEFAULT_SEED
+from ragtrain.core.workdir import finish
+from ragtrain.training.rewards import Rewards, check_specs, total
+from ragtrain.training.sft_dpo import (
     _last_checkpoint,
     _resolve_dtype,
     deepspeed_config,
     lora_config,
     shared_work_dir,
 )
-from ragtrain.workdir import finish
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ def train_group_rl(
     tokenizer = AutoTokenizer.from_pretrained(init_dir, trust_remote_code=trust)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    # As in ragtrain.train: float32 master weights for full fine-tuning, LoRA's adapters
+    # As in ragtrain.training.sft_dpo: float32 master weights for full fine-tuning, LoRA's adapters
     # are float32 anyway.
     load_dtype = torch.float32 if params["finetune"] == "full" else dtype
     model = AutoModelForCausalLM.from_pretrained(

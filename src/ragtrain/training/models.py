@@ -14,9 +14,9 @@ import site
 import sysconfig
 from pathlib import Path
 
-from ragtrain.generation import torch_dtype
-from ragtrain.records import atomic_dir
-from ragtrain.security import trust_remote_code, write_model_meta
+from ragtrain.core.records import atomic_dir
+from ragtrain.core.security import trust_remote_code, write_model_meta
+from ragtrain.generation.engine import torch_dtype
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ Two retrievers are trained from the same (query, document) pairs:
   candidates of a first-stage run (BM25 or the bi-encoder) instead of searching the corpus.
 
 Runs are `{query_id: {doc_id: score}}`, best first, the shape pytrec_eval and
-`ragtrain.ir_metrics` read. Models are written with `atomic_dir`: a folder that exists
+`ragtrain.metrics.ir` read. Models are written with `atomic_dir`: a folder that exists
 is a complete model, with its `metrics.json`.
 """
 
@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ragtrain.records import _UMASK, atomic_dir, write_json
-from ragtrain.retrieval import _encode, _encoder, bm25_top, passage_text, resolve_encoder
-from ragtrain.security import folder_trusts_remote_code, trust_remote_code, write_model_meta
-from ragtrain.seeds import DEFAULT_SEED, stable_seed
+from ragtrain.core.records import _UMASK, atomic_dir, write_json
+from ragtrain.core.security import folder_trusts_remote_code, trust_remote_code, write_model_meta
+from ragtrain.core.seeds import DEFAULT_SEED, stable_seed
+from ragtrain.retrieval.index import _encode, _encoder, bm25_top, passage_text, resolve_encoder
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def train_biencoder(
 
 
 def _dev_metrics(model, dev) -> dict:
-    from ragtrain.ir_metrics import evaluate_run
+    from ragtrain.metrics.ir import evaluate_run
 
     qrels, queries, corpus = dev
     return evaluate_run(qrels, _dense_run(model, corpus, queries, k=100))

@@ -7,7 +7,7 @@ import csv
 import io
 from pathlib import Path
 
-from ragtrain.records import atomic_path, read_json
+from ragtrain.core.records import atomic_path, read_json
 
 COLUMNS = [
     "model",

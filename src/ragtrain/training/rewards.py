@@ -22,7 +22,7 @@ import re
 from collections.abc import Sequence
 from typing import Protocol
 
-from ragtrain.judge import is_right, label
+from ragtrain.generation.judge import is_right, label
 
 Placed = list[tuple[int, float]]
 
@@ -93,7 +93,7 @@ class RewardModelScore:
     name = "reward_model"
 
     def __init__(self, model_dir: str, batch_size: int = 8):
-        from ragtrain.reward_model import RewardModelScorer
+        from ragtrain.training.reward_model import RewardModelScorer
 
         self.scorer = RewardModelScorer(model_dir, batch_size=batch_size)
 

@@ -13,10 +13,10 @@ import logging
 import math
 from pathlib import Path
 
-from ragtrain.records import atomic_dir, write_json
-from ragtrain.security import folder_trusts_remote_code, inherit_model_meta
-from ragtrain.seeds import DEFAULT_SEED
-from ragtrain.workdir import finish, work_dir
+from ragtrain.core.records import atomic_dir, write_json
+from ragtrain.core.security import folder_trusts_remote_code, inherit_model_meta
+from ragtrain.core.seeds import DEFAULT_SEED
+from ragtrain.core.workdir import finish, work_dir
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def lora_config(lora: dict, task_type: str = "CAUSAL_LM"):
 def _dataset(path: str | Path, kind: str):
     from datasets import Dataset
 
-    from ragtrain.records import iter_jsonl, require
+    from ragtrain.core.records import iter_jsonl, require
 
     rows = []
     for lineno, record in iter_jsonl(path):
@@ -154,7 +154,7 @@ def _args(kind: str, params: dict, output_dir: Path, has_dev: bool, n_train: int
 
 
 def shared_work_dir(root: str | Path, params: dict, inputs: list) -> Path:
-    """The node's work folder (ragtrain.workdir) for a stage that may run as several
+    """The node's work folder (ragtrain.core.workdir) for a stage that may run as several
     processes (ragtrain.launch): the first process alone decides whether its state is
     resumed or cleared, and the others then find it ready."""
     from accelerate import PartialState

@@ -1,0 +1,1 @@
+"""Foundations every layer uses: records, seeds, secrets, work folders."""

@@ -1,0 +1,1 @@
+"""Data in: synthetic worlds, public formats (BEIR, QA JSONL), prompt templates."""

@@ -1,0 +1,1 @@
+"""Generation engines (vLLM, HF) and what they produce: samples, judgements, pseudo-queries."""

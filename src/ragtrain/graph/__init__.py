@@ -1,0 +1,1 @@
+"""The config graph: node kinds, config checks, job resources."""

@@ -1,0 +1,1 @@
+"""Metrics, one module per family: QA answers and retrieval rankings."""

@@ -1,0 +1,1 @@
+"""Indexes (BM25, dense), query filters, LossNet and retriever training."""

@@ -1,0 +1,1 @@
+"""Training: the trainer toolkit, SFT/DPO, reward models and rewards, rejection sampling, RL."""
