@@ -1,6 +1,6 @@
 # ragtrain: post-training LLMs for retrieval-augmented generation.
 # The config is the graph (see config/README.md); all logic lives in src/ragtrain.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -12,9 +12,8 @@ if not config:
     configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
-
-
+# common.smk checks the config (each node's keys against its kind, then the schema) and
+# fills its defaults before any rule is read.
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/retrieval.smk"

@@ -71,10 +71,32 @@ def test_unknown_name_in_evaluate():
 
 def test_cycle_is_rejected():
     cfg = copy.deepcopy(BASE)
-    cfg["models"]["a"] = {"gguf": "x.gguf", "init": "b"}
-    cfg["models"]["b"] = {"gguf": "x.gguf", "init": "a"}
+    # (trained models: a base model has no `init`, and saying so is an error of its own)
+    cfg["models"]["a"] = {"kind": "sft", "init": "b", "data": "sft_data"}
+    cfg["models"]["b"] = {"kind": "sft", "init": "a", "data": "sft_data"}
     with pytest.raises(ConfigError, match=r"cycle: a -> b -> a"):
         prepare(cfg)
+
+
+@pytest.mark.parametrize(
+    ("section", "name", "key", "kind"),
+    [
+        ("models", "sft", "kl_coef", "sft model"),
+        ("models", "sft", "num_generations", "sft model"),
+        ("models", "base", "init", "base model"),
+        ("products", "judged", "beam", "judge product"),
+        ("retrievers", "bm25", "encoder", "bm25 retriever"),
+        ("corpora", "world", "k", "corpus"),
+    ],
+)
+def test_a_key_foreign_to_the_kind_names_node_key_and_kind(section, name, key, kind):
+    cfg = copy.deepcopy(BASE)
+    cfg[section][name][key] = 1
+    with pytest.raises(ConfigError) as err:
+        prepare(cfg)
+    message = str(err.value)
+    assert message.startswith(f"config key {section}.{name}.{key}: not a key of a {kind}")
+    assert "\n" not in message
 
 
 def test_a_node_needs_exactly_one_source():

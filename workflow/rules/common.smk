@@ -7,11 +7,14 @@ from pathlib import Path
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 
+from snakemake.utils import validate
+
 from ragtrain.graph.config import (
     LLM_KINDS,
     NO_RETRIEVAL,
     RETRIEVER_MODELS,
     ConfigError,
+    check_keys,
     prepare,
 )
 from ragtrain.graph.cluster import JOB_KEYS, job_resources, launch_args
@@ -19,7 +22,15 @@ from ragtrain.training.rewards import reward_models
 
 PROMPTS = Path(workflow.basedir) / "resources" / "prompts"
 
+# A key foreign to its node's kind first (one line naming node, key and kind: the
+# schema's key lists are per section), then the schema's types, then the graph.
 try:
+    check_keys(config)
+    validate(
+        config,
+        str(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"),
+        set_default=True,
+    )
     CFG = prepare(config, prompts_dir=PROMPTS)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None

@@ -12,172 +12,61 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from ragtrain.core.seeds import DEFAULT_SEED
+from ragtrain.core.settings import merge as _merge
 from ragtrain.data.beir import WORLD_TASK_DEFAULTS
 from ragtrain.data.world import WorldConfig
-from ragtrain.generation.judge import JUDGE_DEFAULTS
-from ragtrain.generation.products import PAIRS_DEFAULTS, SFT_DEFAULTS
-from ragtrain.generation.pseudo_query import (
-    PREFERENCE_DEFAULTS,
-    PSEUDO_QUERY_DEFAULTS,
-    QUERY_SFT_DEFAULTS,
+from ragtrain.graph.kinds import (
+    DATASET_DEFAULTS,
+    DEEPSPEED_KINDS,
+    EVALUATE_DEFAULTS,
+    FILTER_KINDS,
+    GENERATING_PRODUCTS,
+    GENERATION_DEFAULTS,
+    KINDS,
+    LAUNCHED_KINDS,
+    LLM_KINDS,
+    MODEL_DEFAULTS,
+    NO_RETRIEVAL,
+    PRODUCT_DEFAULTS,
+    QUERY_PRODUCTS,
+    RETRIEVAL_EVAL_DEFAULTS,
+    RETRIEVER_DEFAULTS,
+    RETRIEVER_MODELS,
+    RL_MODELS,
+    SECTIONS,
+    ConfigError,
+    check_keys,
+    kind_of,
 )
-from ragtrain.retrieval.index import BM25_DEFAULTS
-from ragtrain.retrieval.lossnet import LOSSNET_DEFAULTS
-from ragtrain.retrieval.query_filters import FILTER_DEFAULTS
-from ragtrain.retrieval.retriever_training import BIENCODER_DEFAULTS, COLBERT_DEFAULTS
-from ragtrain.training.group_rl import GROUP_RL_DEFAULTS
-from ragtrain.training.ppo import PPO_DEFAULTS
-from ragtrain.training.rejection import BEST_OF_N_DEFAULTS, SEGMENT_BEAM_DEFAULTS
-from ragtrain.training.reward_model import REWARD_MODEL_DEFAULTS
+from ragtrain.recipes import RECIPES
 from ragtrain.training.rewards import check_specs, reward_models
-from ragtrain.training.sft_dpo import TRAIN_DEFAULTS
 
-NO_RETRIEVAL = "none"
+__all__ = [
+    "DATASET_DEFAULTS",
+    "FILTER_KINDS",
+    "GENERATION_DEFAULTS",
+    "MODEL_DEFAULTS",
+    "NO_RETRIEVAL",
+    "PRODUCT_DEFAULTS",
+    "RETRIEVER_DEFAULTS",
+    "ConfigError",
+    "check_keys",
+    "prepare",
+]
 
-
-class ConfigError(ValueError):
-    """A config problem, with the dotted key it concerns."""
-
-    def __init__(self, key: str, reason: str):
-        self.key = key
-        super().__init__(f"config key {key}: {reason}")
-
-
-# Defaults for the entries of each user-named section, per kind where kinds differ.
-CORPUS_DEFAULTS: dict[str, Any] = {"format": "beir"}
-RETRIEVER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "bm25": {"k": 3, **BM25_DEFAULTS},
-    "dense": {
-        "k": 3,
-        "encoder": "all-MiniLM-L6-v2",
-        "batch_size": 64,
-        "query_prefix": "",
-        "passage_prefix": "",
-        "trust_remote_code": False,
-    },
-}
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    # QA examples
-    "qa": {"format": "auto", "limit": None},
-    # retrieval tasks in BEIR's layout (corpus, queries, qrels per split)
-    "beir": {"splits": ["train", "dev", "test"]},
-}
-RETRIEVER_MODELS = ("biencoder", "colbert")
-# RL models sample from prompts: a QA dataset rendered with a prompt (like self-demos),
-# a share of its questions held out for the dev reward.
-RL_MODELS = ("ppo", "grpo", "rloo")
-# Trained causal LMs: what evaluation and generation can load.
-LLM_KINDS = ("sft", "dpo", *RL_MODELS)
-RL_PROMPTS = {"retrieval": NO_RETRIEVAL, "dev_fraction": 0.15}
-MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "base": {"dtype": "bfloat16", "trust_remote_code": False, "revision": None},
-    **TRAIN_DEFAULTS,
-    "reward_model": REWARD_MODEL_DEFAULTS,
-    "ppo": {**PPO_DEFAULTS, **RL_PROMPTS},
-    **{kind: {**defaults, **RL_PROMPTS} for kind, defaults in GROUP_RL_DEFAULTS.items()},
-    # Retrievers trained on a task's gold train pairs plus the queries of `queries`.
-    "biencoder": {**BIENCODER_DEFAULTS, "queries": []},
-    "colbert": {**COLBERT_DEFAULTS, "queries": []},
-}
-# Which product kinds a trained LLM's `data` may be.
-SFT_PRODUCTS = ("sft_data", "query_sft_data", "best_of_n", "segment_beam")
-PAIR_PRODUCTS = ("preference_pairs", "query_preferences")
-TRAINING_DATA = {"sft": SFT_PRODUCTS, "dpo": PAIR_PRODUCTS, "reward_model": PAIR_PRODUCTS}
-QUERY_KINDS = ("pseudo_queries", "query_filter", "query_preferences")
-PRODUCT_DEFAULTS: dict[str, dict[str, Any]] = {
-    # prompt: `rag`, or `closed_book` for `retrieval: none` (filled in _fill_nodes).
-    "self_demos": {"n": 4, "shard_size": 64},
-    "judge": JUDGE_DEFAULTS,
-    "sft_data": SFT_DEFAULTS,
-    "preference_pairs": PAIRS_DEFAULTS,
-    "query_sft_data": QUERY_SFT_DEFAULTS,
-    "pseudo_queries": PSEUDO_QUERY_DEFAULTS,
-    # per `filter` (bm25, dense, lossnet): see FILTER_KINDS
-    "query_filter": {},
-    "query_preferences": PREFERENCE_DEFAULTS,
-    # a trained reward model's score on every sample of a generation product
-    "reward": {"batch_size": 8},
-    # rejection sampling into SFT data: the best sample by reward (holistic), or the
-    # best answer grown sentence by sentence (fine-grained)
-    "best_of_n": {**BEST_OF_N_DEFAULTS, "rewards": [{"kind": "correctness"}]},
-    "segment_beam": {**SEGMENT_BEAM_DEFAULTS, "rewards": [{"kind": "correctness"}]},
-}
-FILTER_KINDS: dict[str, dict[str, Any]] = {
-    **FILTER_DEFAULTS,
-    "lossnet": {**LOSSNET_DEFAULTS, "retriever": None},
-}
-# What each product kind is made from (its `from`), where it is made from a product.
-PRODUCT_SOURCES = {
-    "judge": ("self_demos",),
-    "reward": ("self_demos", "judge"),
-    "best_of_n": ("self_demos", "judge", "reward"),
-    "sft_data": ("judge",),
-    "preference_pairs": ("judge",),
-    "query_filter": ("pseudo_queries", "query_filter"),
-    "query_preferences": ("pseudo_queries", "query_filter"),
-    "query_sft_data": ("pseudo_queries", "query_filter", "query_preferences"),
-}
-# The fields each product kind needs.
-PRODUCT_NEEDS = {
-    "self_demos": ("model", "dataset", "retrieval"),
-    "pseudo_queries": ("model", "dataset"),
-    "reward": ("from", "model"),
-    "segment_beam": ("model", "dataset"),
-    "query_filter": ("from", "filter"),
-    "query_preferences": ("from", "retriever"),
-    "query_sft_data": (),  # a dataset or a product: checked in _fill_nodes
-}
-GENERATION_DEFAULTS: dict[str, Any] = {
-    "backend": "vllm",
-    "max_new_tokens": 32,
-    "temperature": 0.0,
-    "top_p": 1.0,
-    "top_k": -1,
-    "batch_size": 16,
-    "seed": DEFAULT_SEED,
-    # auto / null: chosen for the device by ragtrain.generation.engine.device_defaults.
-    "dtype": "auto",
-    "max_model_len": 2048,
-    "gpu_memory_utilization": None,
-    "enforce_eager": None,
-    "tensor_parallel_size": 1,
-}
-EVALUATE_DEFAULTS: dict[str, Any] = {"prompt": "rag", "closed_book_prompt": "closed_book"}
-
-# Which fields of a node name another node, and in which section.
+# Which fields of a node name another node, in which section: every kind's, by section
+# (products before models: a cycle is reported from the data that closes it).
 REFERENCES: dict[str, dict[str, str]] = {
-    "corpora": {"world": "worlds"},
-    "retrievers": {"corpus": "corpora"},
-    "datasets": {"world": "worlds", "corpus": "corpora"},
-    "products": {
-        "from": "products",
-        "model": "models",
-        "dataset": "datasets",
-        "retrieval": "retrievers",
-        "retriever": "models",
-    },
-    "models": {
-        "init": "models",
-        "data": "products",
-        "dataset": "datasets",
-        "queries": "products",
-        "retrieval": "retrievers",
-    },
+    section: {
+        field: target
+        for (sec, _), kind in KINDS.items()
+        if sec == section
+        for field, (target, _) in kind.refs.items()
+    }
+    for section in ("corpora", "retrievers", "datasets", "products", "models")
 }
-SECTIONS = ("worlds", "corpora", "retrievers", "datasets", "products", "models")
-
-
-def _merge(defaults: dict, node: dict) -> dict:
-    out = copy.deepcopy(defaults)
-    for key, value in node.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _one_source(section: str, name: str, node: dict, choices: tuple[str, ...]) -> str:
@@ -190,98 +79,59 @@ def _one_source(section: str, name: str, node: dict, choices: tuple[str, ...]) -
     return given[0]
 
 
-def _kind(section: str, name: str, kind, defaults: dict) -> None:
-    _kind_of(f"{section}.{name}.kind", kind, defaults)
-
-
-def _kind_of(key: str, kind, defaults: dict) -> None:
-    if kind not in defaults:
-        raise ConfigError(key, f"expected one of {sorted(defaults)}, got {kind!r}")
-
-
 def _require(section: str, name: str, node: dict, fields: tuple[str, ...], what: str) -> None:
     for field in fields:
         if not node.get(field):
             raise ConfigError(f"{section}.{name}.{field}", f"a {what} needs {field}")
 
 
-def _seeded(defaults: dict, seed: int) -> dict:
-    """Kind defaults with the run's seed, for kinds that have a seed."""
-    return {**defaults, "seed": seed} if "seed" in defaults else defaults
-
-
 def _fill_nodes(config: dict) -> None:
-    # The top-level seed is the default seed of every world and of generation.
+    """Every node over its kind's defaults (ragtrain.graph.kinds), after its kind, keys,
+    sources and required fields are checked."""
+    # The top-level seed is the default seed of every world, of generation and of every
+    # kind that has a seed.
     seed = config.setdefault("seed", DEFAULT_SEED)
-    for name, node in config["worlds"].items():
-        # Shallow: a world's `questions` replaces the default splits, not adds to them.
-        config["worlds"][name] = {**asdict(WorldConfig()), "seed": seed, **node}
-        try:
-            WorldConfig.from_dict(config["worlds"][name])
-        except ValueError as e:
-            raise ConfigError(f"worlds.{name}", str(e)) from None
-    for name, node in config["corpora"].items():
-        _one_source("corpora", name, node, ("world", "path"))
-        config["corpora"][name] = _merge(CORPUS_DEFAULTS, node)
-    for name, node in config["retrievers"].items():
-        kind = node.get("kind")
-        _kind("retrievers", name, kind, RETRIEVER_DEFAULTS)
-        config["retrievers"][name] = _merge(RETRIEVER_DEFAULTS[kind], node)
-    for name, node in config["datasets"].items():
-        kind = node.setdefault("kind", "qa")
-        _kind("datasets", name, kind, DATASET_DEFAULTS)
-        source = _one_source("datasets", name, node, ("world", "path"))
-        defaults = DATASET_DEFAULTS[kind]
-        if kind == "qa" and source == "world" and not node.get("split"):
-            raise ConfigError(f"datasets.{name}.split", "a dataset from a world needs a split")
-        if kind == "beir":
-            _require("datasets", name, node, ("corpus",), "BEIR dataset")
-            if source == "world":
-                defaults = {**WORLD_TASK_DEFAULTS, "seed": seed}
-                node = {**node, "splits": list(node.get("queries") or defaults["queries"])}
-        config["datasets"][name] = _merge(defaults, node)
-    for name, node in config["models"].items():
-        kind = node.setdefault("kind", "base")
-        _kind("models", name, kind, MODEL_DEFAULTS)
-        if kind in (*LLM_KINDS, "reward_model") and "trust_remote_code" in node:
-            raise ConfigError(
-                f"models.{name}.trust_remote_code",
-                "a trained model inherits it from the model it starts from (init): set it there",
-            )
-        if kind == "base":
-            _one_source("models", name, node, ("gguf", "path", "hub"))
-        elif kind in RETRIEVER_MODELS:
-            _require("models", name, node, ("dataset",), f"{kind} model")
-        elif kind in RL_MODELS:
-            _require("models", name, node, ("init", "dataset"), f"{kind} model")
-        else:
-            _require("models", name, node, ("init", "data"), f"{kind} model")
-        filled = _merge(_seeded(MODEL_DEFAULTS[kind], seed), node)
-        if kind in RL_MODELS:
-            filled.setdefault("prompt", _default_prompt(filled["retrieval"]))
-        config["models"][name] = filled
     config["generation"] = _merge(
         {**GENERATION_DEFAULTS, "seed": seed}, config.get("generation") or {}
     )
-    for name, node in config["products"].items():
-        kind = node.get("kind")
-        _kind("products", name, kind, PRODUCT_DEFAULTS)
-        if kind == "query_sft_data":
-            _one_source("products", name, node, ("dataset", "from"))
-        needed = PRODUCT_NEEDS.get(kind, ("from",) if kind in PRODUCT_SOURCES else ())
-        _require("products", name, node, needed, f"{kind} product")
-        defaults = PRODUCT_DEFAULTS[kind]
-        if kind == "query_filter":
-            _kind_of(f"products.{name}.filter", node["filter"], FILTER_KINDS)
-            defaults = FILTER_KINDS[node["filter"]]
-        filled = _merge(_seeded(defaults, seed), node)
-        if kind in ("self_demos", "segment_beam"):
-            filled.setdefault("retrieval", NO_RETRIEVAL)
-            filled.setdefault("prompt", _default_prompt(filled["retrieval"]))
-        if kind in ("self_demos", "pseudo_queries", "segment_beam"):
-            # Sampling settings: the run's generation settings under the product's own.
-            filled["generation"] = _merge(config["generation"], node.get("generation") or {})
-        config["products"][name] = filled
+    check_keys(config)
+    for section in SECTIONS:
+        for name, node in config[section].items():
+            kind = kind_of(section, node)
+            source = _one_source(section, name, node, kind.one_of) if kind.one_of else None
+            what = "BEIR dataset" if kind.name == "beir" else f"{node.get('kind')} {section[:-1]}"
+            _require(section, name, node, kind.required, what)
+            config[section][name] = _filled(config, section, name, node, kind, source, seed)
+
+
+def _filled(config: dict, section: str, name: str, node: dict, kind, source, seed: int) -> dict:
+    """A node over its defaults, with what a few kinds take from elsewhere."""
+    if section == "worlds":
+        # Shallow: a world's `questions` replaces the default splits, not adds to them.
+        world = {**asdict(WorldConfig()), "seed": seed, **node}
+        try:
+            WorldConfig.from_dict(world)
+        except ValueError as e:
+            raise ConfigError(f"worlds.{name}", str(e)) from None
+        return world
+    if kind.name == "qa" and source == "world" and not node.get("split"):
+        raise ConfigError(f"datasets.{name}.split", "a dataset from a world needs a split")
+    if kind.name == "beir" and source == "world":
+        # A synthetic task: its splits are those it makes queries for.
+        defaults = {**WORLD_TASK_DEFAULTS, "seed": seed}
+        return _merge(
+            defaults, {**node, "splits": list(node.get("queries") or defaults["queries"])}
+        )
+    filled = kind.filled(node, seed)
+    if kind.name in RL_MODELS:
+        filled.setdefault("prompt", _default_prompt(filled["retrieval"]))
+    if kind.name in ("self_demos", "segment_beam"):
+        filled.setdefault("retrieval", NO_RETRIEVAL)
+        filled.setdefault("prompt", _default_prompt(filled["retrieval"]))
+    if kind.generates:
+        # Sampling settings: the run's generation settings under the node's own.
+        filled["generation"] = _merge(config["generation"], node.get("generation") or {})
+    return filled
 
 
 def _default_prompt(retrieval: str) -> str:
@@ -363,13 +213,13 @@ def _check_references(config: dict) -> None:
                         f"{ref!r} (known: {known})",
                     )
     # Products and trained models read the kinds of product they are built from.
-    for section, field, wanted_kinds, verb in (
-        ("products", "from", PRODUCT_SOURCES, "product is made from"),
-        ("models", "data", TRAINING_DATA, "model trains on"),
-        ("models", "queries", dict.fromkeys(RETRIEVER_MODELS, QUERY_KINDS), "trains on"),
+    for section, field, verb in (
+        ("products", "from", "product is made from"),
+        ("models", "data", "model trains on"),
+        ("models", "queries", "trains on"),
     ):
         for name, node in config[section].items():
-            wanted = wanted_kinds.get(node["kind"])
+            _, wanted = kind_of(section, node).refs.get(field, (None, ()))
             for ref in _refs(node.get(field)) if wanted else []:
                 found = config["products"][ref]["kind"]
                 if found not in wanted:
@@ -546,15 +396,16 @@ def _expand_evaluate(config: dict, prompts_dir: Path | None) -> list[dict]:
 def prepare(config: dict, prompts_dir: Path | None = None) -> dict:
     """Return a copy of a schema-validated config with node defaults filled and references checked.
 
-    Expands a `pseudo_query` block into its nodes (see expand_pseudo_query). Adds
+    Expands recipe blocks (ragtrain.recipes) into their nodes first. Adds
     `evaluations` and `retrieval_evaluations`: the flat lists of evaluation nodes. With
     `prompts_dir`, the prompt templates that nodes name must exist there.
     """
     config = copy.deepcopy(config)
     for section in SECTIONS:
         config[section] = config.get(section) or {}
-    if config.get("pseudo_query"):
-        expand_pseudo_query(config)
+    for key, expand in RECIPES.items():
+        if config.get(key):
+            expand(config)
     config["retrieval_evaluations"] = _expand_evaluate_retrieval(config)
     _fill_nodes(config)
     _check_references(config)
@@ -574,17 +425,6 @@ def prepare(config: dict, prompts_dir: Path | None = None) -> dict:
     config["evaluations"] = _expand_evaluate(config, prompts_dir)
     _fill_tensor_parallel(config)
     return config
-
-
-# Trainer-based training (TRL): what a `deepspeed` config reaches. Under ZeRO-3 each
-# process holds a slice of the weights; SFT/DPO gather them to save, the others save
-# from the first process and so take ZeRO-2 only.
-DEEPSPEED_KINDS = {"sft": ("zero2", "zero3"), "dpo": ("zero2", "zero3")}
-DEEPSPEED_KINDS.update({kind: ("zero2",) for kind in ("reward_model", "grpo", "rloo")})
-# Models whose rule starts them through ragtrain.launch (several GPUs or nodes).
-LAUNCHED_KINDS = (*TRAIN_DEFAULTS, "reward_model", *RL_MODELS)
-# Products that generate with an engine (vLLM takes every GPU of the job).
-GENERATING_PRODUCTS = ("self_demos", "pseudo_queries", "segment_beam")
 
 
 def _check_launch(config: dict) -> None:
@@ -624,7 +464,7 @@ def _fill_task_datasets(config: dict) -> None:
         return node.get("dataset") or task(node["from"])
 
     for name, node in config["products"].items():
-        if node["kind"] in (*QUERY_KINDS, "query_sft_data"):
+        if node["kind"] in (*QUERY_PRODUCTS, "query_sft_data"):
             node["dataset"] = task(name)
     for name, node in config["models"].items():
         for ref in node.get("queries", []) if node["kind"] in RETRIEVER_MODELS else []:
@@ -635,15 +475,12 @@ def _fill_task_datasets(config: dict) -> None:
                     f" not of {node['dataset']!r}",
                 )
     for name, node in config["products"].items():
-        ref = node.get("retriever") if node["kind"] in QUERY_KINDS else None
+        ref = node.get("retriever") if node["kind"] in QUERY_PRODUCTS else None
         if ref is not None and config["models"][ref]["kind"] != "biencoder":
             raise ConfigError(
                 f"products.{name}.retriever",
                 f"expected a biencoder model, got {ref!r} ({config['models'][ref]['kind']})",
             )
-
-
-RETRIEVAL_EVAL_DEFAULTS = {"split": "test", "k": 100}
 
 
 def _expand_evaluate_retrieval(config: dict) -> list[dict]:
@@ -676,146 +513,3 @@ def _expand_evaluate_retrieval(config: dict) -> list[dict]:
                 }
             )
     return nodes
-
-
-PSEUDO_QUERY_BLOCK_DEFAULTS: dict[str, Any] = {
-    "name": "pq",
-    "rounds": 1,
-    "query_sft": {"learning_rate": 3e-4, "epochs": 2, "batch_size": 8, "max_length": 384},
-    "queries": {},
-    "filters": {
-        "bm25": {"filter": "bm25", "rule": "pool_top1"},
-        "dense": {"filter": "dense", "rule": "corpus_topk", "k": 10},
-        "lossnet": {"filter": "lossnet"},
-    },
-    "combinations": [["bm25"], ["bm25", "dense"], ["bm25", "dense", "lossnet"]],
-    "retriever": {},
-    "colbert": None,
-    "preferences": {},
-    "evaluate": {"split": "test", "k": 100},
-}
-
-
-def _known_keys(key: str, given: dict, allowed: dict) -> None:
-    for field in given:
-        if field not in allowed:
-            raise ConfigError(
-                f"{key}.{field}", f"unknown key (known: {', '.join(sorted(allowed))})"
-            )
-
-
-def _add(config: dict, section: str, name: str, node: dict) -> None:
-    if name in config[section]:
-        raise ConfigError(
-            f"{section}.{name}", "the pseudo_query block makes a node of this name: rename one"
-        )
-    config[section][name] = node
-
-
-def expand_pseudo_query(config: dict) -> None:
-    """Expand the `pseudo_query` block (the SPTAR-style recipe) into plain nodes.
-
-    With P its `name`, for a BEIR `dataset` whose corpus node is C:
-    - `P_bm25`, `P_encoder`: BM25 and the untrained encoder over C (report baselines);
-    - `P_gold_sft` (doc -> query SFT data from the gold train pairs) and `P_gold` (a
-      bi-encoder trained on them alone);
-    - per round r: `P_qgen_r<r>` (the query writer: SFT from `generator` in round 1,
-      from the previous writer on the previous round's kept queries, easy to hard,
-      after), `P_queries_r<r>` (its pseudo-queries), one chain of filter products per
-      combination (`P_r<r>_bm25`, `P_r<r>_bm25_dense`, ...; shared prefixes made once),
-      bi-encoders on gold plus all queries (`P_r<r>_all`) and on gold plus each
-      combination's kept ones (`P_r<r>_<filters>`), an optional ColBERT on gold plus the
-      last combination's, and `P_prefs_r<r>` (difficulty under the last combination's
-      retriever, and preference pairs);
-    - LossNet scores with the current retriever: `P_gold` in round 1, the previous round's
-      last-combination retriever after;
-    - one `evaluate_retrieval` entry over all of these retrievers.
-    """
-    block = _merge(PSEUDO_QUERY_BLOCK_DEFAULTS, config["pseudo_query"])
-    for field in ("dataset", "generator"):
-        if not block.get(field):
-            raise ConfigError(f"pseudo_query.{field}", "the pseudo_query block needs it")
-    p, dataset, rounds = block["name"], block["dataset"], block["rounds"]
-    corpus = (config["datasets"].get(dataset) or {}).get("corpus")
-    if corpus is None:
-        raise ConfigError(
-            "pseudo_query.dataset", f"{dataset!r} is not a BEIR dataset with a corpus"
-        )
-    for i, combo in enumerate(block["combinations"]):
-        for f in combo:
-            if f not in block["filters"]:
-                raise ConfigError(
-                    f"pseudo_query.combinations[{i}]",
-                    f"unknown filter {f!r} (filters: {', '.join(block['filters'])})",
-                )
-    if not block["combinations"]:
-        raise ConfigError("pseudo_query.combinations", "list at least one filter combination")
-    # The block's settings become nodes that the schema never saw: check their keys here.
-    _known_keys("pseudo_query.query_sft", block["query_sft"], TRAIN_DEFAULTS["sft"])
-    _known_keys(
-        "pseudo_query.queries", block["queries"], {**PSEUDO_QUERY_DEFAULTS, "generation": 0}
-    )
-    _known_keys("pseudo_query.retriever", block["retriever"], BIENCODER_DEFAULTS)
-    _known_keys("pseudo_query.colbert", block["colbert"] or {}, COLBERT_DEFAULTS)
-    _known_keys("pseudo_query.preferences", block["preferences"], PREFERENCE_DEFAULTS)
-    for f, settings in block["filters"].items():
-        _kind_of(f"pseudo_query.filters.{f}.filter", settings.get("filter"), FILTER_KINDS)
-        _known_keys(
-            f"pseudo_query.filters.{f}", settings, {**FILTER_KINDS[settings["filter"]], "filter": 0}
-        )
-    k = block["evaluate"]["k"]
-    _add(config, "retrievers", f"{p}_bm25", {"kind": "bm25", "corpus": corpus, "k": k})
-    encoder = block["retriever"].get("encoder", BIENCODER_DEFAULTS["encoder"])
-    _add(config, "retrievers", f"{p}_encoder",
-         {"kind": "dense", "corpus": corpus, "k": k, "encoder": encoder})  # fmt: skip
-    retriever = {"kind": "biencoder", "dataset": dataset, **block["retriever"]}
-    _add(config, "products", f"{p}_gold_sft", {"kind": "query_sft_data", "dataset": dataset})
-    _add(config, "models", f"{p}_gold", {**retriever, "queries": []})
-    evaluated = [f"{p}_bm25", f"{p}_encoder", f"{p}_gold"]
-    current, last_prefs = f"{p}_gold", None
-    for r in range(1, rounds + 1):
-        qgen = f"{p}_qgen_r{r}"
-        if r == 1:
-            sft = {"init": block["generator"], "data": f"{p}_gold_sft"}
-        else:
-            _add(
-                config, "products", f"{p}_sft_r{r}", {"kind": "query_sft_data", "from": last_prefs}
-            )
-            # The previous round's kept queries come sorted easy to hard: keep that order.
-            sft = {"init": f"{p}_qgen_r{r - 1}", "data": f"{p}_sft_r{r}", "sampling": "sequential"}
-        _add(config, "models", qgen, {**block["query_sft"], "kind": "sft", **sft})
-        queries = f"{p}_queries_r{r}"
-        writer = {"kind": "pseudo_queries", "model": qgen, "dataset": dataset}
-        _add(config, "products", queries, {**block["queries"], **writer})
-        _add(config, "models", f"{p}_r{r}_all", {**retriever, "queries": [queries]})
-        evaluated.append(f"{p}_r{r}_all")
-        last = None
-        for combo in block["combinations"]:
-            source = queries
-            for j in range(len(combo)):
-                name = f"{p}_r{r}_" + "_".join(combo[: j + 1])
-                if name not in config["products"]:
-                    settings = dict(block["filters"][combo[j]])
-                    if settings.get("filter") == "lossnet":
-                        settings.setdefault("retriever", current)
-                    config["products"][name] = {**settings, "kind": "query_filter", "from": source}
-                source = name
-            model = f"{source}"
-            if model not in config["models"]:
-                _add(config, "models", model, {**retriever, "queries": [source]})
-                evaluated.append(model)
-            last = source
-        if block["colbert"] is not None:
-            colbert = {"kind": "colbert", "dataset": dataset, "candidates": f"{p}_bm25",
-                       **block["colbert"], "queries": [last]}  # fmt: skip
-            _add(config, "models", f"{p}_r{r}_colbert", colbert)
-            evaluated.append(f"{p}_r{r}_colbert")
-        last_prefs = f"{p}_prefs_r{r}"
-        prefs = {"kind": "query_preferences", "from": last, "retriever": last}
-        _add(config, "products", last_prefs, {**block["preferences"], **prefs})
-        current = last
-    config.setdefault("evaluate_retrieval", [])
-    config["evaluate_retrieval"] = [
-        *(config["evaluate_retrieval"] or []),
-        {"dataset": dataset, "retrievers": evaluated, **block["evaluate"]},
-    ]

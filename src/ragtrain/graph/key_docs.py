@@ -1,0 +1,144 @@
+"""One line of documentation per config key, shared by the kinds that take the key.
+
+ragtrain.graph.kinds composes each kind's `docs` from these; config/README.md's key
+tables are written from them (ragtrain.graph.docs). Defaults are not here: they live
+beside the code that reads them.
+"""
+
+GENERATION_DOCS = {
+    "backend": "`vllm` (`LLM.chat`, batched by the engine) or `hf` (transformers `generate`,"
+    " batched, left padding)",
+    "max_new_tokens": "new tokens per answer",
+    "temperature": "sampling temperature; 0 is greedy",
+    "top_p": "nucleus sampling",
+    "top_k": "top-k sampling; -1: off",
+    "batch_size": "HF backend: prompts per `generate` call",
+    "seed": "seeds sampling (top-level `seed` by default; see README, Reproducibility)",
+    "dtype": "compute dtype of both backends; `auto`: bfloat16 on GPU, float32 on CPU (bf16"
+    " matmuls run at about 1 GFLOP/s on CPUs without AVX512-BF16)",
+    "max_model_len": "vLLM context length",
+    "gpu_memory_utilization": "vLLM: share of GPU memory, or on CPU of host RAM, for"
+    " weights, activations and KV cache; null: 0.9 on GPU, 0.3 on CPU",
+    "enforce_eager": "vLLM: skip graph compilation and CUDA graphs; null: on CPU only"
+    " (start-up 25 s instead of 90 s)",
+    "tensor_parallel_size": "vLLM: GPUs per engine (a generating job's GPU count unless set)",
+}
+PROMPT_DOC = "template in `resources/prompts/` (must exist); default `rag`, `closed_book`"
+PROMPT_DOC += " with `retrieval: none`"
+SAMPLING_DOCS = {
+    "max_new_tokens": "new tokens per sampled answer",
+    "temperature": "sampling temperature",
+    "top_k": "top-k sampling",
+    "top_p": "nucleus sampling",
+}
+TRAINER_DOCS = {
+    "init": "the model training starts from (a base model or another trained one)",
+    "finetune": "`lora` (adapter, then merged) or `full` (every weight)",
+    "lora": "LoRA rank `r`, scaling `alpha`, `dropout`, and `targets` (`all-linear` or a list"
+    " of module names)",
+    "learning_rate": "peak learning rate",
+    "epochs": "passes over the training split",
+    "batch_size": "per-device batch",
+    "grad_accum": "gradient accumulation steps",
+    "max_length": "tokens per sequence (prompt + answer); longer answers are cut, examples"
+    " whose prompt alone fills it are dropped",
+    "warmup": "steps of linear warm-up; below 1, a share of all steps",
+    "lr_scheduler": "learning-rate schedule (a transformers scheduler name)",
+    "weight_decay": "AdamW weight decay",
+    "logging_steps": "steps between logged points (the curves)",
+    "save_steps": "steps between checkpoints (in the work folder; a rerun resumes)",
+    "gradient_checkpointing": "trade compute for memory",
+    "sampling": "order of the training examples: `random`, or `sequential` (the data's own"
+    " order: a curriculum)",
+    "dtype": "compute and saved dtype; `auto`: bfloat16 on GPU, float32 on CPU",
+    "seed": "data order and adapter initialisation (top-level `seed` by default)",
+    "deepspeed": "`zero2` or `zero3`: a DeepSpeed config of `resources/deepspeed/` (needs the"
+    " deepspeed package)",
+}
+RL_DOCS = {
+    **{k: TRAINER_DOCS[k] for k in ("init", "finetune", "lora", "learning_rate", "seed")},
+    **SAMPLING_DOCS,
+    "dataset": "a QA dataset: the questions whose prompts are rolled out",
+    "retrieval": "the documents in the prompt: a retriever, or `none`",
+    "prompt": PROMPT_DOC,
+    "rewards": "reward sources, summed by `weight` (see Reward sources)",
+    "dev_fraction": "share of the questions held out for the dev reward (before/after)",
+    "dtype": TRAINER_DOCS["dtype"],
+    "warmup": TRAINER_DOCS["warmup"],
+    "lr_scheduler": TRAINER_DOCS["lr_scheduler"],
+}
+GROUP_RL_DOCS = {
+    **RL_DOCS,
+    **{k: TRAINER_DOCS[k] for k in ("epochs", "grad_accum", "weight_decay", "logging_steps")},
+    **{k: TRAINER_DOCS[k] for k in ("save_steps", "gradient_checkpointing", "deepspeed")},
+    "batch_size": "completions (not prompts) per device batch, as TRL counts; `batch_size x"
+    " grad_accum` must hold whole groups",
+    "num_generations": "answers per prompt (a group)",
+    "max_steps": "steps in all, overriding `epochs` (null: epochs decide)",
+    "beta": "KL coefficient to the reference (the init model)",
+}
+ENCODER_DOCS = {
+    "encoder": "a sentence-transformers encoder: a folder, a hub id, or `all-MiniLM-L6-v2`"
+    " (the packaged wheel, offline)",
+    "batch_size": "encoding batch size",
+    "query_prefix": "prefix of queries some encoders expect (`query: ` for E5)",
+    "passage_prefix": "prefix of passages some encoders expect (`passage: ` for E5)",
+    "trust_remote_code": "run the encoder's own Python code; off unless turned on here",
+}
+BM25_DOCS = {
+    "k1": "BM25 term-frequency saturation",
+    "b": "BM25 length normalisation",
+    "method": "BM25 variant (bm25s): `lucene`, `robertson`, `atire`, `bm25l`, `bm25+`",
+    "stopwords": "stopword list (`en`) or null",
+}
+FILTER_DOCS = {
+    "from": "the query product filtered (`pseudo_queries` or another `query_filter`)",
+    "filter": "`bm25`, `dense` or `lossnet`",
+    "rule": "`corpus_topk`: keep when the source passage is in the top `k` over the corpus;"
+    " `pool_top1`: keep when it ranks within `k` in a pool of itself and `pool_size` random"
+    " passages",
+    "k": "see `rule`",
+    "pool_size": "random passages in the pool (`pool_top1`)",
+    "seed": "pools (top-level `seed` by default)",
+}
+SPLIT_DOCS = {
+    "dev_fraction": "share of the questions held out (a judged product's own split is kept)",
+    "seed": "which questions are held out (top-level `seed` by default)",
+}
+
+# Trained LLMs take `trust_remote_code` from the model they start from.
+
+WORLD_DOCS = {
+    "seed": "the world's seed: same seed, same world (top-level `seed` by default)",
+    "people": "people (entities)",
+    "organisations": "organisations (entities)",
+    "places": "places (entities)",
+    "distractors": "passages about near-namesakes with other facts, never asked about",
+    "questions": "questions per split; given, it replaces the default splits",
+    "multihop_rate": "share of questions that need two passages",
+    "unanswerable_rate": "share with `answers: []` (a fact or entity the corpus lacks)",
+}
+PPO_DOCS = {
+    **RL_DOCS,
+    "value_model": "`separate` (a second LoRA with a scalar head) or `shared` (a"
+    " head on the policy's last hidden state)",
+    "iterations": "rollout batches",
+    "prompts_per_iteration": "prompts per rollout batch",
+    "samples_per_prompt": "samples per prompt",
+    "ppo_epochs": "passes over each rollout batch",
+    "minibatch_size": "rollouts per optimizer step",
+    "grad_accum": "micro-batches per optimizer step",
+    "max_grad_norm": "gradient clipping",
+    "kl_coef": "KL penalty per token",
+    "gamma": "GAE discount",
+    "lam": "GAE lambda",
+    "clip": "clipped policy objective",
+    "value_clip": "clipped value loss",
+    "vf_coef": "value-loss weight",
+    "entropy_coef": "entropy bonus",
+    "whiten_rewards": "scale the token rewards to unit variance",
+    "holistic": "put the whole reward on the last token",
+    "generation_batch_size": "prompts per generate call",
+    "eval_every": "iterations between dev evaluations (the best is kept)",
+    "save_every": "iterations between checkpoints",
+}

