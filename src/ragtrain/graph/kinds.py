@@ -103,8 +103,14 @@ class Kind:
 
     @property
     def keys(self) -> set[str]:
+        # Worlds and corpora have one kind each, and only jobs that may need a GPU or
+        # much memory (models, products) take `resources`.
+        common = {
+            *(("kind",) if self.section not in ("worlds", "corpora") else ()),
+            *(("resources",) if self.section in ("models", "products") else ()),
+        }
         return {
-            *COMMON_KEYS,
+            *common,
             *self.defaults,
             *self.docs,
             *self.required,
