@@ -205,6 +205,7 @@ print("RESULT " + json.dumps(result))
 """
 
 
+@pytest.mark.slow
 def test_custom_model_code_runs_only_when_the_config_turns_it_on(tiny_model, tmp_path):
     marker = tmp_path / "custom-code-ran"
     source = _custom_code_model(tiny_model, tmp_path / "evil-model", marker)
@@ -271,6 +272,7 @@ def test_no_unsafe_deserialisation_in_the_sources():
     assert not found, found
 
 
+@pytest.mark.slow
 def test_a_trained_model_folder_holds_safetensors_and_inherits_the_setting(tiny_model, tmp_path):
     from ragtrain.training.sft_dpo import train
     from tests.test_train import params, sft_file
@@ -419,6 +421,8 @@ def test_hostile_config_values_reach_the_shell_as_single_quoted_words(tmp_path):
     assert not list(tmp_path.rglob("pwned*"))
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_hostile_values_run_through_real_rules_without_reaching_a_shell(tiny_model, tmp_path):
     shutil.copytree(tiny_model, tmp_path / "models" / HOSTILE)
     configfile = _hostile_config(tmp_path, tmp_path / "models" / HOSTILE)
@@ -538,18 +542,20 @@ def test_the_redaction_filter_hides_secrets_in_messages_and_tracebacks(monkeypat
 LEAKY_STAGE = """
 import logging, os, sys
 import ragtrain.__main__ as cli
+import ragtrain.stages.data as data_stages
 
-stage = cli.cmd_dataset
+stage = data_stages.cmd_dataset
 
 def leaky(args):
     logging.getLogger("ragtrain.leaky").info("authenticating with %s", os.environ["HF_TOKEN"])
     stage(args)
 
-cli.cmd_dataset = leaky
+data_stages.cmd_dataset = leaky
 sys.exit(cli.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_a_stage_never_logs_the_token(tmp_path):
     env = {
         **os.environ,

@@ -17,6 +17,7 @@ from ragtrain.graph.config import (
     check_keys,
     prepare,
 )
+from ragtrain.graph.kinds import kind_of
 from ragtrain.graph.cluster import JOB_KEYS, job_resources, launch_args
 from ragtrain.training.rewards import reward_models
 
@@ -91,25 +92,34 @@ def node(section, name, drop=()):
 def resources_of(stage, node_of):
     """A rule's resources (ragtrain.graph.cluster): for each of Snakemake's names, the value
     for a job's node (`node_of(wildcards)`), its memory and time growing per attempt.
-    Names a job does not set are None, which Snakemake leaves unset."""
+    `stage` (train, generate, cpu) names the defaults; a function of the node gives it
+    per job. Names a job does not set are None, which Snakemake leaves unset."""
 
     def one(key):
         def value(wildcards, attempt):
-            given = node_of(wildcards).get("resources")
-            defaults = CFG.get("resources", {}).get(stage)
-            return job_resources(given, stage, attempt, defaults).get(key)
+            node = node_of(wildcards)
+            job = stage(node) if callable(stage) else stage
+            defaults = CFG.get("resources", {}).get(job)
+            return job_resources(node.get("resources"), job, attempt, defaults).get(key)
 
         return value
 
     return {key: one(key) for key in JOB_KEYS}
 
 
-def model_resources(stage):
-    return resources_of(stage, lambda w: CFG["models"][w.model])
+def node_resources(section):
+    """A node's job resources, by what its kind's job needs (the kind registry)."""
+    wildcard = section[:-1]
+    return resources_of(
+        lambda node: kind_of(section, node).job,
+        lambda w: CFG[section][getattr(w, wildcard)],
+    )
 
 
-def product_resources(stage):
-    return resources_of(stage, lambda w: CFG["products"][w.product])
+def stage_of(section):
+    """A job's stage (`python -m ragtrain <stage>`), from its node's kind."""
+    wildcard = section[:-1]
+    return lambda w: kind_of(section, CFG[section][getattr(w, wildcard)]).stage
 
 
 def launch(w):

@@ -8,7 +8,7 @@ rule base_model:
     conda:
         "../../envs/train.yaml"
     resources:
-        **model_resources("cpu"),
+        **node_resources("models"),
     params:
         node=lambda w: node("models", w.model),
     shell:
@@ -30,15 +30,24 @@ rule train:
         "../../envs/train.yaml"
     threads: 4
     resources:
-        **model_resources("train"),
+        **node_resources("models"),
     params:
         node=lambda w: node("models", w.model),
         work=lambda w: work_root("models", w.model),
         launch=launch,
+        # the stage that trains this kind of model from an SFT / pairs product
+        stage=stage_of("models"),
     shell:
-        "python -m ragtrain.launch {params.launch} -- train --params {params.node:q} --init {input.init:q}"
+        "python -m ragtrain.launch {params.launch} -- {params.stage} --params {params.node:q} --init {input.init:q}"
         " --train {input.train:q} --dev {input.dev:q} --work {params.work:q}"
         " --threads {threads} --output {output:q} > {log:q} 2>&1"
+
+
+# A reward model trains the way SFT and DPO models do, on preference pairs: the same
+# rule for its kind and stage.
+use rule train as train_reward_model with:
+    wildcard_constraints:
+        model=names("models", "reward_model"),
 
 
 rule train_biencoder:
@@ -55,7 +64,7 @@ rule train_biencoder:
         "../../envs/data.yaml"
     threads: 2
     resources:
-        **model_resources("train"),
+        **node_resources("models"),
     params:
         node=lambda w: node("models", w.model),
     shell:
@@ -71,32 +80,6 @@ use rule train_biencoder as train_colbert with:
         model=names("models", "colbert"),
     conda:
         "../../envs/colbert.yaml"
-
-
-rule train_reward_model:
-    input:
-        init=lambda w: model_dir(CFG["models"][w.model]["init"]),
-        train=lambda w: training_input(w, "train"),
-        dev=lambda w: training_input(w, "dev"),
-    output:
-        directory(f"{RESULTS}/models/{{model}}"),
-    log:
-        f"{LOGS}/models/{{model}}.log",
-    wildcard_constraints:
-        model=names("models", "reward_model"),
-    conda:
-        "../../envs/train.yaml"
-    threads: 4
-    resources:
-        **model_resources("train"),
-    params:
-        node=lambda w: node("models", w.model),
-        work=lambda w: work_root("models", w.model),
-        launch=launch,
-    shell:
-        "python -m ragtrain.launch {params.launch} -- train-reward-model --params {params.node:q} --init {input.init:q}"
-        " --train {input.train:q} --dev {input.dev:q} --work {params.work:q}"
-        " --threads {threads} --output {output:q} > {log:q} 2>&1"
 
 
 rule train_rl:
@@ -117,7 +100,7 @@ rule train_rl:
         "../../envs/train.yaml"
     threads: 4
     resources:
-        **model_resources("train"),
+        **node_resources("models"),
     params:
         node=lambda w: node("models", w.model),
         work=lambda w: work_root("models", w.model),

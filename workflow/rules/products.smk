@@ -15,7 +15,7 @@ rule self_demos:
     # One generation engine at a time (see rule evaluate).
     threads: 4
     resources:
-        **product_resources("generate"),
+        **node_resources("products"),
     params:
         node=lambda w: node("products", w.product),
         work=lambda w: work_root("products", w.product),
@@ -38,7 +38,7 @@ rule judge:
     conda:
         "../../envs/evaluate.yaml"
     resources:
-        **product_resources("cpu"),
+        **node_resources("products"),
     params:
         node=lambda w: node("products", w.product),
     shell:
@@ -60,34 +60,21 @@ rule sft_data:
     conda:
         "../../envs/data.yaml"
     resources:
-        **product_resources("cpu"),
+        **node_resources("products"),
     params:
         node=lambda w: node("products", w.product),
+        # the stage that builds this kind of product from judged samples
+        stage=stage_of("products"),
     shell:
-        "python -m ragtrain sft-data --params {params.node:q} --input {input:q}"
+        "python -m ragtrain {params.stage} --params {params.node:q} --input {input:q}"
         " --train {output.train:q} --dev {output.dev:q} --stats {output.stats:q} > {log:q} 2>&1"
 
 
-rule preference_pairs:
-    input:
-        lambda w: product_file(product(w)["from"], "data.jsonl"),
-    output:
-        train=product_file("{product}", "train.jsonl"),
-        dev=product_file("{product}", "dev.jsonl"),
-        stats=product_file("{product}", "stats.json"),
-    log:
-        f"{LOGS}/products/{{product}}.log",
+# Preference pairs come from judged samples the way SFT data does: the same rule for
+# the other kind and its stage.
+use rule sft_data as preference_pairs with:
     wildcard_constraints:
         product=names("products", "preference_pairs"),
-    conda:
-        "../../envs/data.yaml"
-    resources:
-        **product_resources("cpu"),
-    params:
-        node=lambda w: node("products", w.product),
-    shell:
-        "python -m ragtrain preference-pairs --params {params.node:q} --input {input:q}"
-        " --train {output.train:q} --dev {output.dev:q} --stats {output.stats:q} > {log:q} 2>&1"
 
 
 rule query_sft_data:
@@ -108,7 +95,7 @@ rule query_sft_data:
     conda:
         "../../envs/data.yaml"
     resources:
-        **product_resources("cpu"),
+        **node_resources("products"),
     params:
         node=lambda w: node("products", w.product),
         # gold train pairs of the task, or the queries of a product
@@ -140,7 +127,7 @@ rule pseudo_queries:
     # One generation engine at a time (see rule evaluate).
     threads: 4
     resources:
-        **product_resources("generate"),
+        **node_resources("products"),
     params:
         node=lambda w: node("products", w.product),
         work=lambda w: work_root("products", w.product),
@@ -169,7 +156,7 @@ rule query_filter:
         "../../envs/data.yaml"
     threads: 2
     resources:
-        **product_resources("cpu"),
+        **node_resources("products"),
     params:
         node=lambda w: node("products", w.product),
         retriever=lambda w, input: (
@@ -200,7 +187,7 @@ rule query_preferences:
         "../../envs/data.yaml"
     threads: 2
     resources:
-        **product_resources("cpu"),
+        **node_resources("products"),
     params:
         node=lambda w: node("products", w.product),
     shell:
@@ -225,7 +212,7 @@ rule reward:
         "../../envs/train.yaml"
     threads: 2
     resources:
-        **product_resources("generate"),
+        **node_resources("products"),
     params:
         node=lambda w: node("products", w.product),
     shell:
@@ -250,7 +237,7 @@ rule best_of_n:
         "../../envs/train.yaml"
     threads: 2
     resources:
-        **product_resources("cpu"),
+        **node_resources("products"),
     params:
         node=lambda w: node("products", w.product),
         work=lambda w: work_root("products", w.product),
@@ -280,7 +267,7 @@ rule segment_beam:
     # One generation engine at a time (see rule evaluate).
     threads: 4
     resources:
-        **product_resources("generate"),
+        **node_resources("products"),
     params:
         node=lambda w: node("products", w.product),
         work=lambda w: work_root("products", w.product),

@@ -178,3 +178,30 @@ def write_task(
     }
     write_json(stats, counts)
     return counts
+
+
+def gold_queries(
+    queries_path: str | Path, qrels_dir: str | Path, split: str = "train"
+) -> list[dict]:
+    """A task's judged (query, passage) pairs of a split as query records {id, doc_id,
+    query}; a query that judges several passages gets one record each (`qid:doc_id`)."""
+    texts = {q["id"]: q["query"] for q in load_queries(queries_path)}
+    path = Path(qrels_dir) / f"{split}.tsv"
+    if not path.is_file():
+        raise RecordError(path, None, f"the task has no {split} qrels")
+    return [
+        {"id": f"{qid}:{doc_id}" if len(docs) > 1 else qid, "doc_id": doc_id, "query": texts[qid]}
+        for qid, docs in read_qrels(path).items()
+        for doc_id, score in docs.items()
+        if score > 0
+    ]
+
+
+def read_query_records(path: str | Path) -> list[dict]:
+    """Query records {id, doc_id, query, ...} (pseudo-queries, filtered or not), checked."""
+    records = []
+    for lineno, record in iter_jsonl(path):
+        for field in ("id", "doc_id", "query"):
+            require(record, field, str, path, lineno)
+        records.append(record)
+    return records

@@ -9,6 +9,7 @@ RecordError located at `path:line:` and naming the record and field.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -153,3 +154,32 @@ def load_qa(path: str | Path, fmt: str = "auto") -> list[dict[str, Any]]:
         _check_unique(example["id"], seen, path, lineno, "example")
         examples.append(example)
     return examples
+
+
+def load_dataset(path: str | Path, params: dict) -> list[dict[str, Any]]:
+    """The QA examples a dataset node names, without documents: the questions of a world's
+    `split` (a node with `world`), else a QA file in `format`; the first `limit` if set."""
+    if params.get("world"):
+        examples = [
+            ex for ex in load_qa(path, "ragtrain") if ex["meta"].get("split") == params["split"]
+        ]
+    else:
+        examples = load_qa(path, params.get("format", "auto"))
+    if params.get("limit"):
+        examples = examples[: params["limit"]]
+    if not examples:
+        raise RecordError(path, None, "no examples (check the split or the file)")
+    # Retrieval attaches documents later: a dataset starts closed-book.
+    return [{**ex, "docs": []} for ex in examples]
+
+
+def dataset_stats(examples: list[dict]) -> dict:
+    """A dataset's counts: answerable and unanswerable examples, and question types."""
+    types = Counter(ex.get("meta", {}).get("type", "unknown") for ex in examples)
+    answerable = sum(1 for ex in examples if ex["answers"])
+    return {
+        "n": len(examples),
+        "n_answerable": answerable,
+        "n_unanswerable": len(examples) - answerable,
+        "types": dict(sorted(types.items())),
+    }

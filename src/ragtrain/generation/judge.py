@@ -9,7 +9,9 @@ refusals are detected first, so a hedge that names a guess still counts as a ref
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
+from ragtrain.core.records import iter_jsonl, require
 from ragtrain.core.seeds import DEFAULT_SEED, stable_seed
 from ragtrain.metrics.qa import contains_answer, exact_match, f1, is_refusal
 
@@ -99,3 +101,18 @@ def judge_stats(records: list[dict]) -> dict:
         if n_samples
         else None,
     }
+
+
+def prompt_records(
+    path: str | Path, template, dev_fraction: float, seed: int
+) -> tuple[list[dict], list[dict]]:
+    """The examples of `path` (each with `id` and `answers`) with their prompt rendered by
+    `template` (a PromptTemplate), as (train, dev): the dev share held out by `dev_ids`,
+    as RL stages sample from the train prompts and score the dev ones."""
+    records = []
+    for lineno, record in iter_jsonl(path):
+        require(record, "id", str, path, lineno)
+        require(record, "answers", list, path, lineno)
+        records.append({**record, "prompt": template.conversation(record)})
+    held = dev_ids([r["id"] for r in records], dev_fraction, seed)
+    return [r for r in records if r["id"] not in held], [r for r in records if r["id"] in held]

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
+from ragtrain.core.records import RecordError
 from ragtrain.generation.judge import is_right, label
 
 Placed = list[tuple[int, float]]
@@ -245,3 +247,35 @@ def place_rewards(placed: Placed, char_ends: Sequence[int]) -> list[float]:
         position = next((i for i, end in enumerate(char_ends) if end >= offset), len(char_ends) - 1)
         rewards[position] += value
     return rewards
+
+
+class ResponseScorer(Protocol):
+    """A trained reward model's scores (ragtrain.training.reward_model.RewardModelScorer)."""
+
+    def score(
+        self, conversations: Sequence[list[dict]], responses: Sequence[str]
+    ) -> list[float]: ...
+
+
+def score_samples(
+    records: list[dict], scorer: ResponseScorer, source: str | Path, model: str | None = None
+) -> dict:
+    """Score every sample of `records` (read from `source`) with a reward model, in place
+    (`reward_model` on each sample), in one batch of calls; returns the stats: the mean
+    score, and the mean of each question's best one (what best-of-n would reach)."""
+    for i, record in enumerate(records, start=1):
+        for field in ("prompt", "samples"):
+            if field not in record:
+                raise RecordError(source, i, f"no field {field!r} (expected sample records)")
+    flat = [(r, s) for r in records for s in r["samples"]]
+    scores = scorer.score([r["prompt"] for r, _ in flat], [s["text"] for _, s in flat])
+    for (_, sample), score in zip(flat, scores, strict=True):
+        sample["reward_model"] = round(score, 6)
+    best = [max(s["reward_model"] for s in r["samples"]) for r in records if r["samples"]]
+    return {
+        "n_examples": len(records),
+        "n_samples": len(flat),
+        "reward_model": model,
+        "mean_reward": round(sum(scores) / len(scores), 4) if scores else None,
+        "mean_best_reward": round(sum(best) / len(best), 4) if best else None,
+    }

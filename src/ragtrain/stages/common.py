@@ -1,0 +1,106 @@
+"""What every stage's command line shares: `--params`, the stage helper, shared options.
+
+A stage module declares its stages with `add_stage` next to their command functions;
+the options several stages take (`--reward-model NAME=FOLDER`) and the small
+conversions between their arguments and the domain functions live here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from ragtrain.core.settings import merge
+from ragtrain.graph.config import GENERATION_DEFAULTS
+
+# Every stage logs as `ragtrain`, whichever module declares it.
+log = logging.getLogger("ragtrain")
+
+PARAMS_HELP = (
+    "the node's config as JSON or @file.json; keys left out take their defaults (config/README.md)"
+)
+
+
+def params_json(value: str) -> dict:
+    """The `--params` type: a JSON object given inline or as `@file.json`."""
+    try:
+        text = Path(value[1:]).read_text() if value.startswith("@") else value
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot read {value[1:]}: {e}") from e
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"--params is not valid JSON: {e}") from e
+    if not isinstance(params, dict):
+        raise argparse.ArgumentTypeError("--params must be a JSON object")
+    return params
+
+
+def add_stage(
+    stages: argparse._SubParsersAction,
+    name: str,
+    func: Callable[[argparse.Namespace], None],
+    help_: str,
+    params: bool = True,
+) -> argparse.ArgumentParser:
+    """A stage's parser: its help, `--params` (unless the stage takes none) and the
+    command function `main` dispatches to."""
+    p = stages.add_parser(name, help=help_, description=help_)
+    if params:
+        p.add_argument("--params", type=params_json, default={}, help=PARAMS_HELP)
+    p.set_defaults(func=func)
+    return p
+
+
+def add_reward_models(p: argparse.ArgumentParser) -> None:
+    """`--reward-model NAME=FOLDER`: the trained reward models a stage's `rewards` name."""
+    p.add_argument(
+        "--reward-model",
+        action="append",
+        metavar="NAME=FOLDER",
+        help="a trained reward model the `rewards` sources name (repeatable)",
+    )
+
+
+def reward_model_dirs(values: list[str] | None) -> dict[str, str]:
+    """`--reward-model NAME=FOLDER` arguments: the reward models the sources name."""
+    dirs = {}
+    for value in values or []:
+        name, sep, folder = value.partition("=")
+        if not sep or not name or not folder:
+            raise ValueError(f"--reward-model: expected NAME=FOLDER, got {value!r}")
+        dirs[name] = folder
+    return dirs
+
+
+def rewards(args: argparse.Namespace, params: dict):
+    """The reward sources of `params["rewards"]`, with the reward models given."""
+    from ragtrain.training.rewards import Rewards
+
+    return Rewards(params["rewards"], reward_model_dirs(args.reward_model))
+
+
+def set_threads(threads: int) -> None:
+    """`--threads`: torch's intra-op threads (0: torch's choice)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def generation(params: dict) -> dict:
+    """A generating node's `generation` settings over the defaults."""
+    return merge(GENERATION_DEFAULTS, params.get("generation", {}))
+
+
+def trained_retriever(model_dir: str) -> str:
+    """A trained retriever's model: `<folder>/model`, beside its metrics.json."""
+    return str(Path(model_dir) / "model")
+
+
+def settings_of(params: dict, defaults: dict) -> dict:
+    """The keys a library function reads: a node also carries its kind, sources, etc."""
+    return {k: v for k, v in params.items() if k in defaults or k == "seed"}

@@ -1,0 +1,90 @@
+"""Evaluation stages: a model's RAG answers scored on a dataset, and the run's report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ragtrain.core.records import write_json, write_jsonl
+from ragtrain.graph.config import NO_RETRIEVAL
+from ragtrain.stages.common import add_stage, generation
+
+
+def cmd_evaluate(args) -> None:
+    from ragtrain.core.records import read_jsonl
+    from ragtrain.data.prompts import PromptTemplate
+    from ragtrain.evaluation.evaluate import evaluate
+    from ragtrain.generation.engine import load_generator
+
+    params = {
+        "model": Path(args.model).name,
+        "dataset": Path(args.examples).parent.name,
+        "retrieval": "given",
+        **args.params,
+    }
+    params["generation"] = generation(params)
+    examples = read_jsonl(args.examples)
+    if params["retrieval"] == NO_RETRIEVAL:
+        examples = [{**ex, "docs": []} for ex in examples]
+    template = PromptTemplate(args.prompt)
+    generator = load_generator(args.model, params["generation"])
+    predictions, metrics = evaluate(examples, generator, template, params)
+    # Metrics last: their presence means the predictions are complete.
+    write_jsonl(args.predictions, predictions)
+    write_json(args.metrics, metrics)
+
+
+def cmd_report(args) -> None:
+    from ragtrain.evaluation.report import (
+        load_retrieval_rows,
+        load_rows,
+        load_training,
+        write_plot,
+        write_summary,
+        write_table,
+        write_training_plot,
+    )
+
+    rows = load_rows(args.metrics)
+    training = load_training(args.models)
+    retrievers = load_retrieval_rows(args.retrieval_metrics, args.retrievers)
+    write_table([*rows, *retrievers], Path(args.table))
+    write_plot(rows or retrievers, Path(args.plot))
+    write_training_plot(args.models, Path(args.training_plot))
+    write_summary(
+        rows, args.retrieval, args.run, Path(args.summary), training, args.products, retrievers
+    )
+
+
+def register(stages) -> None:
+    p = add_stage(
+        stages,
+        "evaluate",
+        cmd_evaluate,
+        "greedy RAG answers for a dataset, scored (EM, F1, refusals)",
+    )
+    p.add_argument("--model", required=True, help="model folder")
+    p.add_argument("--examples", required=True)
+    p.add_argument("--prompt", required=True, help="Jinja template of the user turn")
+    p.add_argument("--predictions", required=True)
+    p.add_argument("--metrics", required=True)
+
+    p = add_stage(
+        stages,
+        "report",
+        cmd_report,
+        "summary.md, summary.csv, a bar chart of the evaluations, the training curves",
+        params=False,
+    )
+    p.add_argument("--run", required=True, help="the run's name, for the title")
+    p.add_argument("--metrics", nargs="*", default=[], help="QA evaluation metrics.json files")
+    p.add_argument(
+        "--retrieval-metrics", nargs="*", default=[], help="retrieval evaluation metrics.json"
+    )
+    p.add_argument("--retrievers", nargs="*", default=[], help="trained retriever folders")
+    p.add_argument("--retrieval", nargs="*", default=[], help="retrieval stats.json files")
+    p.add_argument("--models", nargs="*", default=[], help="trained model folders")
+    p.add_argument("--products", nargs="*", default=[], help="product stats.json files")
+    p.add_argument("--summary", required=True)
+    p.add_argument("--table", required=True)
+    p.add_argument("--plot", required=True)
+    p.add_argument("--training-plot", required=True, help="training curves (PNG)")

@@ -1,0 +1,116 @@
+"""Model stages: the base model's import, SFT / DPO, reward models and RL from rewards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ragtrain.core.settings import merge
+from ragtrain.graph.config import MODEL_DEFAULTS
+from ragtrain.stages.common import (
+    add_reward_models,
+    add_stage,
+    log,
+    reward_model_dirs,
+    rewards,
+    set_threads,
+)
+
+RL_KINDS = ("ppo", "grpo", "rloo")
+
+
+def cmd_base_model(args) -> None:
+    from ragtrain.training.models import import_base_model
+
+    # `kind` may be left out when the stage runs alone: the base model's defaults.
+    import_base_model(merge(MODEL_DEFAULTS["base"], args.params), args.output)
+
+
+def cmd_train(args) -> None:
+    from ragtrain.training.sft_dpo import train
+
+    set_threads(args.threads)
+    params = {"name": Path(args.output).name, **args.params}
+    train(params, args.init, args.train, args.dev, args.output, args.work)
+
+
+def cmd_train_reward_model(args) -> None:
+    from ragtrain.training.reward_model import train_reward_model
+
+    set_threads(args.threads)
+    params = {"name": Path(args.output).name, **args.params}
+    train_reward_model(params, args.init, args.train, args.dev, args.output, args.work)
+
+
+def cmd_train_rl(args) -> None:
+    from ragtrain.core.workdir import finish, work_dir
+    from ragtrain.data.prompts import PromptTemplate
+    from ragtrain.generation.judge import prompt_records
+
+    set_threads(args.threads)
+    kind = args.params.get("kind")
+    if kind not in RL_KINDS:
+        raise ValueError(f"--params: 'kind' must be ppo, grpo or rloo, got {kind!r}")
+    params = merge(MODEL_DEFAULTS[kind], {"name": Path(args.output).name, **args.params})
+    train, dev = prompt_records(
+        args.examples, PromptTemplate(args.prompt), params["dev_fraction"], params["seed"]
+    )
+    dirs = reward_model_dirs(args.reward_model)
+    if kind == "ppo":
+        from ragtrain.training.ppo import train_ppo
+
+        inputs = [args.init, args.examples, args.prompt, *dirs.values()]
+        work = work_dir(args.work, params, inputs)
+        metrics = train_ppo(params, args.init, train, dev, rewards(args, params), args.output, work)
+        finish(work)
+    else:
+        from ragtrain.training.group_rl import train_group_rl
+
+        metrics = train_group_rl(params, args.init, train, args.output, args.work, dirs, dev)
+    log.info("metrics: %s", metrics)
+
+
+def register(stages) -> None:
+    p = add_stage(
+        stages,
+        "base-model",
+        cmd_base_model,
+        "import a base model (GGUF, local folder or hub id) as safetensors",
+    )
+    p.add_argument("--output", required=True, help="model folder")
+
+    p = add_stage(
+        stages, "train", cmd_train, "SFT or DPO with TRL (LoRA or full); saves a merged model"
+    )
+    p.add_argument("--init", required=True, help="the model folder training starts from")
+    p.add_argument("--train", required=True, help="training records (JSONL)")
+    p.add_argument("--dev", help="held-out records (JSONL)")
+    p.add_argument("--work", required=True, help="work folder root (checkpoints; resumed)")
+    p.add_argument("--output", required=True, help="model folder")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
+
+    p = add_stage(
+        stages,
+        "train-reward-model",
+        cmd_train_reward_model,
+        "train a reward model on preference pairs (TRL RewardTrainer, LoRA or full)",
+    )
+    p.add_argument("--init", required=True, help="the model folder to start from")
+    p.add_argument("--train", required=True, help="pairs {id, prompt, chosen, rejected}")
+    p.add_argument("--dev", required=True, help="held-out pairs (pair accuracy)")
+    p.add_argument("--work", required=True, help="work folder root (checkpoints; resumed)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--output", required=True, help="the reward model's folder")
+
+    p = add_stage(
+        stages,
+        "train-rl",
+        cmd_train_rl,
+        "RL from reward sources: PPO (ours, per-token rewards), GRPO or RLOO (TRL)",
+    )
+    p.add_argument("--init", required=True, help="the policy's starting model folder")
+    p.add_argument("--examples", required=True, help="questions with their documents (JSONL)")
+    p.add_argument("--prompt", required=True, help="Jinja template of the user turn")
+    add_reward_models(p)
+    p.add_argument("--work", required=True, help="work folder root (checkpoints; resumed)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--output", required=True, help="the trained model's folder")
