@@ -43,6 +43,7 @@ class Correctness:
     or a refusal where there is none), `wrong` otherwise."""
 
     name = "correctness"
+    settings = ("right", "wrong")
 
     def __init__(self, right: float = 1.0, wrong: float = 0.0):
         self.right, self.wrong = right, wrong
@@ -59,6 +60,7 @@ class LengthPenalty:
     """-per_word for each word past `max_words` (long answers ramble past the fact)."""
 
     name = "length"
+    settings = ("max_words", "per_word")
 
     def __init__(self, max_words: int = 20, per_word: float = 0.05):
         self.max_words, self.per_word = max_words, per_word
@@ -74,6 +76,7 @@ class FormatPenalty:
     """-penalty unless the whole response matches `pattern` (a Python regex)."""
 
     name = "format"
+    settings = ("pattern", "penalty")
 
     def __init__(self, pattern: str, penalty: float = 1.0):
         try:
@@ -93,6 +96,8 @@ class RewardModelScore:
     """A trained reward model's score of (prompt, response), at the end of the response."""
 
     name = "reward_model"
+    # `model` names a reward_model node; the stage passes its folder as model_dir.
+    settings = ("model", "batch_size")
 
     def __init__(self, model_dir: str, batch_size: int = 8):
         from ragtrain.training.reward_model import RewardModelScorer
@@ -104,13 +109,11 @@ class RewardModelScore:
         return [[(len(text), v)] for text, v in zip(responses, values, strict=True)]
 
 
+# The reward sources a `rewards` list can name, by kind: a new source is a class above
+# (a `name`, its `settings`, a `score`) added here.
+SOURCES = {s.name: s for s in (Correctness, LengthPenalty, FormatPenalty, RewardModelScore)}
 # kind -> (settings it takes, besides `kind` and `weight`)
-SOURCE_SETTINGS = {
-    "correctness": ("right", "wrong"),
-    "length": ("max_words", "per_word"),
-    "format": ("pattern", "penalty"),
-    "reward_model": ("model", "batch_size"),
-}
+SOURCE_SETTINGS = {name: source.settings for name, source in SOURCES.items()}
 
 
 def check_specs(specs, key: str) -> None:
@@ -156,11 +159,7 @@ class Rewards:
                     raise ValueError(f"rewards: no folder given for reward model {model!r}")
                 source = RewardModelScore(model_dirs[model], **settings)
             else:
-                source = {
-                    "correctness": Correctness,
-                    "length": LengthPenalty,
-                    "format": FormatPenalty,
-                }[kind](**settings)
+                source = SOURCES[kind](**settings)
             self.sources.append((source, float(spec.get("weight", 1.0))))
 
     @classmethod
