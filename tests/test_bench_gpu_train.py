@@ -20,6 +20,7 @@ def smoke(tmp_path, *args: str) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_cpu_smoke_measures_both_layouts(tmp_path, capsys):
     report = smoke(tmp_path)
     printed = capsys.readouterr().out
@@ -45,6 +46,7 @@ def test_cpu_smoke_measures_both_layouts(tmp_path, capsys):
     assert "padding-free / padded, DPO sdpa" in printed
 
 
+@pytest.mark.slow
 def test_cpu_smoke_with_lora(tmp_path):
     """LoRA: the DPO reference is the model with its adapter off; fewer FLOPs per token."""
     report = smoke(tmp_path, "--lora", "--runs", "dpo", "--no-check")

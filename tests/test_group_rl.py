@@ -9,15 +9,21 @@ from pathlib import Path
 
 import pytest
 
+from ragtrain.core import settings
 from ragtrain.training.group_rl import (
     GROUP_RL_DEFAULTS,
     check,
     completion_text,
     reward_functions,
     train_group_rl,
-    with_defaults,
+    trl_config,
 )
 from ragtrain.training.rewards import Rewards
+
+
+def filled(params: dict) -> dict:
+    """A GRPO or RLOO node's settings over its kind's defaults, as the stage fills them."""
+    return settings.with_defaults(params, GROUP_RL_DEFAULTS)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -69,6 +75,7 @@ def _weights(folder: Path) -> dict:
 
 
 @pytest.mark.parametrize("kind", ["grpo", "rloo"])
+@pytest.mark.slow
 def test_a_short_run_writes_a_merged_model_and_its_records(kind, tiny_model, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -110,6 +117,7 @@ def test_a_short_run_writes_a_merged_model_and_its_records(kind, tiny_model, tmp
     assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(
     tiny_model, tmp_path, monkeypatch, caplog
 ):
@@ -136,6 +144,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(
     assert [k for k in before if "proj" in k and not (before[k] == after[k]).all()]
 
 
+@pytest.mark.slow
 def test_grpo_raises_a_reward_a_random_model_can_learn(tiny_model, tmp_path):
     """Fewer words: among the top-20 sampled tokens, prefer those without a leading space.
     Full fine-tuning moves the tied output embeddings directly; LoRA is slower to show it."""
@@ -167,18 +176,19 @@ def test_a_batch_that_splits_a_group_names_the_keys():
     with pytest.raises(
         ValueError, match=r"batch_size x grad_accum \(6 x 1 = 6.*num_generations \(4\)"
     ):
-        check(with_defaults({"kind": "grpo", "batch_size": 6, "grad_accum": 1}))
-    check(with_defaults({"kind": "grpo", "batch_size": 2, "grad_accum": 2}))  # 4 = one group
+        check(filled({"kind": "grpo", "batch_size": 6, "grad_accum": 1}))
+    check(filled({"kind": "grpo", "batch_size": 2, "grad_accum": 2}))  # 4 = one group
     with pytest.raises(ValueError, match=r"num_generations: expected at least 2"):
-        check(with_defaults({"kind": "rloo", "num_generations": 1}))
+        check(filled({"kind": "rloo", "num_generations": 1}))
     with pytest.raises(ValueError, match=r"^kind: expected one of \['grpo', 'rloo'\]"):
-        with_defaults({"kind": "ppo"})
+        filled({"kind": "ppo"})
     with pytest.raises(ValueError, match=r"^rewards\[0\]\.kind"):
-        check(with_defaults({"kind": "rloo", "rewards": [{"kind": "vibes"}]}))
+        check(filled({"kind": "rloo", "rewards": [{"kind": "vibes"}]}))
     with pytest.raises(ValueError, match=r"^max_steps"):
-        check(with_defaults({"kind": "grpo", "max_steps": 0}))
+        check(filled({"kind": "grpo", "max_steps": 0}))
 
 
+@pytest.mark.slow
 def test_the_error_comes_before_any_loading(tmp_path):
     with pytest.raises(ValueError, match=r"num_generations \(4\)"):
         train_group_rl(
@@ -193,26 +203,25 @@ def test_the_error_comes_before_any_loading(tmp_path):
 
 def test_defaults():
     for kind, defaults in GROUP_RL_DEFAULTS.items():
-        check(with_defaults({"kind": kind}))
+        check(filled({"kind": kind}))
         assert defaults["finetune"] == "lora" and defaults["num_generations"] == 4
         assert defaults["rewards"] == [{"kind": "correctness"}]
         assert defaults["beta"] > 0  # a KL to the init model
-    merged = with_defaults({"kind": "grpo", "lora": {"r": 4}})
+    merged = filled({"kind": "grpo", "lora": {"r": 4}})
     assert merged["lora"]["r"] == 4 and merged["lora"]["alpha"] == 32
 
 
+@pytest.mark.slow
 def test_settings_reach_trl_as_its_config(tmp_path):
     import torch
     from trl import GRPOConfig, RLOOConfig
 
-    from ragtrain.training.group_rl import _args
-
-    grpo = _args(with_defaults({"kind": "grpo", "top_k": -1}), tmp_path, torch.float32, [1.0])
+    grpo = trl_config(filled({"kind": "grpo", "top_k": -1}), tmp_path, torch.float32, [1.0])
     assert isinstance(grpo, GRPOConfig)
     assert grpo.top_k == 0 and grpo.beta == 0.04 and grpo.max_completion_length == 64
     assert grpo.num_generations == 4 and grpo.generation_batch_size == 16
     assert not grpo.bf16 and not grpo.use_vllm and not grpo.gradient_checkpointing
-    rloo = _args(with_defaults({"kind": "rloo", "max_steps": 3}), tmp_path, torch.float32, [1.0])
+    rloo = trl_config(filled({"kind": "rloo", "max_steps": 3}), tmp_path, torch.float32, [1.0])
     assert isinstance(rloo, RLOOConfig) and rloo.max_steps == 3 and rloo.top_k == 20
 
 

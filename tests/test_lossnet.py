@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from ragtrain.retrieval.index import _encoder, passage_text, resolve_encoder
+from ragtrain.retrieval.index import load_encoder, passage_text, resolve_encoder
 from ragtrain.retrieval.lossnet import (
     LOSSNET_DEFAULTS,
     check_params,
@@ -86,8 +86,9 @@ def test_hard_negative_is_the_best_bm25_passage_other_than_the_source():
     assert hard_negatives(["Tollan Brisk"], ["p4"], CORPUS, depth=1, seed=0)[0] != "p4"
 
 
+@pytest.mark.slow
 def test_true_loss_is_lower_for_a_query_naming_its_document():
-    model = _encoder({**LOSSNET_DEFAULTS})
+    model = load_encoder({**LOSSNET_DEFAULTS})
     doc = passage_text(CORPUS[0])
     neg = passage_text(CORPUS[3])
     losses = true_losses(
@@ -111,6 +112,7 @@ def filtered():
     return lossnet_filter(RECORDS, CORPUS, "all-MiniLM-L6-v2", params)
 
 
+@pytest.mark.slow
 def test_filter_keeps_exactly_the_top_fraction_by_prediction(filtered):
     out, stats = filtered
     assert [r["id"] for r in out] == [r["id"] for r in RECORDS]
@@ -129,6 +131,7 @@ def test_filter_keeps_exactly_the_top_fraction_by_prediction(filtered):
     assert stats["spearman_holdout"] is None or -1 <= stats["spearman_holdout"] <= 1
 
 
+@pytest.mark.slow
 def test_threshold_mode_keeps_predictions_at_or_above_it(filtered):
     first, _ = filtered
     preds = sorted(r["filters"]["lossnet"] for r in first if "lossnet" in r["filters"])
@@ -147,6 +150,7 @@ def test_threshold_mode_keeps_predictions_at_or_above_it(filtered):
     assert stats["n_kept"] == 4
 
 
+@pytest.mark.slow
 def test_gold_pairs_add_labelled_examples_only():
     gold = [{"id": "g1", "doc_id": "p6", "query": "Which country has many rivers?"}]
     params = {**FAST, "epochs": 5, "holdout_fraction": 0.0}
@@ -189,6 +193,7 @@ def test_no_candidates_passes_everything_through():
     assert stats["n_candidates"] == 0 and stats["n_kept"] == 0
 
 
+@pytest.mark.slow
 def test_separate_feature_encoder_gives_the_same_result_as_a_shared_one(tmp_path, filtered):
     # The same weights under another folder: the filter loads it as a second model instead
     # of reusing the retriever's vectors, and must reach the same predictions.

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from ragtrain.training import ppo
+from ragtrain.core.settings import with_defaults
+from ragtrain.training import ppo, ppo_math
 from ragtrain.training.rewards import Rewards, place_rewards, token_char_ends
 
 
@@ -18,7 +19,7 @@ def t(rows):
 
 def test_gae_with_gamma_and_lambda_one_is_reward_to_go_minus_value():
     rewards, values, mask = t([[1.0, 0.0, 2.0]]), t([[0.5, 0.2, 0.1]]), t([[1, 1, 1]])
-    advantages, returns = ppo.gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    advantages, returns = ppo_math.gae(rewards, values, mask, gamma=1.0, lam=1.0)
     assert returns.tolist()[0] == pytest.approx([3.0, 2.0, 2.0])
     assert advantages.tolist()[0] == pytest.approx([2.5, 1.8, 1.9])
 
@@ -31,7 +32,7 @@ def test_gae_hand_computed_and_padding_ends_the_episode():
     rewards = t([[1.0, 0.0, 2.0, 0.0], [1.0, 3.0, 9.0, 9.0]])
     values = t([[0.5, 0.2, 0.1, 0.0], [0.5, 0.2, 7.0, 7.0]])
     mask = t([[1, 1, 1, 0], [1, 1, 0, 0]])
-    advantages, returns = ppo.gae(rewards, values, mask, gamma=0.9, lam=0.5)
+    advantages, returns = ppo_math.gae(rewards, values, mask, gamma=0.9, lam=0.5)
     assert advantages[0].tolist() == pytest.approx([1.01525, 0.745, 1.9, 0.0])
     # Row 2 ends after two tokens: the padded value 7 must not leak in.
     # t1: delta = 3 - 0.2 = 2.8; t0: delta = 1 + 0.9*0.2 - 0.5 = 0.68, A0 = 0.68 + 0.45*2.8
@@ -41,16 +42,16 @@ def test_gae_hand_computed_and_padding_ends_the_episode():
 
 def test_whiten_uses_unmasked_entries_only():
     x, mask = t([[1.0, 2.0, 3.0, 100.0]]), t([[1, 1, 1, 0]])
-    out = ppo.whiten(x, mask)
+    out = ppo_math.whiten(x, mask)
     # mean 2, unbiased variance 1
     assert out.tolist()[0] == pytest.approx([-1.0, 0.0, 1.0, 0.0], abs=1e-6)
-    kept = ppo.whiten(x, mask, shift_mean=False)
+    kept = ppo_math.whiten(x, mask, shift_mean=False)
     assert kept.tolist()[0] == pytest.approx([1.0, 2.0, 3.0, 0.0], abs=1e-6)
 
 
 def test_kl_per_token_is_the_log_ratio_on_response_tokens():
     logp, ref, mask = t([[-1.0, -2.0, -3.0]]), t([[-1.5, -1.0, -9.0]]), t([[1, 1, 0]])
-    assert ppo.kl_per_token(logp, ref, mask).tolist()[0] == pytest.approx([0.5, -1.0, 0.0])
+    assert ppo_math.kl_per_token(logp, ref, mask).tolist()[0] == pytest.approx([0.5, -1.0, 0.0])
 
 
 def test_policy_loss_clips_the_ratio_in_the_advantages_direction():
@@ -58,11 +59,11 @@ def test_policy_loss_clips_the_ratio_in_the_advantages_direction():
     new = old + math.log(1.5)  # ratio 1.5 on both tokens
     mask = t([[1, 1]])
     # A = +1: min(1.5, 1.2) * A -> loss -1.2, clipped; A = -1: max(-1.5, -1.2) -> loss 1.5
-    loss, clipped = ppo.policy_loss(new, old, t([[1.0, -1.0]]), mask, clip=0.2)
+    loss, clipped = ppo_math.policy_loss(new, old, t([[1.0, -1.0]]), mask, clip=0.2)
     assert loss.item() == pytest.approx((-1.2 + 1.5) / 2)
     assert clipped.item() == pytest.approx(0.5)
     # Inside the clip range nothing is clipped and the loss is -ratio * A.
-    loss, clipped = ppo.policy_loss(old + math.log(1.1), old, t([[2.0, 2.0]]), mask, clip=0.2)
+    loss, clipped = ppo_math.policy_loss(old + math.log(1.1), old, t([[2.0, 2.0]]), mask, clip=0.2)
     assert loss.item() == pytest.approx(-2.2)
     assert clipped.item() == 0.0
 
@@ -70,13 +71,13 @@ def test_policy_loss_clips_the_ratio_in_the_advantages_direction():
 def test_value_loss_takes_the_larger_of_clipped_and_unclipped_errors():
     old, returns, mask = t([[0.0, 0.0]]), t([[1.0, 1.0]]), t([[1, 1]])
     # token 1 moves 0 -> 0.5: clipped to 0.2, error 0.64 > 0.25; token 2 moves 0 -> 0.1
-    loss, clipped = ppo.value_loss(t([[0.5, 0.1]]), old, returns, mask, clip=0.2)
+    loss, clipped = ppo_math.value_loss(t([[0.5, 0.1]]), old, returns, mask, clip=0.2)
     assert loss.item() == pytest.approx(0.5 * (0.64 + 0.81) / 2)
     assert clipped.item() == pytest.approx(0.5)
 
 
 def test_entropy_of_uniform_logits_is_log_vocab():
-    assert ppo.entropy_from_logits(torch.zeros(1, 1, 8)).item() == pytest.approx(math.log(8))
+    assert ppo_math.entropy_from_logits(torch.zeros(1, 1, 8)).item() == pytest.approx(math.log(8))
 
 
 class FakeTokenizer:
@@ -100,6 +101,7 @@ def test_rewards_land_on_the_token_holding_the_character_before_the_offset():
     assert place_rewards(placed, ends) == [33.0, 2.0, 4.0, 0.0, 8.0, 16.0]
 
 
+@pytest.mark.slow
 def test_token_char_ends_with_the_real_tokenizer(tiny_model):
     from transformers import AutoTokenizer
 
@@ -153,6 +155,7 @@ PARAMS = {
 
 
 @pytest.mark.parametrize("value_model", ["separate", "shared"])
+@pytest.mark.slow
 def test_tiny_ppo_learns_a_per_token_reward(tiny_model, tmp_path, value_model):
     import json
 
@@ -182,6 +185,7 @@ def test_tiny_ppo_learns_a_per_token_reward(tiny_model, tmp_path, value_model):
     assert not (tmp_path / "work" / "checkpoints" / "iteration-8").exists()
 
 
+@pytest.mark.slow
 def test_ppo_resumes_from_its_last_checkpoint(tiny_model, tmp_path, monkeypatch):
     """A run stopped after iteration 4's checkpoint goes on from iteration 5, with the
     same rollouts an uninterrupted run would draw."""
@@ -217,6 +221,7 @@ def test_ppo_resumes_from_its_last_checkpoint(tiny_model, tmp_path, monkeypatch)
     assert again[4]["reward"] == pytest.approx(history[4]["reward"])
 
 
+@pytest.mark.slow
 def test_holistic_mode_puts_the_whole_reward_on_the_last_token(tiny_model):
     params = {**PARAMS, "holistic": True, "kl_coef": 0.0, "gamma": 1.0, "lam": 1.0}
     trainer = ppo.PPOTrainer(params, tiny_model, Rewards.from_sources([(LetterReward(), 1.0)]))
@@ -232,9 +237,28 @@ def test_holistic_mode_puts_the_whole_reward_on_the_last_token(tiny_model):
 
 def test_bad_settings_are_named():
     with pytest.raises(ValueError, match="value_model"):
-        ppo.with_defaults({"value_model": "both"})
+        ppo.check(with_defaults({"value_model": "both"}, ppo.PPO_DEFAULTS, kinds=False))
     with pytest.raises(ValueError, match="grad_accum"):
-        ppo.with_defaults({"minibatch_size": 6, "grad_accum": 4})
+        ppo.check(
+            with_defaults({"minibatch_size": 6, "grad_accum": 4}, ppo.PPO_DEFAULTS, kinds=False)
+        )
+    ppo.check(with_defaults({}, ppo.PPO_DEFAULTS, kinds=False))
+
+
+def test_curves_have_two_rows_of_three_panels_per_iteration(tmp_path):
+    import matplotlib.image as mpimg
+
+    from ragtrain.training.toolkit import plot_curves
+
+    history = [
+        {"iteration": 0, "dev_reward": 0.1},
+        *({"iteration": i, **{key: 0.1 * i for key, _ in ppo.CURVES}} for i in (1, 2)),
+        {"iteration": 2, "dev_reward": 0.3},
+    ]
+    path = tmp_path / "loss.png"
+    plot_curves(history, ppo.CURVES, path, title="ppo (PPO)", x="iteration", columns=3)
+    height, width = mpimg.imread(path).shape[:2]
+    assert 1.5 * height < width < 2.5 * height  # 3 x 2 panels, 4.2 x 3.2 each
 
 
 def _examples_file(path, n):
@@ -254,6 +278,7 @@ def _examples_file(path, n):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_ppo_stage_under_accelerate_with_two_processes(tiny_model, tmp_path):
     """Two CPU processes (torchrun; accelerate forms a gloo group from them): each rolls
     out half the prompts, gradients are averaged, and one process writes the model.

@@ -39,7 +39,7 @@ def params(name: str, **over) -> dict:
     return {**FILTER_DEFAULTS[name], "filter": name, "seed": 13, **over}
 
 
-@pytest.mark.parametrize("name", ["bm25", "dense"])
+@pytest.mark.parametrize("name", ["bm25", pytest.param("dense", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("rule", ["pool_top1", "corpus_topk"])
 def test_query_naming_its_document_is_kept_and_one_about_another_is_dropped(name, rule):
     out, stats = filter_queries([OWN, OTHER], CORPUS, params(name, rule=rule, k=1))

@@ -31,7 +31,7 @@ EXAMPLES = [
 ]
 
 
-@pytest.mark.parametrize("kind", ["bm25", "dense"])
+@pytest.mark.parametrize("kind", ["bm25", pytest.param("dense", marks=pytest.mark.slow)])
 def test_index_retrieves_gold_first(kind, tmp_path):
     params = {**RETRIEVER_DEFAULTS[kind], "kind": kind, "corpus": "c", "k": 2}
     build_index(CORPUS, params, tmp_path / "index")

@@ -75,6 +75,7 @@ def biencoder(tmp_path_factory):
     return out, metrics
 
 
+@pytest.mark.slow
 def test_biencoder_learns_the_code_words(biencoder):
     out, metrics = biencoder
     # Held-out phrasings of the code words: near chance before, found after training.
@@ -88,6 +89,7 @@ def test_biencoder_learns_the_code_words(biencoder):
     assert evaluate_run(HELD_QRELS, base) == metrics["dev_base"]
 
 
+@pytest.mark.slow
 def test_biencoder_folder_is_complete(biencoder):
     out, metrics = biencoder
     assert (out / "modules.json").is_file() and (out / "model.safetensors").is_file()
@@ -103,6 +105,7 @@ def test_biencoder_folder_is_complete(biencoder):
     assert (out / "model.safetensors").stat().st_mode & 0o044
 
 
+@pytest.mark.slow
 def test_biencoder_run_is_top_k_best_first(biencoder):
     out, _ = biencoder
     run = search("biencoder", out, CORPUS, HELD_QUERIES, k=3)
@@ -112,6 +115,7 @@ def test_biencoder_run_is_top_k_best_first(biencoder):
         assert len(hits) == 3 and scores == sorted(scores, reverse=True)
 
 
+@pytest.mark.slow
 def test_biencoder_batches_never_repeat_a_passage(tmp_path):
     # Three pseudo-queries of one document: in one batch, each would have the other two
     # copies of its own passage as "negatives"; the sampler puts them in separate batches,
@@ -179,6 +183,7 @@ def test_hard_negatives_never_use_another_positive_of_the_same_query():
         hard_negative_triples(queries, CORPUS, {"negatives_depth": 0})
 
 
+@pytest.mark.slow
 def test_colbert_trains_saves_and_reranks_candidates(tmp_path, monkeypatch):
     triples = hard_negative_triples(TOPIC_QUERIES, CORPUS, {"max_triples": 8, "seed": 3})
     params = {"batch_size": 4, "document_length": 40, "query_length": 16, "seed": 1}

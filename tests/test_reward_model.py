@@ -11,11 +11,12 @@ import pytest
 
 from ragtrain.core.records import write_jsonl
 from ragtrain.training.reward_model import (
+    CURVES,
     RewardModelScorer,
     pair_metrics,
-    plot_curves,
     train_reward_model,
 )
+from ragtrain.training.toolkit import plot_curves
 
 FRUITS = ("banana", "cherry")
 
@@ -98,6 +99,7 @@ def lora_rm(tiny_model, tmp_path_factory):
     return out, metrics, tmp, before, (good, bad)
 
 
+@pytest.mark.slow
 def test_a_separable_preference_is_learned(lora_rm):
     _, metrics, _, before, _ = lora_rm
     assert before["pair_accuracy"] <= 0.5  # what the untrained model gets
@@ -110,6 +112,7 @@ def test_a_separable_preference_is_learned(lora_rm):
     assert metrics["dev_mean_margin"] == pytest.approx(metrics["dev_margin"], abs=2e-3)
 
 
+@pytest.mark.slow
 def test_the_output_folder_holds_a_merged_scorer_and_its_records(lora_rm, tiny_model):
     out, metrics, tmp, _, _ = lora_rm
     for file in (
@@ -142,6 +145,7 @@ def test_the_output_folder_holds_a_merged_scorer_and_its_records(lora_rm, tiny_m
     assert not (tmp / "work").exists()
 
 
+@pytest.mark.slow
 def test_the_scorer_prefers_the_learned_side_on_new_examples(lora_rm):
     out, _, _, _, (good_fruit, bad_fruit) = lora_rm
     scorer = RewardModelScorer(out, batch_size=3)
@@ -157,6 +161,7 @@ def test_the_scorer_prefers_the_learned_side_on_new_examples(lora_rm):
         scorer.score(prompts[:2], ["x"])
 
 
+@pytest.mark.slow
 def test_full_finetuning_saves_no_adapter(tiny_model, tmp_path):
     out = tmp_path / "full"
     metrics = train_reward_model(
@@ -173,6 +178,7 @@ def test_full_finetuning_saves_no_adapter(tiny_model, tmp_path):
     assert math.isfinite(RewardModelScorer(out).score([_prompt(0)], ["hi"])[0])
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_model, tmp_path, monkeypatch):
     import transformers
 
@@ -214,6 +220,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_model, tmp_pat
         ('{"id": "a", "prompt": [], "chosen": ["hi"], "rejected": []}', r"'chosen': expected"),
     ],
 )
+@pytest.mark.slow
 def test_bad_records_are_reported_with_their_line(tiny_model, tmp_path, line, message):
     bad = tmp_path / "bad.jsonl"
     good = json.dumps(
@@ -236,7 +243,7 @@ def test_curves_have_a_panel_each(tmp_path):
         {"step": 2, "loss": 0.6, "accuracy": 0.75, "margin": 0.1},
         {"step": 2, "eval_loss": 0.65, "eval_accuracy": 0.6, "eval_margin": 0.05},
     ]
-    plot_curves(history, tmp_path / "loss.png", title="rm")
+    plot_curves(history, CURVES, tmp_path / "loss.png", title="rm (reward model)")
     import matplotlib.image as mpimg
 
     image = mpimg.imread(tmp_path / "loss.png")

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from ragtrain.core.records import write_jsonl
-from ragtrain.training.sft_dpo import plot_loss, train, with_defaults
+from ragtrain.training.sft_dpo import CURVES, train
+from ragtrain.training.toolkit import plot_curves
 
 
 def _prompt(i: int) -> list[dict]:
@@ -28,15 +29,17 @@ def sft_file(path: Path, n: int) -> Path:
     return path
 
 
-def pairs_file(path: Path, n: int) -> Path:
+def pairs_file(path: Path, ids: range) -> Path:
+    """A separable preference: whatever the prompt, the same answer is chosen and the same
+    other one rejected, so what the train pairs teach holds on held-out prompts."""
     records = [
         {
             "id": f"q{i}/0",
             "prompt": _prompt(i),
-            "chosen": [{"role": "assistant", "content": str(1900 + i)}],
+            "chosen": [{"role": "assistant", "content": "It says so."}],
             "rejected": [{"role": "assistant", "content": "I think it was made long ago."}],
         }
-        for i in range(n)
+        for i in ids
     ]
     write_jsonl(path, records)
     return path
@@ -61,6 +64,7 @@ def _weights(folder: Path) -> dict:
     return load_file(folder / "model.safetensors")
 
 
+@pytest.mark.slow
 def test_sft_with_lora_writes_a_merged_model_and_its_records(tiny_model, tmp_path):
     out = tmp_path / "models" / "sft"
     metrics = train(
@@ -96,23 +100,28 @@ def test_sft_with_lora_writes_a_merged_model_and_its_records(tiny_model, tmp_pat
     assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.slow
 def test_dpo_reports_held_out_reward_accuracy(tiny_model, tmp_path):
     out = tmp_path / "dpo"
     metrics = train(
         params("dpo", beta=0.1),
         tiny_model,
-        pairs_file(tmp_path / "train.jsonl", 8),
-        pairs_file(tmp_path / "dev.jsonl", 4),
+        pairs_file(tmp_path / "train.jsonl", range(8)),
+        pairs_file(tmp_path / "dev.jsonl", range(100, 108)),  # prompts not trained on
         out,
         tmp_path / "work",
     )
-    assert 0.0 <= metrics["dev_reward_accuracy"] <= 1.0
-    assert "dev_reward_margin" in metrics
+    # Untrained, the policy is its reference: every implicit reward is 0, no pair is won
+    # (accuracy 0). Two steps at lr 1e-3 win all 8 held-out pairs (seed fixed).
+    assert metrics["n_dev"] == 8
+    assert metrics["dev_reward_accuracy"] > 0.5
+    assert metrics["dev_reward_margin"] > 0
     state = json.loads((out / "trainer_state.json").read_text())
     assert any("rewards/accuracies" in h for h in state["log_history"])
     assert any("eval_rewards/accuracies" in h for h in state["log_history"])
 
 
+@pytest.mark.slow
 def test_full_finetuning_saves_no_adapter(tiny_model, tmp_path):
     out = tmp_path / "full"
     metrics = train(
@@ -128,6 +137,7 @@ def test_full_finetuning_saves_no_adapter(tiny_model, tmp_path):
     assert metrics["trainable_parameters"] > 1_000_000
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_model, tmp_path, monkeypatch):
     import transformers
 
@@ -161,9 +171,17 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_model, tmp_pat
     assert metrics["steps"] == 4
 
 
+@pytest.mark.slow
 def test_unknown_kind_and_bad_records_are_reported(tiny_model, tmp_path):
-    with pytest.raises(ValueError, match="kind"):
-        with_defaults({"kind": "ppo"})
+    with pytest.raises(ValueError, match=r"^kind: expected one of \['dpo', 'sft'\]"):
+        train(
+            {"kind": "ppo"},
+            tiny_model,
+            tmp_path / "none.jsonl",
+            None,
+            tmp_path / "out",
+            tmp_path / "work",
+        )
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "prompt": "not a list", "completion": []}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:1: .*'prompt'"):
@@ -176,8 +194,26 @@ def test_loss_plot_has_a_panel_per_curve(tmp_path):
         {"step": 2, "loss": 0.6, "rewards/accuracies": 0.75, "rewards/margins": 0.1},
         {"step": 2, "eval_loss": 0.65, "eval_rewards/accuracies": 0.6},
     ]
-    plot_loss(history, "dpo", tmp_path / "loss.png", title="dpo")
+    plot_curves(history, CURVES["dpo"], tmp_path / "loss.png", title="dpo (DPO)")
     import matplotlib.image as mpimg
 
     image = mpimg.imread(tmp_path / "loss.png")
     assert image.shape[1] > 2 * image.shape[0]  # three panels side by side
+
+
+def test_the_newest_complete_checkpoint_is_resumed(tmp_path):
+    from ragtrain.training.toolkit import last_checkpoint
+
+    assert last_checkpoint(tmp_path / "none") is None
+    for step, complete in ((2, True), (10, True), (12, False), (4, True)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-x").mkdir()
+    # 12 was cut short while saving (no trainer state); 10 beats 4 as a number, not text.
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    # PPO's checkpoints: iteration-<n>, complete once state.json is written.
+    (tmp_path / "iteration-3").mkdir()
+    (tmp_path / "iteration-3" / "state.json").write_text("{}")
+    assert last_checkpoint(tmp_path, "iteration", "state.json") == tmp_path / "iteration-3"

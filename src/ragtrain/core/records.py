@@ -23,7 +23,7 @@ def _umask() -> int:
     return mask
 
 
-_UMASK = _umask()
+UMASK = _umask()
 
 
 class RecordError(ValueError):
@@ -71,7 +71,7 @@ def atomic_path(path: str | Path, suffix: str = ""):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
     os.close(fd)
     # mkstemp makes the file private (0600); outputs get the usual umask-based mode.
-    os.chmod(tmp, 0o666 & ~_UMASK)
+    os.chmod(tmp, 0o666 & ~UMASK)
     try:
         yield Path(tmp)
         os.replace(tmp, path)

@@ -105,7 +105,7 @@ def _build_bm25(texts: list[str], params: dict, out: Path) -> None:
     _bm25_index(texts, params).save(str(out / "bm25"))
 
 
-def _encoder(params: dict):
+def load_encoder(params: dict):
     """A sentence-transformers encoder. Its own code runs only where `trust_remote_code`
     is on: the node's setting for the encoder it names, else (no setting given) what a
     trained retriever's folder records."""
@@ -116,7 +116,9 @@ def _encoder(params: dict):
     return SentenceTransformer(encoder, device="cpu", trust_remote_code=trust)
 
 
-def _encode(model, texts: list[str], params: dict) -> np.ndarray:
+def encode(model, texts: list[str], params: dict) -> np.ndarray:
+    """Unit-length float32 vectors of `texts` (inner product is cosine), encoded in
+    batches of `params["batch_size"]`; the caller adds any query or passage prefix."""
     vectors = model.encode(
         texts,
         batch_size=params["batch_size"],
@@ -130,7 +132,7 @@ def _encode(model, texts: list[str], params: dict) -> np.ndarray:
 def _build_dense(texts: list[str], params: dict, out: Path) -> None:
     import faiss
 
-    vectors = _encode(_encoder(params), [params["passage_prefix"] + t for t in texts], params)
+    vectors = encode(load_encoder(params), [params["passage_prefix"] + t for t in texts], params)
     # Inner product over unit vectors is cosine similarity, exact search.
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(vectors)
@@ -153,7 +155,7 @@ class Index:
             import faiss
 
             self._faiss = faiss.read_index(str(self.dir / "dense.faiss"))
-            self._encoder = _encoder(self.params)
+            self._encoder = load_encoder(self.params)
 
     def search(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
         """Top-k (passage position, score) per query, best first."""
@@ -161,7 +163,7 @@ class Index:
         if self.params["kind"] == "bm25":
             return _bm25_hits(self._bm25, queries, k, self.params["stopwords"])
         prefix = self.params["query_prefix"]
-        vectors = _encode(self._encoder, [prefix + q for q in queries], self.params)
+        vectors = encode(self._encoder, [prefix + q for q in queries], self.params)
         scores, ids = self._faiss.search(vectors, k)
         return _ranked(ids, scores)
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ragtrain.core.seeds import DEFAULT_SEED, stable_seed
-from ragtrain.retrieval.index import _encode, _encoder, bm25_top, passage_text, resolve_encoder
+from ragtrain.retrieval.index import bm25_top, encode, load_encoder, passage_text, resolve_encoder
 
 LOSSNET_DEFAULTS: dict[str, Any] = {
     "encoder": "all-MiniLM-L6-v2",
@@ -132,10 +132,10 @@ def true_losses(
     p = {**LOSSNET_DEFAULTS, **params}
     if not queries:
         return np.zeros(0, dtype=np.float64)
-    q = _encode(model, [p["query_prefix"] + t for t in queries], p)
+    q = encode(model, [p["query_prefix"] + t for t in queries], p)
     # Each distinct passage is encoded once: many queries share a source or a negative.
     texts = sorted(set(positives) | set(negatives))
-    docs = _encode(model, [p["passage_prefix"] + t for t in texts], p)
+    docs = encode(model, [p["passage_prefix"] + t for t in texts], p)
     where = {t: i for i, t in enumerate(texts)}
     pos = docs[[where[t] for t in positives]]
     neg = docs[[where[t] for t in negatives]]
@@ -325,8 +325,8 @@ def lossnet_filter(
     retriever_model = _load(retriever, p)
     same = resolve_encoder(p["encoder"]) == resolve_encoder(retriever)
     wanted = list(range(len(rows))) if same else labelled
-    r_q = _encode(retriever_model, [p["query_prefix"] + queries[r] for r in wanted], p)
-    r_docs = _encode(retriever_model, [p["passage_prefix"] + t for t in doc_texts], p)
+    r_q = encode(retriever_model, [p["query_prefix"] + queries[r] for r in wanted], p)
+    r_docs = encode(retriever_model, [p["passage_prefix"] + t for t in doc_texts], p)
     at = {r: i for i, r in enumerate(wanted)}
     lab_q = r_q[[at[r] for r in labelled]]
     lab_targets = contrastive_losses(
@@ -340,8 +340,8 @@ def lossnet_filter(
         q_vec, doc_vec = r_q, r_docs
     else:
         encoder = _load(p["encoder"], p)
-        q_vec = _encode(encoder, queries, p)
-        doc_vec = _encode(encoder, doc_texts, p)
+        q_vec = encode(encoder, queries, p)
+        doc_vec = encode(encoder, doc_texts, p)
     feats = features(q_vec, doc_vec[src], doc_vec[neg])
 
     model, history = train_lossnet(
@@ -385,7 +385,7 @@ def _load(name: str, params: dict):
     # The node's trust_remote_code is about its encoder; a trained retriever's folder
     # records its own.
     trust = params.get("trust_remote_code") if name == params["encoder"] else None
-    return _encoder({**params, "encoder": name, "trust_remote_code": trust})
+    return load_encoder({**params, "encoder": name, "trust_remote_code": trust})
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:

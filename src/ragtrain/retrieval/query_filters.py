@@ -43,7 +43,7 @@ from numbers import Real
 import numpy as np
 
 from ragtrain.core.seeds import DEFAULT_SEED, stable_seed
-from ragtrain.retrieval.index import _encode, _encoder, passage_text
+from ragtrain.retrieval.index import encode, load_encoder, passage_text
 
 FILTER_DEFAULTS: dict[str, dict] = {
     "bm25": {
@@ -349,9 +349,9 @@ def _ranks(p: dict, corpus: list[dict], queries: list[str], sources: list[int]) 
             return bm25_corpus_ranks(doc_tokens, query_tokens, sources, p)
         scorer = bm25_pool_scorer(doc_tokens, query_tokens, p)
     else:
-        model = _encoder(p)
-        doc_vectors = _encode(model, [p["passage_prefix"] + passage_text(d) for d in corpus], p)
-        query_vectors = _encode(model, [p["query_prefix"] + q for q in queries], p)
+        model = load_encoder(p)
+        doc_vectors = encode(model, [p["passage_prefix"] + passage_text(d) for d in corpus], p)
+        query_vectors = encode(model, [p["query_prefix"] + q for q in queries], p)
         if p["rule"] == "corpus_topk":
             return dense_corpus_ranks(doc_vectors, query_vectors, sources)
         scorer = dense_pool_scorer(doc_vectors, query_vectors)

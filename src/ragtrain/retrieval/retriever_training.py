@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ragtrain.core.records import _UMASK, atomic_dir, write_json
+from ragtrain.core.records import UMASK, atomic_dir, write_json
 from ragtrain.core.security import folder_trusts_remote_code, trust_remote_code, write_model_meta
 from ragtrain.core.seeds import DEFAULT_SEED, stable_seed
-from ragtrain.retrieval.index import _encode, _encoder, bm25_top, passage_text, resolve_encoder
+from ragtrain.retrieval.index import bm25_top, encode, load_encoder, passage_text, resolve_encoder
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def _readable(folder: Path) -> None:
     0600, which would hide a model from the rest of a group on a shared cluster."""
     for path in folder.rglob("*"):
         if path.is_file():
-            path.chmod(0o666 & ~_UMASK)
+            path.chmod(0o666 & ~UMASK)
 
 
 def training_pairs(queries: list[dict], corpus: list[dict]) -> list[tuple[str, str]]:
@@ -361,7 +361,7 @@ def search(
     if model_dir is None:
         raise ValueError(f"search kind {kind!r} needs a model folder")
     if kind == "biencoder":
-        return _dense_run(_encoder({"encoder": str(model_dir)}), corpus, queries, k)
+        return _dense_run(load_encoder({"encoder": str(model_dir)}), corpus, queries, k)
     if candidates is None:
         raise ValueError(
             "search kind 'colbert' reranks candidates: pass a first-stage run (BM25 or bi-encoder)"
@@ -376,12 +376,12 @@ def _dense_run(model, corpus: list[dict], queries: dict[str, str], k: int) -> di
     if not qids:
         return {}
     params = {"batch_size": ENCODE_BATCH}
-    doc_vectors = _encode(model, [passage_text(p) for p in corpus], params)
+    doc_vectors = encode(model, [passage_text(p) for p in corpus], params)
     # Inner product over unit vectors is cosine similarity; exact search.
     index = faiss.IndexFlatIP(doc_vectors.shape[1])
     index.add(doc_vectors)
     scores, ids = index.search(
-        _encode(model, [queries[q] for q in qids], params), min(k, len(corpus))
+        encode(model, [queries[q] for q in qids], params), min(k, len(corpus))
     )
     return {
         qid: {

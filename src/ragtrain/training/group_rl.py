@@ -30,27 +30,33 @@ import math
 from pathlib import Path
 
 from ragtrain.core.records import atomic_dir, write_json
-from ragtrain.core.security import folder_trusts_remote_code, inherit_model_meta
-from ragtrain.core.seeds import DEFAULT_SEED
+from ragtrain.core.security import folder_trusts_remote_code
+from ragtrain.core.settings import with_defaults
 from ragtrain.core.workdir import finish
 from ragtrain.training.rewards import Rewards, check_specs, total
-from ragtrain.training.sft_dpo import (
-    _last_checkpoint,
-    _resolve_dtype,
-    deepspeed_config,
+from ragtrain.training.toolkit import (
+    COMMON,
+    check_finetune,
+    last_checkpoint,
+    load_dtype,
+    load_tokenizer,
     lora_config,
+    model_record,
+    plot_curves,
+    save_model,
     shared_work_dir,
+    training_dtype,
+    trl_kwargs,
 )
 
 log = logging.getLogger(__name__)
 
-COMMON_DEFAULTS = {
-    "finetune": "lora",
-    "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "targets": "all-linear"},
+# What GRPO and RLOO share, over every TRL trainer's COMMON.
+_SHARED = {
+    **COMMON,
     # LoRA wants a learning rate about 10x full fine-tuning's (TRL's GRPO default, 1e-6,
     # is for full fine-tuning): lower it to ~1e-6 with `finetune: full`.
     "learning_rate": 1e-5,
-    "epochs": 1,
     # Steps in all, overriding epochs (null: epochs decide).
     "max_steps": None,
     # Completions (not prompts) per device and forward pass, as TRL counts them. The
@@ -65,14 +71,6 @@ COMMON_DEFAULTS = {
     "temperature": 0.7,
     "top_k": 20,
     "top_p": 1.0,
-    "warmup": 0,
-    "lr_scheduler": "linear",
-    "weight_decay": 0.0,
-    "logging_steps": 5,
-    "save_steps": 50,
-    "gradient_checkpointing": False,
-    "dtype": "auto",
-    "seed": DEFAULT_SEED,
     "rewards": [{"kind": "correctness"}],
 }
 GROUP_RL_DEFAULTS = {
@@ -80,27 +78,18 @@ GROUP_RL_DEFAULTS = {
     # KL); we keep the original GRPO paper's 0.04 so a small policy cannot drift far from
     # the fluent init to game a rule-based reward. loss_type: TRL's default (DAPO's
     # token-level normalisation, no length bias).
-    "grpo": {**COMMON_DEFAULTS, "beta": 0.04, "loss_type": "dapo"},
+    "grpo": {**_SHARED, "beta": 0.04, "loss_type": "dapo"},
     # RLOO: TRL's default KL coefficient, applied to the sequence's summed log-ratio.
-    "rloo": {**COMMON_DEFAULTS, "beta": 0.05},
+    "rloo": {**_SHARED, "beta": 0.05},
 }
 
 # Logged keys plotted per step: TRL's total reward, KL to the reference, the loss.
 CURVES = (("reward", "reward"), ("kl", "KL to init"), ("loss", "loss"))
 
 
-def with_defaults(params: dict) -> dict:
-    kind = params.get("kind")
-    if kind not in GROUP_RL_DEFAULTS:
-        raise ValueError(f"kind: expected one of {sorted(GROUP_RL_DEFAULTS)}, got {kind!r}")
-    defaults = GROUP_RL_DEFAULTS[kind]
-    return {**defaults, **params, "lora": {**defaults["lora"], **(params.get("lora") or {})}}
-
-
 def check(params: dict) -> None:
     """Raise ValueError naming the key for settings TRL would reject (or reject late)."""
-    if params["finetune"] not in ("lora", "full"):
-        raise ValueError(f"finetune: expected 'lora' or 'full', got {params['finetune']!r}")
+    check_finetune(params)
     for key in ("batch_size", "grad_accum", "num_generations", "max_new_tokens"):
         value = params[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -184,36 +173,15 @@ def _digest(examples: list[dict]) -> str:
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
-def _args(params: dict, output_dir: Path, dtype, weights: list[float]):
-    import torch
+def trl_config(params: dict, output_dir: Path, dtype, weights: list[float]):
+    """TRL's GRPOConfig or RLOOConfig for a node; `weights`: the reward sources'."""
     from trl import GRPOConfig, RLOOConfig
 
     kind = params["kind"]
     common = {
-        "output_dir": str(output_dir),
-        "num_train_epochs": params["epochs"],
+        **trl_kwargs(params, output_dir, dtype),
         "max_steps": params["max_steps"] or -1,
-        "per_device_train_batch_size": params["batch_size"],
-        "gradient_accumulation_steps": params["grad_accum"],
-        "learning_rate": params["learning_rate"],
-        "lr_scheduler_type": params["lr_scheduler"],
-        "warmup_steps": params["warmup"],
-        "weight_decay": params["weight_decay"],
-        "logging_steps": params["logging_steps"],
-        "save_strategy": "steps",
-        "save_steps": params["save_steps"],
-        "save_total_limit": 1,
         "eval_strategy": "no",
-        "seed": params["seed"],
-        "data_seed": params["seed"],
-        "report_to": "none",
-        # TRL defaults bf16 on, even on CPU: follow the dtype instead.
-        "bf16": dtype == torch.bfloat16,
-        "fp16": dtype == torch.float16,
-        "gradient_checkpointing": params["gradient_checkpointing"],
-        "dataloader_num_workers": 0,
-        "dataloader_pin_memory": torch.cuda.is_available(),
-        "disable_tqdm": False,
         # Generation
         "num_generations": params["num_generations"],
         "max_completion_length": params["max_new_tokens"],
@@ -227,8 +195,6 @@ def _args(params: dict, output_dir: Path, dtype, weights: list[float]):
         "beta": params["beta"],
         "reward_weights": weights,
     }
-    if params.get("deepspeed"):
-        common["deepspeed"] = str(deepspeed_config(params["deepspeed"]))
     if kind == "grpo":
         return GRPOConfig(**common, loss_type=params["loss_type"])
     return RLOOConfig(**common)
@@ -247,10 +213,10 @@ def train_group_rl(
     `{id, prompt: [chat messages], answers, ...}` (what the reward sources read); return
     its metrics record."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerState
+    from transformers import AutoModelForCausalLM, TrainerState
     from trl import GRPOTrainer, RLOOTrainer
 
-    params = with_defaults(params)
+    params = with_defaults(params, GROUP_RL_DEFAULTS)
     check(params)
     kind = params["kind"]
     if not examples:
@@ -259,22 +225,15 @@ def train_group_rl(
     rewards = Rewards(params["rewards"], reward_model_dirs)
     train_ds = _dataset(examples)
 
-    dtype = _resolve_dtype(params["dtype"])
-    if dtype == torch.float16 and not torch.cuda.is_available():
-        raise ValueError("dtype: float16 training needs a GPU; use float32 or auto on CPU")
+    dtype = training_dtype(params["dtype"])
     # The examples are in memory: their digest stands for them in the work folder's key.
     inputs = [init_dir, *sorted((reward_model_dirs or {}).values())]
     work = shared_work_dir(work_root, {**params, "examples": _digest(examples)}, inputs)
 
     trust = folder_trusts_remote_code(init_dir)
-    tokenizer = AutoTokenizer.from_pretrained(init_dir, trust_remote_code=trust)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    # As in ragtrain.training.sft_dpo: float32 master weights for full fine-tuning, LoRA's adapters
-    # are float32 anyway.
-    load_dtype = torch.float32 if params["finetune"] == "full" else dtype
+    tokenizer = load_tokenizer(init_dir)
     model = AutoModelForCausalLM.from_pretrained(
-        init_dir, dtype=load_dtype, trust_remote_code=trust
+        init_dir, dtype=load_dtype(params["finetune"], dtype), trust_remote_code=trust
     )
     if torch.cuda.is_available():
         model.to("cuda")
@@ -293,7 +252,7 @@ def train_group_rl(
     if params["finetune"] == "lora":
         peft_config = lora_config(params["lora"])
     funcs, weights = reward_functions(rewards, examples)
-    args = _args(params, work / "checkpoints", dtype, weights)
+    args = trl_config(params, work / "checkpoints", dtype, weights)
     # TRL loads a reference model from the init folder's name: with the same setting.
     args.trust_remote_code = trust
     trainer_cls = GRPOTrainer if kind == "grpo" else RLOOTrainer
@@ -305,35 +264,32 @@ def train_group_rl(
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    resume = _last_checkpoint(work / "checkpoints")
+    resume = last_checkpoint(work / "checkpoints")
     if resume and _finished(resume):
         # The Trainer, resumed at max_steps within an epoch, would train one step more.
         log.info("resuming from %s: training had finished", resume)
-        trainer._load_from_checkpoint(resume)
-        trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+        trainer._load_from_checkpoint(str(resume))
+        trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
         train_metrics = {}
     else:
         if resume:
             log.info("resuming from %s", resume)
-        train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
+        train_metrics = trainer.train(
+            resume_from_checkpoint=str(resume) if resume else None
+        ).metrics
 
     if not trainer.is_world_process_zero():
         # Launched as several processes: the first one alone writes the model.
         return {}
-    trained = trainer.model
-    trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     with atomic_dir(out_dir) as tmp:
-        if peft_config is not None:
-            trained.save_pretrained(tmp / "adapter")
-            trained = trained.merge_and_unload()
+        trained = save_model(
+            trainer.model, tokenizer, tmp, dtype, init_dir, adapter=peft_config is not None
+        )
         # Dev answers come from the weights as saved (what evaluation loads).
-        trained = trained.to(dtype)
         dev_after = (
             dev_reward(trained, tokenizer, dev_examples, rewards, params) if dev_examples else None
         )
-        trained.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        inherit_model_meta(init_dir, tmp)
         trainer.state.save_to_json(str(tmp / "trainer_state.json"))
         metrics = _metrics(
             params, train_metrics, trainer.state, len(examples), len(dev_examples), trainable
@@ -346,14 +302,26 @@ def train_group_rl(
                 dev_rewards_init=dev_init["by_source"],
             )
         write_json(tmp / "metrics.json", metrics)
-        plot_curves(trainer.state.log_history, kind, tmp / "loss.png", title=metrics["model"])
+        # Each source's mean (unweighted) beneath the total, when there are several.
+        sources = {
+            key: key.split("/")[1]
+            for key in sorted({k for h in trainer.state.log_history for k in h})
+            if key.startswith("rewards/") and key.endswith("/mean")
+        }
+        plot_curves(
+            trainer.state.log_history,
+            CURVES,
+            tmp / "loss.png",
+            title=f"{metrics['model']} ({kind.upper()})",
+            parts={"reward": sources} if len(sources) > 1 else None,
+        )
     finish(work)
     log.info("metrics: %s", metrics)
     return metrics
 
 
-def _finished(checkpoint: str) -> bool:
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+def _finished(checkpoint: Path) -> bool:
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
     return 0 < state.get("max_steps", 0) <= state.get("global_step", 0)
 
 
@@ -432,12 +400,7 @@ def _metrics(params, train_metrics, state, n_train, n_dev, trainable) -> dict:
     length = _logged(history, "completions/mean_length")
     flat = _logged(history, "frac_reward_zero_std")
     out = {
-        "model": params.get("name", ""),
-        "kind": params["kind"],
-        "init": params.get("init"),
-        "finetune": params["finetune"],
-        "n_train": n_train,
-        "n_dev": n_dev,
+        **model_record(params, params["kind"], n_train, n_dev),
         "epochs": params["epochs"],
         "steps": state.global_step,
         "num_generations": params["num_generations"],
@@ -470,35 +433,3 @@ def history_last(log_history: list[dict], prefix: str) -> dict | None:
         if found:
             return found
     return None
-
-
-def plot_curves(log_history: list[dict], kind: str, path: Path, title: str = "") -> None:
-    """Reward (total, and each source's when there are several), KL and loss per logged step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sources = sorted(
-        {k for h in log_history for k in h if k.startswith("rewards/") and k.endswith("/mean")}
-    )
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.2), squeeze=False)
-    for ax, (key, label) in zip(axes[0], CURVES, strict=True):
-        # Sources (unweighted) thin, the weighted total on top.
-        lines = [(s, s.split("/")[1], {"lw": 1, "alpha": 0.8}) for s in sources]
-        lines = lines if key == "reward" and len(sources) > 1 else []
-        lines.append((key, "total" if lines else None, {"color": "black", "lw": 1.8}))
-        for name, legend, style in lines:
-            points = [(h["step"], h[name]) for h in log_history if h.get(name) is not None]
-            if points:
-                ax.plot(*zip(*points, strict=True), label=legend, **style)
-        ax.set_xlabel("step")
-        ax.set_title(label)
-        ax.grid(alpha=0.3)
-        if key == "reward" and len(lines) > 1:
-            ax.legend()
-    if title:
-        fig.suptitle(f"{title} ({kind.upper()})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

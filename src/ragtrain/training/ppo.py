@@ -20,6 +20,10 @@ across processes before each step.
 Checkpoints (adapters, head, optimizer, scheduler, random state, logs) go to the
 node's work folder and a rerun resumes from the last one; the model folder holds the
 merged policy of the iteration with the best mean dev reward.
+
+The arithmetic (GAE, whitening, the clipped losses, the KL per token) is in
+`ragtrain.training.ppo_math`, the policy and value model in `.ppo_model`; this module
+runs the loop.
 """
 
 from __future__ import annotations
@@ -29,12 +33,28 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from ragtrain.core.security import folder_trusts_remote_code, inherit_model_meta
+from ragtrain.core.records import atomic_dir, write_json
 from ragtrain.core.seeds import DEFAULT_SEED, stable_seed
+from ragtrain.core.settings import with_defaults
+from ragtrain.training.ppo_math import (
+    gae,
+    kl_per_token,
+    masked_mean,
+    policy_loss,
+    value_loss,
+    whiten,
+)
+from ragtrain.training.ppo_model import ActorCritic, Batch
 from ragtrain.training.rewards import Rewards, combine, place_rewards, token_char_ends, total
+from ragtrain.training.toolkit import (
+    last_checkpoint,
+    load_tokenizer,
+    plot_curves,
+    resolve_dtype,
+    save_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,229 +99,20 @@ PPO_DEFAULTS = {
 }
 
 
-# ---------------------------------------------------------------- the pieces of the loss
-# Tensors are [batch, response tokens]; `mask` is 1 on response tokens, 0 on padding.
-
-
-def masked_mean(x, mask, dim=None):
-    if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1)
-    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
-
-
-def masked_var(x, mask):
-    """Unbiased variance of the unmasked entries."""
-    mean = masked_mean(x, mask)
-    n = mask.sum()
-    var = (((x - mean) ** 2) * mask).sum() / n.clamp(min=1)
-    return var * n / (n - 1) if n > 1 else var
-
-
-def whiten(x, mask, shift_mean: bool = True):
-    """Zero mean (unless `shift_mean` is off: the mean is kept), unit variance over the
-    unmasked entries; padding stays 0."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
-    out = (x - mean) / (var + 1e-8).sqrt()
-    if not shift_mean:
-        out = out + mean
-    return out * mask
-
-
-def kl_per_token(logp, logp_ref, mask):
-    """The per-token KL estimate log p(a) - log p_ref(a) of the sampled tokens."""
-    return (logp - logp_ref) * mask
-
-
-def gae(rewards, values, mask, gamma: float, lam: float):
-    """Generalised advantage estimates and returns (advantages + values).
-
-    The value after a response's last token is 0 (the episode ends), so with gamma =
-    lambda = 1 an advantage is the sum of the rewards still to come minus the value.
-    """
-    import torch
-
-    advantages = torch.zeros_like(rewards)
-    running = torch.zeros_like(rewards[:, 0])
-    length = rewards.shape[1]
-    for t in reversed(range(length)):
-        if t + 1 < length:
-            next_value = values[:, t + 1] * mask[:, t + 1]
-            running = running * mask[:, t + 1]
-        else:
-            next_value = torch.zeros_like(running)
-            running = torch.zeros_like(running)
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        running = delta + gamma * lam * running
-        advantages[:, t] = running
-    advantages = advantages * mask
-    return advantages, (advantages + values) * mask
-
-
-def policy_loss(logp, old_logp, advantages, mask, clip: float):
-    """PPO's clipped surrogate; returns (loss, share of tokens where the clip bound)."""
-    import torch
-
-    ratio = torch.exp(logp - old_logp)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1 - clip, 1 + clip)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
-    clip_fraction = masked_mean((clipped > unclipped).float(), mask)
-    return loss, clip_fraction
-
-
-def value_loss(values, old_values, returns, mask, clip: float):
-    """Clipped value loss (the larger of the clipped and unclipped squared errors)."""
-    import torch
-
-    clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
-    unclipped_error = (values - returns) ** 2
-    clipped_error = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), mask)
-    clip_fraction = masked_mean((clipped_error > unclipped_error).float(), mask)
-    return loss, clip_fraction
-
-
-def entropy_from_logits(logits):
-    import torch
-
-    logp = torch.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
-
-
-# ---------------------------------------------------------------- policy and value model
-
-
-class ActorCritic:
-    """The init model with a policy LoRA adapter, a value head and (separate mode) a value
-    adapter; the reference is the same model with adapters disabled."""
-
-    def __init__(self, init_dir: str | Path, params: dict, device, dtype):
-        import torch
-        from peft import get_peft_model
-        from transformers import AutoModelForCausalLM
-
-        from ragtrain.training.sft_dpo import lora_config
-
-        base = AutoModelForCausalLM.from_pretrained(
-            init_dir, dtype=dtype, trust_remote_code=folder_trusts_remote_code(init_dir)
-        )
-        config = lora_config(params["lora"])
-        self.model = get_peft_model(
-            base, config, adapter_name="default"
-        )  # "default": saved at the top of adapter/
-        self.separate = params["value_model"] == "separate"
-        if self.separate:
-            self.model.add_adapter("value", config)
-        hidden = base.config.hidden_size
-        self.value_head = torch.nn.Linear(hidden, 1, dtype=torch.float32)
-        # A zero head starts every value at 0: the first advantages are the returns.
-        torch.nn.init.zeros_(self.value_head.weight)
-        torch.nn.init.zeros_(self.value_head.bias)
-        self.model.to(device).eval()
-        self.value_head.to(device)
-        self._use("default")
-
-    def _use(self, adapter: str) -> None:
-        self.model.set_adapter(adapter)
-        # PEFT freezes the inactive adapter; both are trained.
-        for name, p in self.model.named_parameters():
-            if "lora_" in name:
-                p.requires_grad_(True)
-
-    def trainable(self) -> dict:
-        params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-        params.update({f"value_head.{n}": p for n, p in self.value_head.named_parameters()})
-        return params
-
-    def _hidden(self, batch):
-        # The decoder's last hidden states (adapters applied), without the LM head over
-        # every position: the head runs only on the response positions.
-        inner = self.model.base_model.model.model
-        out = inner(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-        h = out.last_hidden_state
-        index = batch.positions.unsqueeze(-1).expand(-1, -1, h.shape[-1])
-        return h.gather(1, index)
-
-    def _logprobs(self, h, batch, with_entropy: bool):
-        import torch
-
-        logits = self.model.base_model.model.lm_head(h).float()
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, batch.targets.unsqueeze(-1))
-        entropy = entropy_from_logits(logits) if with_entropy else None
-        return logp.squeeze(-1) * batch.mask, entropy
-
-    def forward(self, batch, with_entropy: bool = False):
-        """(log-probs of the response tokens, values, entropies) under the current weights."""
-        h = self._hidden(batch)
-        logp, entropy = self._logprobs(h, batch, with_entropy)
-        if self.separate:
-            self._use("value")
-            try:
-                h = self._hidden(batch)
-            finally:
-                self._use("default")
-        values = self.value_head(h.float()).squeeze(-1) * batch.mask
-        return logp, values, entropy
-
-    def reference_logprobs(self, batch):
-        with self.model.disable_adapter():
-            h = self._hidden(batch)
-            return self._logprobs(h, batch, False)[0]
-
-
-@dataclass
-class Batch:
-    """Prompt + response sequences, right-padded, with the response tokens' positions."""
-
-    input_ids: object
-    attention_mask: object
-    # positions[b, t]: the position whose output predicts response token t
-    positions: object
-    targets: object
-    mask: object
-
-    @classmethod
-    def build(cls, prompts: list[list[int]], responses: list[list[int]], pad_id: int, device):
-        import torch
-
-        longest = max(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
-        n_resp = max(len(r) for r in responses)
-        ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
-        attention = torch.zeros_like(ids)
-        positions = torch.zeros((len(prompts), n_resp), dtype=torch.long)
-        targets = torch.full((len(prompts), n_resp), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), n_resp))
-        for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
-            ids[i, : len(p) + len(r)] = torch.tensor(p + r)
-            attention[i, : len(p) + len(r)] = 1
-            positions[i, : len(r)] = torch.arange(len(p) - 1, len(p) + len(r) - 1)
-            targets[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
-        return cls(*(t.to(device) for t in (ids, attention, positions, targets, mask)))
-
-    def select(self, index):
-        return Batch(*(t[index] for t in self._tensors()))
-
-    def _tensors(self):
-        return (self.input_ids, self.attention_mask, self.positions, self.targets, self.mask)
-
-
 # ---------------------------------------------------------------- the trainer
 
 
-def with_defaults(params: dict) -> dict:
-    merged = {**PPO_DEFAULTS, **params}
-    merged["lora"] = {**PPO_DEFAULTS["lora"], **(params.get("lora") or {})}
-    if merged["value_model"] not in ("separate", "shared"):
+def check(params: dict) -> None:
+    """Raise ValueError naming the key for settings the loop cannot run with."""
+    if params["value_model"] not in ("separate", "shared"):
         raise ValueError(
-            f"value_model: expected 'separate' or 'shared', got {merged['value_model']!r}"
+            f"value_model: expected 'separate' or 'shared', got {params['value_model']!r}"
         )
-    if merged["minibatch_size"] % merged["grad_accum"]:
+    if params["minibatch_size"] % params["grad_accum"]:
         raise ValueError(
-            f"minibatch_size ({merged['minibatch_size']}) must be a multiple of "
-            f"grad_accum ({merged['grad_accum']})"
+            f"minibatch_size ({params['minibatch_size']}) must be a multiple of "
+            f"grad_accum ({params['grad_accum']})"
         )
-    return merged
 
 
 class PPOTrainer:
@@ -310,25 +121,20 @@ class PPOTrainer:
     def __init__(self, params: dict, init_dir, rewards: Rewards, accelerator=None):
         import torch
         from accelerate import Accelerator
-        from transformers import AutoTokenizer, get_scheduler
+        from transformers import get_scheduler
 
         from ragtrain.generation.engine import HFGenerator, Sampling
-        from ragtrain.training.sft_dpo import _resolve_dtype
 
-        self.params = params = with_defaults(params)
+        self.params = params = with_defaults(params, PPO_DEFAULTS, kinds=False)
+        check(params)
         # cpu=True without a GPU: several CPU processes (torchrun) then form a gloo group;
         # otherwise accelerate would treat each as a lone process.
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         self.rewards = rewards
         torch.manual_seed(params["seed"] + self.accelerator.process_index)
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            init_dir, trust_remote_code=folder_trusts_remote_code(init_dir)
-        )
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.ac = ActorCritic(
-            init_dir, params, self.accelerator.device, _resolve_dtype(params["dtype"])
-        )
+        self.tokenizer = load_tokenizer(init_dir)
+        self.dtype = resolve_dtype(params["dtype"])
+        self.ac = ActorCritic(init_dir, params, self.accelerator.device, self.dtype)
         self.optimizer = torch.optim.AdamW(self.ac.trainable().values(), lr=params["learning_rate"])
         rollouts = params["prompts_per_iteration"] * params["samples_per_prompt"]
         steps = (
@@ -578,8 +384,6 @@ def _save_checkpoint(trainer: PPOTrainer, folder: Path, state: dict) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from ragtrain.core.records import atomic_dir, write_json
-
     with atomic_dir(folder) as tmp:
         save_file(trainer.state_dict(), str(tmp / "weights.safetensors"))
         torch.save(
@@ -591,15 +395,6 @@ def _save_checkpoint(trainer: PPOTrainer, folder: Path, state: dict) -> None:
             tmp / "optimizer.pt",
         )
         write_json(tmp / "state.json", state)
-
-
-def _last_checkpoint(root: Path) -> Path | None:
-    done = [
-        d
-        for d in root.glob("iteration-*")
-        if d.name.split("-")[1].isdigit() and (d / "state.json").is_file()
-    ]
-    return max(done, key=lambda d: int(d.name.split("-")[1]), default=None)
 
 
 def _load_checkpoint(trainer: PPOTrainer, folder: Path) -> dict:
@@ -626,8 +421,6 @@ def train_ppo(
     """Run PPO; write the best policy (merged), its adapter, logs and curves to `out_dir`."""
     from safetensors.torch import load_file, save_file
 
-    from ragtrain.core.records import atomic_dir, write_json
-
     trainer = PPOTrainer(params, init_dir, rewards)
     p, acc = trainer.params, trainer.accelerator
     log.info("PPO process %d of %d on %s", acc.process_index, acc.num_processes, acc.device)
@@ -637,7 +430,7 @@ def train_ppo(
     checkpoints = work / "checkpoints"
     best_path = work / "best.safetensors"
     state = {"iteration": 0, "log_history": [], "best_dev_reward": None, "best_iteration": None}
-    resume = _last_checkpoint(checkpoints)
+    resume = last_checkpoint(checkpoints, prefix="iteration", complete="state.json")
     if resume is not None:
         state = _load_checkpoint(trainer, resume)
         log.info("resuming from %s (iteration %d)", resume, state["iteration"])
@@ -708,18 +501,21 @@ def train_ppo(
         with atomic_dir(out_dir) as tmp:
             if trainer.ac.separate:
                 model.delete_adapter("value")
-            model.save_pretrained(tmp / "adapter")
+            save_model(model, trainer.tokenizer, tmp, trainer.dtype, init_dir, adapter=True)
             save_file(
                 {k: v.detach().cpu() for k, v in trainer.ac.value_head.state_dict().items()},
                 str(tmp / "adapter" / "value_head.safetensors"),
             )
-            merged = model.merge_and_unload()
-            merged.save_pretrained(tmp, safe_serialization=True)
-            trainer.tokenizer.save_pretrained(tmp)
-            inherit_model_meta(init_dir, tmp)
             write_json(tmp / "trainer_state.json", {"log_history": state["log_history"]})
             write_json(tmp / "metrics.json", metrics)
-            plot_curves(state["log_history"], tmp / "loss.png", title=metrics["model"])
+            plot_curves(
+                state["log_history"],
+                CURVES,
+                tmp / "loss.png",
+                title=f"{metrics['model']} (PPO)",
+                x="iteration",
+                columns=3,
+            )
     return metrics
 
 
@@ -763,6 +559,7 @@ def _metrics(p, state, train_examples, dev_examples, runtime, trainer) -> dict:
     }
 
 
+# Logged keys plotted per iteration, in two rows of three panels.
 CURVES = (
     ("reward", "reward (train rollouts)"),
     ("kl", "KL to reference (per answer)"),
@@ -771,27 +568,6 @@ CURVES = (
     ("entropy", "entropy"),
     ("clip_fraction", "clip fraction"),
 )
-
-
-def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6))
-    for ax, (key, label) in zip(axes.flat, CURVES, strict=True):
-        points = [(h["iteration"], h[key]) for h in history if key in h]
-        if points:
-            ax.plot(*zip(*points, strict=True), "o-" if key == "dev_reward" else "-")
-        ax.set_title(label)
-        ax.set_xlabel("iteration")
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(f"{title} (PPO)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _rounded(value: float | None) -> float | None:

@@ -16,38 +16,40 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from ragtrain.core.records import atomic_dir, write_json
-from ragtrain.core.security import folder_trusts_remote_code, inherit_model_meta
+from ragtrain.core.security import folder_trusts_remote_code
+from ragtrain.core.settings import with_defaults
 from ragtrain.core.workdir import finish
-from ragtrain.training.sft_dpo import (
-    COMMON_DEFAULTS,
-    _last_checkpoint,
-    _resolve_dtype,
-    deepspeed_config,
+from ragtrain.training.toolkit import (
+    ON_RECORDS,
+    check_finetune,
+    kept_examples,
+    last_checkpoint,
+    load_dtype,
+    load_tokenizer,
     lora_config,
+    plot_curves,
+    record_kwargs,
+    save_model,
     shared_work_dir,
     trainer_metrics,
+    training_dtype,
+    trl_kwargs,
 )
 
 log = logging.getLogger(__name__)
 
 REWARD_MODEL_DEFAULTS = {
-    **COMMON_DEFAULTS,
+    **ON_RECORDS,
     "learning_rate": 1e-4,
     # TRL's `center_rewards_coefficient`: a penalty on (r_chosen + r_rejected)^2 that keeps
     # rewards near zero (0.01 is the usual value); null: none.
     "center_rewards_coefficient": None,
 }
 FIELDS = ("prompt", "chosen", "rejected")
-
-
-def with_defaults(params: dict) -> dict:
-    defaults = REWARD_MODEL_DEFAULTS
-    return {**defaults, **params, "lora": {**defaults["lora"], **(params.get("lora") or {})}}
 
 
 def _pairs(path: str | Path) -> list[dict]:
@@ -76,42 +78,14 @@ def _pairs(path: str | Path) -> list[dict]:
     return rows
 
 
-def _args(params: dict, output_dir: Path, has_dev: bool, n_train: int, dtype):
-    import torch
+def trl_config(params: dict, output_dir: Path, has_dev: bool, n_train: int, dtype):
+    """TRL's RewardConfig for a node."""
     from trl import RewardConfig
 
-    steps_per_epoch = max(1, math.ceil(n_train / (params["batch_size"] * params["grad_accum"])))
-    total = steps_per_epoch * params["epochs"]
     return RewardConfig(
-        output_dir=str(output_dir),
-        num_train_epochs=params["epochs"],
-        per_device_train_batch_size=params["batch_size"],
-        per_device_eval_batch_size=params["batch_size"],
-        gradient_accumulation_steps=params["grad_accum"],
-        learning_rate=params["learning_rate"],
-        lr_scheduler_type=params["lr_scheduler"],
-        warmup_steps=params["warmup"],
-        weight_decay=params["weight_decay"],
-        logging_steps=params["logging_steps"],
-        save_strategy="steps",
-        save_steps=params["save_steps"],
-        save_total_limit=1,
-        # One held-out point just past halfway; train_reward_model() adds the final one.
-        eval_strategy="steps" if has_dev and total > 1 else "no",
-        eval_steps=total // 2 + 1,
-        seed=params["seed"],
-        data_seed=params["seed"],
-        train_sampling_strategy=params["sampling"],
-        report_to="none",
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
-        gradient_checkpointing=params["gradient_checkpointing"],
-        max_length=params["max_length"],
+        **trl_kwargs(params, output_dir, dtype),
+        **record_kwargs(params, n_train, has_dev),
         center_rewards_coefficient=params["center_rewards_coefficient"],
-        deepspeed=str(deepspeed_config(params["deepspeed"])) if params.get("deepspeed") else None,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=False,
     )
 
 
@@ -136,12 +110,11 @@ def train_reward_model(
     """Train one reward model node; return its metrics record."""
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+    from transformers import AutoModelForSequenceClassification, set_seed
     from trl import RewardTrainer
 
-    params = with_defaults(params)
-    if params["finetune"] not in ("lora", "full"):
-        raise ValueError(f"finetune: expected 'lora' or 'full', got {params['finetune']!r}")
+    params = with_defaults(params, REWARD_MODEL_DEFAULTS, kinds=False)
+    check_finetune(params)
     train_rows = _pairs(train_path)
     dev_rows = _pairs(dev_path) if dev_path else []
     if not train_rows:
@@ -149,19 +122,17 @@ def train_reward_model(
     inputs = [init_dir, train_path, *([dev_path] if dev_path else [])]
     work = shared_work_dir(work_root, params, inputs)
 
-    dtype = _resolve_dtype(params["dtype"])
-    if dtype == torch.float16 and not torch.cuda.is_available():
-        raise ValueError("dtype: float16 training needs a GPU; use float32 or auto on CPU")
+    dtype = training_dtype(params["dtype"])
     trust = folder_trusts_remote_code(init_dir)
-    tokenizer = AutoTokenizer.from_pretrained(init_dir, trust_remote_code=trust)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(init_dir)
     # The score head is new and random: seed it.
     set_seed(params["seed"])
-    load_dtype = torch.float32 if params["finetune"] == "full" else dtype
     with _quiet_head_swap():
         model = AutoModelForSequenceClassification.from_pretrained(
-            init_dir, num_labels=1, dtype=load_dtype, trust_remote_code=trust
+            init_dir,
+            num_labels=1,
+            dtype=load_dtype(params["finetune"], dtype),
+            trust_remote_code=trust,
         )
     # The classifier reads the score at the last token that is not padding.
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -174,7 +145,7 @@ def train_reward_model(
         # (bf16 autocast computes), or small updates round away.
         if getattr(model, "score", None) is not None:
             model.score.to(torch.float32)
-    args = _args(params, work / "checkpoints", bool(dev_rows), len(train_rows), dtype)
+    args = trl_config(params, work / "checkpoints", bool(dev_rows), len(train_rows), dtype)
     args.trust_remote_code = trust
     trainer = RewardTrainer(
         model=model,
@@ -184,21 +155,12 @@ def train_reward_model(
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    # TRL drops pairs with a side longer than max_length: say so, and stop if none is left.
-    kept = len(trainer.train_dataset)
-    if kept == 0:
-        raise ValueError(f"{train_path}: every pair is longer than max_length ({args.max_length})")
-    if kept < len(train_rows):
-        log.warning(
-            "%d of %d pairs dropped: longer than max_length (%d)",
-            len(train_rows) - kept,
-            len(train_rows),
-            args.max_length,
-        )
-    resume = _last_checkpoint(work / "checkpoints")
+    # TRL drops pairs with a side longer than max_length.
+    kept = kept_examples(trainer, len(train_rows), "pair", train_path)
+    resume = last_checkpoint(work / "checkpoints")
     if resume:
         log.info("resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     # The final evaluation goes into the state too, so the curves end at the last step.
     dev_metrics = trainer.evaluate() if dev_rows else {}
     metrics = trainer_metrics(
@@ -209,13 +171,9 @@ def train_reward_model(
         # Launched as several processes: the first one alone writes the model.
         return {}
     with atomic_dir(out_dir) as tmp:
-        trained = trainer.model
-        if peft_config is not None:
-            trained.save_pretrained(tmp / "adapter")
-            trained = trained.merge_and_unload()
-        trained.to(dtype).save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        inherit_model_meta(init_dir, tmp)
+        trained = save_model(
+            trainer.model, tokenizer, tmp, dtype, init_dir, adapter=peft_config is not None
+        )
         trainer.state.save_to_json(str(tmp / "trainer_state.json"))
         del trainer, trained, model
         if dev_rows:
@@ -224,7 +182,10 @@ def train_reward_model(
             del scorer
         write_json(tmp / "metrics.json", metrics)
         plot_curves(
-            _log_history(tmp / "trainer_state.json"), tmp / "loss.png", title=metrics["model"]
+            _log_history(tmp / "trainer_state.json"),
+            CURVES,
+            tmp / "loss.png",
+            title=f"{metrics['model']} (reward model)",
         )
     finish(work)
     log.info("metrics: %s", metrics)
@@ -237,6 +198,9 @@ def _log_history(state_path: Path) -> list[dict]:
     return json.loads(state_path.read_text())["log_history"]
 
 
+# Logged keys plotted per step (held-out values as points): loss, pair accuracy, and the
+# chosen - rejected margin.
+CURVES = (("loss", "loss"), ("accuracy", "pair accuracy"), ("margin", "reward margin"))
 # TRL's own held-out numbers: means of per-batch means over the pairs within max_length.
 DEV_NAMES = {"eval_loss": "dev_loss", "eval_accuracy": "dev_accuracy", "eval_margin": "dev_margin"}
 
@@ -265,14 +229,12 @@ class RewardModelScorer:
 
     def __init__(self, model_dir: str | Path, batch_size: int = 8, device: str | None = None):
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
         self.batch_size = max(1, int(batch_size))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         trust = folder_trusts_remote_code(model_dir)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust)
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = load_tokenizer(model_dir)
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.model = AutoModelForSequenceClassification.from_pretrained(
             model_dir, dtype=dtype, trust_remote_code=trust
@@ -330,34 +292,3 @@ class RewardModelScorer:
                 for i, value in zip(batch, logits[:, 0].float().tolist(), strict=True):
                     scores[i] = float(value)
         return scores
-
-
-CURVES = (("loss", "loss"), ("accuracy", "pair accuracy"), ("margin", "reward margin"))
-
-
-def plot_curves(log_history: list[dict], path: Path, title: str = "") -> None:
-    """Training curves per logged step (loss, pair accuracy, chosen - rejected margin),
-    held-out values as points."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.2), squeeze=False)
-    for ax, (key, label) in zip(axes[0], CURVES, strict=True):
-        train = [(h["step"], h[key]) for h in log_history if key in h]
-        dev = [(h["step"], h[f"eval_{key}"]) for h in log_history if f"eval_{key}" in h]
-        if train:
-            ax.plot(*zip(*train, strict=True), label="train", color="tab:blue")
-        if dev:
-            ax.plot(*zip(*dev, strict=True), "o--", label="dev", color="tab:orange")
-        ax.set_xlabel("step")
-        ax.set_title(label)
-        ax.grid(alpha=0.3)
-        if train or dev:
-            ax.legend()
-    if title:
-        fig.suptitle(f"{title} (reward model)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -1,0 +1,355 @@
+"""What the trainers share: SFT/DPO (`ragtrain.training.sft_dpo`), reward models
+(`.reward_model`) and GRPO/RLOO (`.group_rl`) on TRL, and our own PPO (`.ppo`).
+
+- defaults: `COMMON`, the settings every TRL trainer has, and `ON_RECORDS`, those of the
+  trainers that learn from a fixed set of records (SFT, DPO, reward models);
+- TRL's arguments: `trl_kwargs` maps a node's settings to the TrainingArguments every
+  trainer sets alike, `record_kwargs` adds the held-out schedule of the record trainers;
+  each trainer adds its own and builds its TRL config;
+- model set-up: the training dtype, the dtype to load weights in, the tokenizer, LoRA's
+  config, DeepSpeed's config files;
+- a run's life: the node's work folder shared by processes, the newest complete
+  checkpoint to resume from, the model folder's weights (adapter, merged model,
+  tokenizer), the common metrics record, and the curves (`loss.png`).
+
+Not for: a trainer's algorithm, its data or its own metrics (those stay in its module),
+nor for defaults outside training (`ragtrain.core.settings` applies every kind's).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from ragtrain.core.security import folder_trusts_remote_code, inherit_model_meta
+from ragtrain.core.seeds import DEFAULT_SEED
+from ragtrain.core.workdir import work_dir
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------- defaults
+
+# The settings every TRL trainer (SFT, DPO, reward model, GRPO, RLOO) has.
+COMMON = {
+    "finetune": "lora",
+    "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "targets": "all-linear"},
+    "epochs": 1,
+    "batch_size": 8,
+    # Steps of linear warm-up; a float below 1 is a share of all steps.
+    "warmup": 0,
+    "lr_scheduler": "linear",
+    "weight_decay": 0.0,
+    "logging_steps": 5,
+    "save_steps": 50,
+    "gradient_checkpointing": False,
+    # auto: bfloat16 on GPU, float32 on CPU (bf16 matmuls crawl on CPUs without AVX512-BF16).
+    "dtype": "auto",
+    "seed": DEFAULT_SEED,
+}
+# Trainers that learn from a fixed set of records (SFT, DPO, reward models), not from
+# answers they sample.
+ON_RECORDS = {
+    **COMMON,
+    "grad_accum": 1,
+    "max_length": 1024,
+    # random, or sequential: the data's own order (a curriculum, e.g. easy to hard)
+    "sampling": "random",
+}
+FINETUNE = ("lora", "full")
+
+# DeepSpeed configs a training node can name (`deepspeed: zero2`); they live beside the
+# prompts in the checkout's resources/ (src/ragtrain/training/ is three folders down).
+DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[3] / "resources" / "deepspeed"
+DEEPSPEED_STAGES = ("zero2", "zero3")
+
+
+def check_finetune(params: dict) -> None:
+    if params["finetune"] not in FINETUNE:
+        raise ValueError(f"finetune: expected 'lora' or 'full', got {params['finetune']!r}")
+
+
+# ---------------------------------------------------------------- model set-up
+
+
+def resolve_dtype(name: str):
+    """The torch dtype a `dtype` setting names; auto: bfloat16 on GPU, float32 on CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+
+
+def training_dtype(name: str):
+    """`resolve_dtype`, refusing float16 on CPU (no fp16 autocast there to train with)."""
+    import torch
+
+    dtype = resolve_dtype(name)
+    if dtype == torch.float16 and not torch.cuda.is_available():
+        raise ValueError("dtype: float16 training needs a GPU; use float32 or auto on CPU")
+    return dtype
+
+
+def load_dtype(finetune: str, dtype):
+    """The dtype to load the init weights in. Full fine-tuning keeps float32 master
+    weights (bf16/fp16 autocast computes): updates smaller than a bf16 weight's
+    resolution would otherwise be rounded away. LoRA's adapters are kept in float32 by
+    PEFT, so the frozen weights can stay in `dtype`."""
+    import torch
+
+    return torch.float32 if finetune == "full" else dtype
+
+
+def load_tokenizer(model_dir: str | Path):
+    """The model folder's tokenizer, padding with EOS where it has no pad token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_dir, trust_remote_code=folder_trusts_remote_code(model_dir)
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def lora_config(lora: dict, task_type: str = "CAUSAL_LM"):
+    """PEFT's LoraConfig from a node's `lora` settings (r, alpha, dropout, targets)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=lora["targets"],
+        task_type=task_type,
+    )
+
+
+def deepspeed_config(name: str) -> Path:
+    """resources/deepspeed/<name>.json: ZeRO-2 or ZeRO-3, its sizes left to the Trainer."""
+    import importlib.util
+
+    path = DEEPSPEED_CONFIGS / f"{name}.json"
+    if name not in DEEPSPEED_STAGES or not path.is_file():
+        raise ValueError(f"deepspeed: expected one of {list(DEEPSPEED_STAGES)}, got {name!r}")
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ValueError(
+            f"deepspeed: {name} needs the deepspeed package (the `gpu` extra or envs/train.yaml)"
+        )
+    return path
+
+
+# ---------------------------------------------------------------- TRL's arguments
+
+
+def trl_kwargs(params: dict, output_dir: Path, dtype) -> dict:
+    """The TrainingArguments every TRL trainer here sets alike, from a node's settings
+    (COMMON's, plus learning_rate, grad_accum and, if set, deepspeed)."""
+    import torch
+
+    kwargs = {
+        "output_dir": str(output_dir),
+        "num_train_epochs": params["epochs"],
+        "per_device_train_batch_size": params["batch_size"],
+        "gradient_accumulation_steps": params["grad_accum"],
+        "learning_rate": params["learning_rate"],
+        "lr_scheduler_type": params["lr_scheduler"],
+        "warmup_steps": params["warmup"],
+        "weight_decay": params["weight_decay"],
+        "logging_steps": params["logging_steps"],
+        "save_strategy": "steps",
+        "save_steps": params["save_steps"],
+        "save_total_limit": 1,
+        "seed": params["seed"],
+        "data_seed": params["seed"],
+        "report_to": "none",
+        # TRL defaults bf16 on, even on CPU: follow the dtype instead.
+        "bf16": dtype == torch.bfloat16,
+        "fp16": dtype == torch.float16,
+        "gradient_checkpointing": params["gradient_checkpointing"],
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": torch.cuda.is_available(),
+        "disable_tqdm": False,
+    }
+    if params.get("deepspeed"):
+        kwargs["deepspeed"] = str(deepspeed_config(params["deepspeed"]))
+    return kwargs
+
+
+def record_kwargs(params: dict, n_train: int, has_dev: bool) -> dict:
+    """What the record trainers (ON_RECORDS) add: cut length, data order, held-out set."""
+    steps_per_epoch = max(1, math.ceil(n_train / (params["batch_size"] * params["grad_accum"])))
+    total = steps_per_epoch * params["epochs"]
+    return {
+        "per_device_eval_batch_size": params["batch_size"],
+        # One held-out point just past halfway; the trainer adds the final one.
+        "eval_strategy": "steps" if has_dev and total > 1 else "no",
+        "eval_steps": total // 2 + 1,
+        "train_sampling_strategy": params["sampling"],
+        "max_length": params["max_length"],
+    }
+
+
+def kept_examples(trainer, n_given: int, noun: str, path: str | Path) -> int:
+    """How many training examples TRL kept: it drops those longer than max_length. Say
+    so, and stop if none is left."""
+    kept = len(trainer.train_dataset)
+    max_length = trainer.args.max_length
+    if kept == 0:
+        raise ValueError(f"{path}: every {noun} is longer than max_length ({max_length})")
+    if kept < n_given:
+        log.warning(
+            "%d of %d %ss dropped: longer than max_length (%d)",
+            n_given - kept,
+            n_given,
+            noun,
+            max_length,
+        )
+    return kept
+
+
+# ---------------------------------------------------------------- work folder, checkpoints
+
+
+def shared_work_dir(root: str | Path, params: dict, inputs: list) -> Path:
+    """The node's work folder (ragtrain.core.workdir) for a stage that may run as several
+    processes (ragtrain.launch): the first process alone decides whether its state is
+    resumed or cleared, and the others then find it ready."""
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():
+        return work_dir(root, params, inputs)
+
+
+def last_checkpoint(
+    folder: Path, prefix: str = "checkpoint", complete: str = "trainer_state.json"
+) -> Path | None:
+    """The newest complete checkpoint `<prefix>-<step>` in `folder`: one cut short while
+    saving lacks its `complete` file (the Trainer's state, written last)."""
+    steps = [
+        (int(d.name.split("-")[1]), d)
+        for d in Path(folder).glob(f"{prefix}-*")
+        if d.name.split("-")[1].isdigit()
+    ]
+    for _, path in sorted(steps, reverse=True):
+        if (path / complete).is_file():
+            return path
+        log.warning("skipping incomplete checkpoint %s", path)
+    return None
+
+
+# ---------------------------------------------------------------- the model folder
+
+
+def save_model(model, tokenizer, folder: Path, dtype, init_dir: str | Path, adapter: bool):
+    """Write a trained model into `folder` as evaluation loads it: `adapter/` first (with
+    `adapter`: a PEFT model), then the weights merged and cast to `dtype`, the tokenizer,
+    and the init model's trust setting. Returns the merged model. The first process
+    alone calls it, inside `atomic_dir`."""
+    if adapter:
+        model.save_pretrained(folder / "adapter")
+        model = model.merge_and_unload()
+    model = model.to(dtype)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    inherit_model_meta(init_dir, folder)
+    return model
+
+
+def model_record(params: dict, kind: str, n_train: int, n_dev: int) -> dict:
+    """The head of a trained model's metrics record: what it is and what it learned from."""
+    return {
+        "model": params.get("name", ""),
+        "kind": kind,
+        "init": params.get("init"),
+        "finetune": params["finetune"],
+        "n_train": n_train,
+        "n_dev": n_dev,
+    }
+
+
+def trainer_metrics(
+    params, kind, train_metrics, dev_metrics, n_train, n_dev, trainer, dev_names
+) -> dict:
+    """A trained model's metrics record from a transformers Trainer's results; the
+    held-out values in `dev_metrics` are renamed by `dev_names`."""
+    out = {
+        **model_record(params, kind, n_train, n_dev),
+        "epochs": params["epochs"],
+        "steps": trainer.state.global_step,
+        # Training processes (GPUs): the global batch is batch_size x grad_accum x this.
+        "processes": trainer.args.world_size,
+        "train_loss": round(train_metrics.get("train_loss", float("nan")), 4),
+        "train_runtime_s": round(train_metrics.get("train_runtime", 0.0), 1),
+        "train_samples_per_second": round(train_metrics.get("train_samples_per_second", 0.0), 3),
+        "trainable_parameters": sum(
+            p.numel() for p in trainer.model.parameters() if p.requires_grad
+        ),
+    }
+    for key, name in dev_names.items():
+        if key in dev_metrics:
+            out[name] = round(float(dev_metrics[key]), 4)
+    return out
+
+
+# ---------------------------------------------------------------- curves
+
+# Up to this many points a curve marks them: a short run's or a rare value's (PPO's dev
+# reward) points would otherwise be a line too short to see, or none.
+FEW_POINTS = 30
+
+
+def plot_curves(
+    log_history: list[dict],
+    curves: Sequence[tuple[str, str]],
+    path: Path,
+    title: str = "",
+    x: str = "step",
+    columns: int | None = None,
+    parts: dict[str, dict[str, str]] | None = None,
+) -> None:
+    """One panel per (logged key, label) in `curves`, over `x` (LLaMA-Factory's
+    `--plot_loss`, a panel per metric): the key's logged values as a line, its held-out
+    values (`eval_<key>`) as points. `parts[key]` ({logged key: legend}) are drawn thin
+    beneath the key's line, e.g. each reward source under GRPO's total reward. Panels
+    fill rows of `columns` (default: one row)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = columns or len(curves)
+    rows = math.ceil(len(curves) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    for ax, (key, label) in zip(axes.flat, curves, strict=False):
+        below = (parts or {}).get(key, {})
+        dev = _points(log_history, x, f"eval_{key}")
+        lines = [(name, legend, {"lw": 1, "alpha": 0.8}) for name, legend in below.items()]
+        main = "total" if below else "train" if dev else None
+        style = {"color": "black", "lw": 1.8} if below else {"color": "tab:blue"}
+        lines.append((key, main, style))
+        for name, legend, line_style in lines:
+            points = _points(log_history, x, name)
+            if points:
+                marker = "o" if len(points) <= FEW_POINTS else None
+                ax.plot(*zip(*points, strict=True), label=legend, marker=marker, ms=3, **line_style)
+        if dev:
+            ax.plot(*zip(*dev, strict=True), "o--", label="dev", color="tab:orange")
+        ax.set_xlabel(x)
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+        if len(ax.get_lines()) > 1:
+            ax.legend()
+    for ax in list(axes.flat)[len(curves) :]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _points(log_history: list[dict], x: str, key: str) -> list[tuple]:
+    return [(h[x], h[key]) for h in log_history if h.get(key) is not None and x in h]
