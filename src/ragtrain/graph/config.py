@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ragtrain.core.seeds import DEFAULT_SEED
-from ragtrain.core.settings import merge as _merge
+from ragtrain.core.settings import merge
 from ragtrain.data.beir import WORLD_TASK_DEFAULTS
 from ragtrain.data.world import WorldConfig
 from ragtrain.graph.kinds import (
@@ -91,7 +91,7 @@ def _fill_nodes(config: dict) -> None:
     # The top-level seed is the default seed of every world, of generation and of every
     # kind that has a seed.
     seed = config.setdefault("seed", DEFAULT_SEED)
-    config["generation"] = _merge(
+    config["generation"] = merge(
         {**GENERATION_DEFAULTS, "seed": seed}, config.get("generation") or {}
     )
     check_keys(config)
@@ -119,7 +119,7 @@ def _filled(config: dict, section: str, name: str, node: dict, kind, source, see
     if kind.name == "beir" and source == "world":
         # A synthetic task: its splits are those it makes queries for.
         defaults = {**WORLD_TASK_DEFAULTS, "seed": seed}
-        return _merge(
+        return merge(
             defaults, {**node, "splits": list(node.get("queries") or defaults["queries"])}
         )
     filled = kind.filled(node, seed)
@@ -130,7 +130,7 @@ def _filled(config: dict, section: str, name: str, node: dict, kind, source, see
         filled.setdefault("prompt", _default_prompt(filled["retrieval"]))
     if kind.generates:
         # Sampling settings: the run's generation settings under the node's own.
-        filled["generation"] = _merge(config["generation"], node.get("generation") or {})
+        filled["generation"] = merge(config["generation"], node.get("generation") or {})
     return filled
 
 
@@ -338,7 +338,7 @@ def _expand_evaluate(config: dict, prompts_dir: Path | None) -> list[dict]:
     nodes: dict[tuple[str, str, str], dict] = {}
     first_entry: dict[tuple[str, str, str], int] = {}
     for i, entry in enumerate(config.get("evaluate") or []):
-        entry = _merge(EVALUATE_DEFAULTS, entry)
+        entry = merge(EVALUATE_DEFAULTS, entry)
         for field, section in (("models", "models"), ("datasets", "datasets")):
             for ref in entry[field]:
                 if ref not in config[section]:
@@ -365,7 +365,7 @@ def _expand_evaluate(config: dict, prompts_dir: Path | None) -> list[dict]:
                         f"evaluate[{i}].{field}",
                         f"no template {entry[field]}.jinja in {prompts_dir}",
                     )
-        generation = _merge(config["generation"], entry.get("generation") or {})
+        generation = merge(config["generation"], entry.get("generation") or {})
         for model in entry["models"]:
             for dataset in entry["datasets"]:
                 for retrieval in entry["retrieval"]:
