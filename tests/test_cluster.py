@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from ragtrain.graph.config import ConfigError, prepare
-from ragtrain.training.sft_dpo import DEEPSPEED_CONFIGS, DEEPSPEED_STAGES, deepspeed_config
+from ragtrain.training.toolkit import DEEPSPEED_CONFIGS, DEEPSPEED_STAGES, deepspeed_config
 from tests.conftest import ROOT
 from tests.test_workflow import snakemake
 

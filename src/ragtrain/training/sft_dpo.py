@@ -21,11 +21,8 @@ from ragtrain.core.workdir import finish
 
 # DEEPSPEED_*, deepspeed_config and lora_config stay importable from here too.
 from ragtrain.training.toolkit import (
-    DEEPSPEED_CONFIGS,  # noqa: F401
-    DEEPSPEED_STAGES,  # noqa: F401
     ON_RECORDS,
     check_finetune,
-    deepspeed_config,  # noqa: F401
     kept_examples,
     last_checkpoint,
     load_dtype,
