@@ -15,19 +15,16 @@ import logging
 import sys
 
 from ragtrain.core.security import install_redaction, redact
-from ragtrain.stages import data, evaluation, products, queries, retrieval, training
+from ragtrain.stages import families
 
 log = logging.getLogger("ragtrain")
-
-# In the workflow's order: data, retrieval, models, the data models make, evaluation.
-FAMILIES = (data, retrieval, training, products, queries, evaluation)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ragtrain", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     stages = parser.add_subparsers(dest="stage", required=True, metavar="<stage>")
-    for family in FAMILIES:
+    for family in families():
         family.register(stages)
     return parser
 
