@@ -10,7 +10,7 @@ CORES ?= all
 CONFIG ?= config/config.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format clean-demo bench slurm-test
+.PHONY: install demo test test-all lint format docs clean-demo bench slurm-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,14 +36,25 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/snakemake all --cores $(CORES) --configfile $(CONFIG)
 
+# Two tiers (markers in pyproject.toml). `make test`: the fast one, no model loaded, no
+# Snakemake job run (minutes). `make test-all`: that, then the tests that load models,
+# train, run stages or Snakemake for real, or start several processes (tens of minutes).
 # pytest exits 5 when it collects no test: not a failure of the suite itself.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -q -m "not slow and not e2e" --durations=25 tests || [ $$? -eq 5 ]
+
+test-all: test
+	$(BIN)/python -m pytest -q -m "slow or e2e" --durations=25 tests || [ $$? -eq 5 ]
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/snakemake --lint --configfile $(CONFIG)
+	$(BIN)/python -m ragtrain.graph.docs --check config/README.md
+
+# config/README.md's key tables, written from the kind registry (ragtrain.graph.kinds).
+docs: $(STAMP)
+	$(BIN)/python -m ragtrain.graph.docs config/README.md
 
 format: $(STAMP)
 	$(BIN)/ruff format src tests bench

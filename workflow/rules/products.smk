@@ -41,8 +41,11 @@ rule judge:
         **node_resources("products"),
     params:
         node=lambda w: node("products", w.product),
+        # the stage that makes this kind of product from another (a new kind of that
+        # shape reuses the rule: `use rule judge as <kind> with:`)
+        stage=stage_of("products"),
     shell:
-        "python -m ragtrain judge --params {params.node:q} --input {input:q} --output {output.judged:q}"
+        "python -m ragtrain {params.stage} --params {params.node:q} --input {input:q} --output {output.judged:q}"
         " --stats {output.stats:q} > {log:q} 2>&1"
 
 
