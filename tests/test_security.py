@@ -318,7 +318,8 @@ def _hostile_config(tmp_path: Path, model_path: Path) -> Path:
     encoder (hub id) and the file name of a QA dataset that is evaluated."""
     cfg = yaml.safe_load((ROOT / "tests" / "tiny.yaml").read_text())
     cfg["models"]["base"]["path"] = str(model_path)
-    cfg["products"]["judged"]["refusal"] = HOSTILE
+    # (the SFT data's refusal: a free-text key its kind takes; a judge takes none)
+    cfg["products"]["sft_data"]["refusal"] = HOSTILE
     cfg["retrievers"]["dense"]["encoder"] = HOSTILE
     data = tmp_path / "data"
     data.mkdir()
@@ -414,7 +415,7 @@ def test_hostile_config_values_reach_the_shell_as_single_quoted_words(tmp_path):
     commands = _shell_commands(proc.stdout)
     assert len(commands) >= 20, proc.stdout[-3000:]
     hostile = [c for c in commands if "pwned" in c]
-    # the dataset's file, the base model's path, the judge's refusal, the dense encoder
+    # the dataset's file, the base model's path, the SFT data's refusal, the dense encoder
     assert len(hostile) >= 5, hostile
     for command in hostile:
         _inside_one_quoted_word(command)
