@@ -30,6 +30,7 @@ def hf(model, **overrides):
     return HFGenerator(str(model), device_defaults({**GENERATION_DEFAULTS, **overrides}))
 
 
+@pytest.mark.slow
 def test_batched_greedy_equals_one_by_one(tiny_model):
     """Left padding must not change greedy answers."""
     sampling = Sampling(max_new_tokens=6)
@@ -39,6 +40,7 @@ def test_batched_greedy_equals_one_by_one(tiny_model):
     assert all(0 < c[0].num_tokens <= 6 for c in batched)
 
 
+@pytest.mark.slow
 def test_n_samples_per_prompt_and_throughput(tiny_model):
     generator = hf(tiny_model, batch_size=2)
     out = generator.chat(CONVERSATIONS, Sampling(max_new_tokens=4, temperature=1.0, n=3))
@@ -47,6 +49,7 @@ def test_n_samples_per_prompt_and_throughput(tiny_model):
     assert generator.throughput.tokens_per_second > 0
 
 
+@pytest.mark.slow
 def test_greedy_n_repeats_the_one_answer_and_min_tokens_forces_length(tiny_model):
     out = hf(tiny_model).chat(CONVERSATIONS[:1], Sampling(max_new_tokens=5, n=2, min_new_tokens=5))
     assert len(out[0]) == 2 and out[0][0] == out[0][1]
@@ -90,6 +93,7 @@ def test_template_errors_name_the_file(tmp_path):
         PromptTemplate(bad)
 
 
+@pytest.mark.slow
 def test_prefix_is_continued_and_its_continuation_kept_raw(tiny_model):
     """The answer goes on after the prefix; joining continuations gives the longer one."""
     generator = hf(tiny_model)
@@ -110,6 +114,7 @@ def test_prefix_is_continued_and_its_continuation_kept_raw(tiny_model):
     assert first.finish_reason == whole.finish_reason == "length"
 
 
+@pytest.mark.slow
 def test_stop_strings_cut_the_text_after_the_first_stop(tiny_model):
     generator = hf(tiny_model, batch_size=2)
     sampling = Sampling(max_new_tokens=12, temperature=1.0, n=2, stop=("e", "zz"))
@@ -131,6 +136,7 @@ def test_stop_strings_cut_the_text_after_the_first_stop(tiny_model):
             assert b.text.startswith(a.text) and a.num_tokens <= b.num_tokens
 
 
+@pytest.mark.slow
 def test_a_stop_string_is_searched_in_the_generated_text_only(tiny_model):
     """transformers' `stop_strings` would stop at once here: "is" (prefix) + " is"."""
     generator = hf(tiny_model)
@@ -143,9 +149,64 @@ def test_a_stop_string_is_searched_in_the_generated_text_only(tiny_model):
     assert (stopped.text, stopped.num_tokens, stopped.finish_reason) == (" is is", 2, "stop")
 
 
+@pytest.mark.slow
 def test_one_prefix_per_conversation(tiny_model):
     with pytest.raises(ValueError, match="prefixes"):
         hf(tiny_model).chat(CONVERSATIONS, Sampling(), prefixes=["a"])
+    with pytest.raises(ValueError, match="seeds"):
+        hf(tiny_model).chat(CONVERSATIONS, Sampling(), seeds=[1])
+
+
+@pytest.mark.slow
+def test_seeded_samples_do_not_depend_on_batching_or_order(tiny_model):
+    """Each request's samples come from its own generators (seed + k for the k-th)."""
+    import torch
+
+    sampling = Sampling(max_new_tokens=6, temperature=1.0, top_p=0.9, top_k=50, n=3)
+    seeds = [11, 22, 33]
+    generator = hf(tiny_model, batch_size=3)
+    batched = generator.chat(CONVERSATIONS, sampling, seeds)
+    generator.batch_size = 2
+    reordered = generator.chat(CONVERSATIONS[::-1], sampling, seeds[::-1])
+    generator.batch_size = 1
+    alone = generator.chat(CONVERSATIONS[1:2], sampling, seeds[1:2])
+    texts = [[c.text for c in outs] for outs in batched]
+    assert texts == [[c.text for c in outs] for outs in reordered[::-1]]
+    assert texts[1] == [c.text for c in alone[0]]
+    assert any(len(set(t)) > 1 for t in texts)  # sampled
+    other = generator.chat(CONVERSATIONS, sampling, [12, 23, 34])
+    assert [[c.text for c in outs] for outs in other] != texts
+    # Without seeds, each request's seed comes from torch's stream (seeded when the
+    # generator loads): the same state, the same samples, in batches of any size.
+    torch.manual_seed(5)
+    unseeded = generator.chat(CONVERSATIONS, sampling)
+    generator.batch_size = 3
+    torch.manual_seed(5)
+    assert generator.chat(CONVERSATIONS, sampling) == unseeded
+
+
+def test_seeded_sampler_applies_temperature_top_k_and_top_p():
+    import torch
+
+    from ragtrain.generation.engine import _seeded_sampler
+
+    logits = torch.tensor([[0.0, 1.0, 2.0, -1.0]]).expand(4000, 4)
+
+    def frequencies(**kw):
+        sampler = _seeded_sampler(Sampling(**kw), list(range(4000)), torch.device("cpu"))[0]
+        scores = sampler(None, logits)
+        assert (scores.isinf().sum(dim=-1) == 3).all()  # one token left per row
+        return (torch.bincount(scores.argmax(dim=-1), minlength=4) / 4000).tolist()
+
+    full = frequencies(temperature=1.0)
+    expected = logits[0].softmax(-1).tolist()
+    assert all(abs(f - e) < 0.03 for f, e in zip(full, expected, strict=True))
+    # top_p 0.7: the smallest set reaching 0.7 is tokens 2 and 1 (0.64 + 0.24).
+    nucleus = frequencies(temperature=1.0, top_p=0.7)
+    assert nucleus[0] == nucleus[3] == 0 and abs(nucleus[2] - 0.73) < 0.03
+    assert frequencies(temperature=1.0, top_k=2) == nucleus
+    cold = frequencies(temperature=0.1)
+    assert cold[2] > 0.99
 
 
 def test_cut_at_the_first_completed_stop():

@@ -143,6 +143,7 @@ def test_no_examples(tmp_path, template):
     assert (stats["n_examples"], stats["shards"], stats["mean_tokens_per_sample"]) == (0, 0, None)
 
 
+@pytest.mark.slow
 def test_hf_samples_are_reproducible_and_resume(tmp_path, template, tiny_model):
     generation = {
         **GENERATION_DEFAULTS,
@@ -196,10 +197,11 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_vllm_samples_resume_as_an_uninterrupted_run(tmp_path, template, tiny_model):
-    """vLLM on CPU, in a fresh process as the self-demos stage runs it (the engine runs
-    in-process there): each shard is seeded, so a shard drawn after another equals the
-    same shard drawn first, which is what a resumed run does."""
+    """vLLM on CPU, in a fresh process as the self-demos stage runs it: each request is
+    seeded, so a shard drawn after another equals the same shard drawn first, which is
+    what a resumed run does (tests/test_determinism.py: the real model, fresh processes)."""
     import json
     import subprocess
     import sys

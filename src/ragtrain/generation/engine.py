@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from ragtrain.core.security import folder_trusts_remote_code
@@ -87,9 +88,14 @@ class Generator(Protocol):
         seeds: list[int] | None = None,
         prefixes: list[str] | None = None,
     ) -> list[list[Completion]]:
-        """`n` completions per conversation. `seeds`, one per conversation, seed each
-        request (vLLM on GPU), each call (vLLM on CPU) or each batch (HF) with the first
-        seed, so that a run resumed at a call boundary draws what an uninterrupted one would.
+        """`n` completions per conversation. `seeds`, one per conversation (callers derive
+        them from their seed and the example's id), seed each request on both backends: its
+        k-th sample draws from a generator of its own seeded with seed + k (as vLLM seeds
+        the k-th of `n` samples), so a request's samples depend neither on the other
+        requests of the call (batching, order, scheduling, the KV cache's size) nor on
+        the process that runs it. Without `seeds`, each request gets a seed drawn from
+        the generator's own seeded stream: a rerun draws the same samples, successive
+        calls new ones.
 
         `prefixes`, one per conversation: the start of the assistant's answer, which the
         completions continue. Their text is then the raw continuation (leading spaces
@@ -133,7 +139,8 @@ class HFGenerator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        # Seeded once: successive calls draw new samples, a rerun the same ones.
+        # Seeded once: requests without a seed take one from torch's stream, so successive
+        # calls draw new samples, a rerun the same ones.
         torch.manual_seed(params["seed"])
         trust = folder_trusts_remote_code(model_dir)
         model = AutoModelForCausalLM.from_pretrained(
@@ -180,9 +187,15 @@ class HFGenerator:
         do_sample = sampling.temperature > 0
         # Greedy decoding has one answer: generate it once, repeat it n times (as vLLM does).
         returned = sampling.n if do_sample else 1
-        extra = {"temperature": sampling.temperature, "top_p": sampling.top_p} if do_sample else {}
-        if do_sample and sampling.top_k > 0:
-            extra["top_k"] = sampling.top_k
+        _check_seeds(conversations, seeds)
+        if do_sample and seeds is None:
+            seeds = torch.randint(0, 2**31, (len(prompts),)).tolist()
+        if do_sample and sampling.top_k <= 0:
+            # As HF's own sampling did: top_k off (<= 0) leaves HF's default, the model's
+            # generation_config or else 50 (vLLM samples the whole vocabulary there).
+            top_k = getattr(getattr(self.model, "generation_config", None), "top_k", None)
+            sampling = replace(sampling, top_k=50 if top_k is None else top_k)
+        extra = {}
         eos = self._eos_ids()
         for start in range(0, len(prompts), self.batch_size):
             batch = prompts[start : start + self.batch_size]
@@ -190,23 +203,31 @@ class HFGenerator:
             enc = self.tokenizer(
                 batch, return_tensors="pt", padding=True, add_special_tokens=False
             ).to(self.device)
+            inputs = enc
+            if do_sample:
+                # Each prompt's rows, one per sample, next to each other (as HF's
+                # num_return_sequences lays them out), each with its own generator.
+                inputs = {k: v.repeat_interleave(returned, dim=0) for k, v in enc.items()}
+                row_seeds = [
+                    s + k for s in seeds[start : start + len(batch)] for k in range(returned)
+                ]
+                extra["logits_processor"] = _seeded_sampler(sampling, row_seeds, self.device)
             prompt_len = enc["input_ids"].shape[1]
             if sampling.stop:
                 extra["stopping_criteria"] = _stop_criteria(
                     self.tokenizer, sampling.stop, prompt_len
                 )
-            if seeds is not None:
-                # One generator state per batch: a batch draws the same samples wherever
-                # a run starts (HF has no per-request seed).
-                torch.manual_seed(seeds[start])
             began = time.perf_counter()
             with torch.inference_mode():
+                # Sampled rows are drawn by the seeded sampler, which leaves one token
+                # possible: greedy decoding then takes it (HF's own sampling draws every
+                # row from torch's one generator, so a row's samples would depend on the
+                # rows drawn before it).
                 out = self.model.generate(
-                    **enc,
+                    **inputs,
                     max_new_tokens=sampling.max_new_tokens,
                     min_new_tokens=sampling.min_new_tokens,
-                    do_sample=do_sample,
-                    num_return_sequences=returned,
+                    do_sample=False,
                     pad_token_id=self.tokenizer.pad_token_id,
                     **extra,
                 )
@@ -253,6 +274,47 @@ class HFGenerator:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
+def _check_seeds(conversations: list[Conversation], seeds: list[int] | None) -> None:
+    if seeds is not None and len(seeds) != len(conversations):
+        raise ValueError(
+            f"seeds: expected one per conversation ({len(conversations)}), got {len(seeds)}"
+        )
+
+
+def _seeded_sampler(sampling: Sampling, seeds: list[int], device):
+    """A logits processor that samples each row with its own generator (temperature, then
+    top-k and top-p as vLLM applies them) and leaves the drawn token the only one
+    possible. It runs after HF's own processors (min_new_tokens, ...)."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+    class SeededSampler(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            logits = scores.float() / sampling.temperature
+            if 0 < sampling.top_k < logits.shape[-1]:
+                kth = torch.topk(logits, sampling.top_k, dim=-1).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            probs = logits.softmax(dim=-1)
+            if sampling.top_p < 1.0:
+                ordered, order = probs.sort(dim=-1, descending=True)
+                # Drop the tokens after the smallest set that reaches top_p (the first
+                # one is always kept).
+                drop = (ordered.cumsum(dim=-1) - ordered) >= sampling.top_p
+                probs = probs.scatter(-1, order, ordered.masked_fill(drop, 0.0))
+            # A draw from probs: argmax of probs / q, q exponential noise (as vLLM draws;
+            # torch.multinomial takes 20 ms a row on a 49k vocabulary, this 1 ms).
+            noise = torch.empty_like(probs)
+            for row, g in zip(noise, generators, strict=True):
+                row.exponential_(generator=g)
+            tokens = (probs / noise).argmax(dim=-1, keepdim=True)
+            chosen = torch.full_like(scores, float("-inf"))
+            return chosen.scatter_(1, tokens, 0.0)
+
+    return LogitsProcessorList([SeededSampler()])
+
+
 def _check_prefixes(conversations: list[Conversation], prefixes: list[str] | None) -> None:
     if prefixes is not None and len(prefixes) != len(conversations):
         raise ValueError(
@@ -295,16 +357,17 @@ class VLLMGenerator:
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         from vllm import LLM
 
-        # On CPU a per-request seed fails once a long prompt is prefilled in chunks (vLLM
-        # rewinds the request's generator: "CPU Generator does not use offset"). There the
-        # engine runs in this process instead, so that seeding torch before a call fixes
-        # that call's samples: with the engine in its own process, requests reach it while
-        # it is already stepping, and the same seed gave different samples run to run.
-        self.request_seeds = torch.cuda.is_available()
         extra = {}
-        if not self.request_seeds and params["tensor_parallel_size"] == 1:
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-            extra["distributed_executor_backend"] = "uni"
+        if not torch.cuda.is_available():
+            # Every request is seeded (see `chat`). A request whose prompt is prefilled in
+            # chunks samples a token after each chunk that vLLM throws away, rewinding the
+            # request's generator, which a CPU generator cannot do ("CPU Generator does
+            # not use offset"): prompts are therefore prefilled whole on CPU.
+            extra["enable_chunked_prefill"] = False
+            if params["tensor_parallel_size"] == 1:
+                # The engine in this process: no engine-core process next to this one.
+                os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+                extra["distributed_executor_backend"] = "uni"
         self.llm = LLM(
             model=model_dir,
             dtype=params["dtype"],
@@ -316,7 +379,8 @@ class VLLMGenerator:
             trust_remote_code=folder_trusts_remote_code(model_dir),
             **extra,
         )
-        self.in_process = bool(extra)
+        # Seeds for requests that come without one (see Generator.chat).
+        self._seeds = random.Random(params["seed"])
         self.throughput = Throughput()
 
     def chat(
@@ -343,14 +407,17 @@ class VLLMGenerator:
                 include_stop_str_in_output=True,
             )
 
+        _check_seeds(conversations, seeds)
         sp = params(None)
-        if seeds is not None and sampling.temperature > 0:
-            if self.request_seeds:
-                sp = [params(seed) for seed in seeds]
-            elif self.in_process:
-                import torch
-
-                torch.manual_seed(seeds[0])  # the sampler draws from torch's generator
+        if sampling.temperature > 0:
+            # A seed per request: vLLM then samples it from a generator of its own (the
+            # k-th of n samples seeded with seed + k), whatever it is batched with. Without
+            # one, the sampler draws from torch's generator in the order requests happen to
+            # be scheduled, which depends on the KV cache's size (a share of the memory
+            # free at start-up) and on the other requests.
+            if seeds is None:
+                seeds = [self._seeds.randrange(2**31) for _ in conversations]
+            sp = [params(seed) for seed in seeds]
         extra = {}
         if prefixes is not None:
             # The prefix as the assistant's last message, continued (not closed) by the
@@ -361,7 +428,16 @@ class VLLMGenerator:
             ]
             extra = {"add_generation_prompt": False, "continue_final_message": True}
         began = time.perf_counter()
-        outputs = self.llm.chat(conversations, sp, use_tqdm=False, **extra)
+        try:
+            outputs = self.llm.chat(conversations, sp, use_tqdm=False, **extra)
+        except RuntimeError as e:
+            if "does not use offset" not in str(e):
+                raise
+            raise RuntimeError(
+                f"vLLM could not rewind a seeded request's CPU generator ({e}): a prompt"
+                " was prefilled in chunks, which this engine turns off on CPU; use the"
+                " `hf` backend for seeded sampling with this vLLM"
+            ) from e
         results = [
             [
                 Completion(

@@ -1,10 +1,10 @@
 """Self-demonstrations: `n` sampled responses per training question, with the RAG prompt.
 
 Generation is written in shards to the node's work folder and resumes where it
-stopped. Every example has its own seed (from the node's seed and the example id):
-vLLM on GPU seeds each request with it; vLLM on CPU each shard, and the HF backend each
-batch, with its first example's (see ragtrain.generation.engine). So a resumed run draws the
-same samples as an uninterrupted one.
+stopped. Every example has its own seed (from the node's seed and the example id), which
+seeds its request on both backends (see ragtrain.generation.engine): its samples depend
+neither on the other examples of its shard nor on the process that draws them. So a rerun,
+a resumed run or a run with other shard or batch sizes draws the same samples.
 """
 
 from __future__ import annotations
