@@ -11,7 +11,8 @@ GENERATION_DOCS = {
     "max_new_tokens": "new tokens per answer",
     "temperature": "sampling temperature; 0 is greedy",
     "top_p": "nucleus sampling",
-    "top_k": "top-k sampling; -1: off",
+    "top_k": "top-k sampling; -1: off on vLLM, while HF `generate` then keeps the model's own"
+    " top_k (50 unless its generation_config says otherwise)",
     "batch_size": "HF backend: prompts per `generate` call",
     "seed": "seeds sampling (top-level `seed` by default; see README, Reproducibility)",
     "dtype": "compute dtype of both backends; `auto`: bfloat16 on GPU, float32 on CPU (bf16"
