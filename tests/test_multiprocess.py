@@ -93,9 +93,10 @@ def _run(kind, data, model, tmp_path, processes):
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("kind", ["sft", "dpo"])
+@pytest.mark.slow
 def test_two_cpu_processes_train_the_same_kind_of_model_as_one(kind, tiny_model, tmp_path):
-    make = sft_file if kind == "sft" else pairs_file
-    data = make(tmp_path / f"{kind}.jsonl", 16)
+    path = tmp_path / f"{kind}.jsonl"
+    data = sft_file(path, 16) if kind == "sft" else pairs_file(path, range(16))
     one, _ = _run(kind, data, tiny_model, tmp_path, processes=1)
     two, log = _run(kind, data, tiny_model, tmp_path, processes=2)
 

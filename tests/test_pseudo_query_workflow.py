@@ -1,5 +1,6 @@
 """The pseudo-query recipe end to end through Snakemake: two rounds on a tiny task."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -7,12 +8,13 @@ import pytest
 import yaml
 
 from ragtrain.graph.dryrun import planned_jobs
-from tests.conftest import ROOT
-from tests.test_workflow import snakemake
+from tests.conftest import ROOT, snakemake
+
+TINY_PQ = yaml.safe_load((ROOT / "tests" / "tiny_pq.yaml").read_text())
 
 
 def tiny_pq_config(tmp_path: Path, tiny_model: Path) -> Path:
-    cfg = yaml.safe_load((ROOT / "tests" / "tiny_pq.yaml").read_text())
+    cfg = copy.deepcopy(TINY_PQ)
     cfg["models"]["base"]["path"] = str(tiny_model)
     configfile = tmp_path / "tiny_pq.yaml"
     configfile.write_text(yaml.safe_dump(cfg))
@@ -24,6 +26,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_pseudo_query_recipe_end_to_end(tiny_model, tmp_path):
     configfile = tiny_pq_config(tmp_path, tiny_model)
     snakemake("--cores", "2", "--configfile", str(configfile), "--directory", str(tmp_path))
@@ -50,15 +53,20 @@ def test_pseudo_query_recipe_end_to_end(tiny_model, tmp_path):
         # Filters annotate every candidate and chain: a dropped query stays dropped.
         bm25 = read_jsonl(products / f"pq_r{r}_bm25/data.jsonl")
         assert len(bm25) == len(queries)
+        k = TINY_PQ["pseudo_query"]["filters"]["bm25"]["k"]
         assert all(
-            "bm25_rank" in q["filters"] and q["kept"] == (q["filters"]["bm25_rank"] <= 5)
+            "bm25_rank" in q["filters"] and q["kept"] == (q["filters"]["bm25_rank"] <= k)
             for q in bm25
         )
+        dense = read_jsonl(products / f"pq_r{r}_bm25_dense/data.jsonl")
         last = read_jsonl(products / f"pq_r{r}_bm25_dense_lossnet/data.jsonl")
-        for before, after in zip(bm25, last, strict=True):
-            assert after["id"] == before["id"]
-            if not before["kept"]:
-                assert not after["kept"] and "lossnet" not in after["filters"]
+        for chain in ((bm25, dense), (dense, last)):
+            for before, after in zip(*chain, strict=True):
+                assert after["id"] == before["id"]
+                if not before["kept"]:
+                    assert not after["kept"] and "lossnet" not in after["filters"]
+        # the chain drops some queries and keeps some (so round 2 has data)
+        assert 0 < sum(q["kept"] for q in last) < len(last)
         lossnet = json.loads((products / f"pq_r{r}_bm25_dense_lossnet/stats.json").read_text())
         assert lossnet["n_kept"] <= lossnet["n_candidates"]
         prefs = read_jsonl(products / f"pq_prefs_r{r}/data.jsonl")

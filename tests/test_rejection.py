@@ -330,6 +330,7 @@ def test_segment_beam_demos_resumes_without_loading(template, tmp_path):
 # -- segment beam: the HF backend on the tiny model ------------------------------------
 
 
+@pytest.mark.slow
 def test_segment_beam_with_the_tiny_model(tiny_model, template):
     generator = HFGenerator(
         str(tiny_model), device_defaults({**GENERATION_DEFAULTS, "batch_size": 8})

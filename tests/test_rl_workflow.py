@@ -1,6 +1,7 @@
 """Reward models and RL end to end through Snakemake, on the tiny model (HF backend):
 reward model, PPO, GRPO, RLOO, a reward product, best-of-n and segment-beam SFT data,
-the SFT models trained on them, evaluations and the report."""
+the SFT models trained on them, evaluations and the report. It starts from tests/tiny.yaml's
+upstream (data, self-demos, SFT model), built once for the tests."""
 
 import json
 from pathlib import Path
@@ -8,23 +9,36 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ragtrain.graph.config import prepare
 from ragtrain.graph.dryrun import planned_jobs
-from tests.conftest import ROOT
-from tests.test_workflow import snakemake
+from tests.conftest import UPSTREAM_NODES, assert_upstream_up_to_date, snakemake, tiny_config
 
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.open()]
 
 
+def test_the_rl_recipe_shares_tiny_yaml_upstream():
+    """What lets the end-to-end test below start from tiny.yaml's upstream: the same run
+    name and the same upstream nodes, every setting (defaults filled) alike."""
+    tiny = prepare(tiny_config("tiny.yaml", Path("/tiny-model")))
+    rl = prepare(tiny_config("tiny_rl.yaml", Path("/tiny-model")))
+    assert rl["run"] == tiny["run"]
+    for section, names in UPSTREAM_NODES.items():
+        for name in names:
+            assert rl[section][name] == tiny[section][name], f"{section}.{name} differs"
+
+
+@pytest.mark.slow
 @pytest.mark.e2e
-def test_rl_recipe_end_to_end(tiny_model, tmp_path):
-    cfg = yaml.safe_load((ROOT / "tests" / "tiny_rl.yaml").read_text())
-    cfg["models"]["base"]["path"] = str(tiny_model)
+def test_rl_recipe_end_to_end(from_tiny_upstream, tiny_model):
+    tmp_path = from_tiny_upstream
+    cfg = tiny_config("tiny_rl.yaml", tiny_model)
     configfile = tmp_path / "tiny_rl.yaml"
     configfile.write_text(yaml.safe_dump(cfg))
+    assert_upstream_up_to_date(tmp_path, configfile)
     snakemake("--cores", "2", "--configfile", str(configfile), "--directory", str(tmp_path))
-    results = tmp_path / "results" / "tiny_rl"
+    results = tmp_path / "results" / "tiny"
 
     rm = json.loads((results / "models/rm/metrics.json").read_text())
     assert rm["kind"] == "reward_model" and 0.0 <= rm["dev_pair_accuracy"] <= 1.0
@@ -34,7 +48,7 @@ def test_rl_recipe_end_to_end(tiny_model, tmp_path):
         metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["kind"] == kind
         assert metrics["dev_reward"] is not None and metrics["dev_reward_init"] is not None
-    ppo_log = (tmp_path / "logs/tiny_rl/models/ppo.log").read_text()
+    ppo_log = (tmp_path / "logs/tiny/models/ppo.log").read_text()
     assert "iteration 2/2" in ppo_log
 
     # Every sample scored by the reward model; best-of-n keeps one sample per question.

@@ -1,37 +1,19 @@
-"""The workflow through Snakemake: dry runs of every config, lint, and the tiny DAG end to end."""
+"""The workflow through Snakemake: dry runs of every config, lint, and the tiny DAG end to
+end (once, on vLLM: the HF backend runs the DAG in tests/test_rl_workflow.py and
+tests/test_faults.py, its evaluate stage alone in tests/test_hf_backend.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from ragtrain.graph.dryrun import planned_jobs
-from tests.conftest import ROOT
+from tests.conftest import ROOT, assert_upstream_up_to_date, snakemake, tiny_config
 
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 CONFIGS = sorted((ROOT / "config").rglob("*.yaml"))
-
-
-def snakemake(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run(
-        [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if check and proc.returncode != 0:
-        pytest.fail(
-            f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-        )
-    return proc
 
 
 @pytest.mark.parametrize("configfile", CONFIGS, ids=lambda p: p.name)
@@ -69,19 +51,14 @@ def test_unknown_name_stops_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-def tiny_config(tmp_path: Path, tiny_model: Path, **generation) -> Path:
-    cfg = yaml.safe_load((ROOT / "tests" / "tiny.yaml").read_text())
-    cfg["models"]["base"]["path"] = str(tiny_model)
-    cfg["generation"].update(generation)
-    configfile = tmp_path / "tiny.yaml"
-    configfile.write_text(yaml.safe_dump(cfg))
-    return configfile
-
-
+@pytest.mark.slow
 @pytest.mark.e2e
-@pytest.mark.parametrize("backend", ["vllm", "hf"])
-def test_end_to_end(backend, tiny_model, tmp_path):
-    configfile = tiny_config(tmp_path, tiny_model, backend=backend)
+def test_end_to_end(from_tiny_upstream, tiny_model):
+    # From the shared upstream (up to the SFT model, built once): DPO, evaluation, report.
+    tmp_path = from_tiny_upstream
+    configfile = tmp_path / "tiny.yaml"
+    configfile.write_text(yaml.safe_dump(tiny_config("tiny.yaml", tiny_model)))
+    assert_upstream_up_to_date(tmp_path, configfile)
     snakemake("--cores", "2", "--configfile", str(configfile), "--directory", str(tmp_path))
 
     results = tmp_path / "results" / "tiny"
@@ -127,31 +104,30 @@ def test_end_to_end(backend, tiny_model, tmp_path):
     proc = snakemake("-n", "--configfile", str(configfile), "--directory", str(tmp_path))
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
-    if backend == "hf":
-        cfg = yaml.safe_load(configfile.read_text())
-        # A new DPO beta reruns that model, its evaluation and the report; nothing upstream.
-        cfg["models"]["dpo"]["beta"] = 0.5
-        configfile.write_text(yaml.safe_dump(cfg))
-        proc = snakemake("-n", "--configfile", str(configfile), "--directory", str(tmp_path))
-        assert planned_jobs(proc.stdout) == {"train": 1, "evaluate": 1, "report": 1, "all": 1}
-        assert "Params have changed since last execution" in proc.stdout
-        assert "results/tiny/models/dpo" in proc.stdout
+    cfg = yaml.safe_load(configfile.read_text())
+    # A new DPO beta reruns that model, its evaluation and the report; nothing upstream.
+    cfg["models"]["dpo"]["beta"] = 0.5
+    configfile.write_text(yaml.safe_dump(cfg))
+    proc = snakemake("-n", "--configfile", str(configfile), "--directory", str(tmp_path))
+    assert planned_jobs(proc.stdout) == {"train": 1, "evaluate": 1, "report": 1, "all": 1}
+    assert "Params have changed since last execution" in proc.stdout
+    assert "results/tiny/models/dpo" in proc.stdout
 
-        # A new k reruns that retriever's searches and what depends on them, not its index.
-        cfg["models"]["dpo"]["beta"] = 0.1
-        cfg["retrievers"]["bm25"]["k"] = 1
-        configfile.write_text(yaml.safe_dump(cfg))
-        proc = snakemake("-n", "--configfile", str(configfile), "--directory", str(tmp_path))
-        jobs = planned_jobs(proc.stdout)
-        assert "index" not in jobs
-        assert jobs["retrieve"] == 2  # train (self-demos) and test
-        assert jobs["self_demos"] == 1 and jobs["train"] == 2
+    # A new k reruns that retriever's searches and what depends on them, not its index.
+    cfg["models"]["dpo"]["beta"] = 0.1
+    cfg["retrievers"]["bm25"]["k"] = 1
+    configfile.write_text(yaml.safe_dump(cfg))
+    proc = snakemake("-n", "--configfile", str(configfile), "--directory", str(tmp_path))
+    jobs = planned_jobs(proc.stdout)
+    assert "index" not in jobs
+    assert jobs["retrieve"] == 2  # train (self-demos) and test
+    assert jobs["self_demos"] == 1 and jobs["train"] == 2
 
-        report = tmp_path / "report.html"
-        snakemake(
-            "--configfile", str(configfile), "--directory", str(tmp_path), "--report", str(report)
-        )
-        assert report.stat().st_size > 10_000
+    report = tmp_path / "report.html"
+    snakemake(
+        "--configfile", str(configfile), "--directory", str(tmp_path), "--report", str(report)
+    )
+    assert report.stat().st_size > 10_000
 
 
 def check_products(results: Path) -> None:

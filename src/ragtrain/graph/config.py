@@ -119,9 +119,7 @@ def _filled(config: dict, section: str, name: str, node: dict, kind, source, see
     if kind.name == "beir" and source == "world":
         # A synthetic task: its splits are those it makes queries for.
         defaults = {**WORLD_TASK_DEFAULTS, "seed": seed}
-        return merge(
-            defaults, {**node, "splits": list(node.get("queries") or defaults["queries"])}
-        )
+        return merge(defaults, {**node, "splits": list(node.get("queries") or defaults["queries"])})
     filled = kind.filled(node, seed)
     if kind.name in RL_MODELS:
         filled.setdefault("prompt", _default_prompt(filled["retrieval"]))

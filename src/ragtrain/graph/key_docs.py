@@ -5,6 +5,9 @@ tables are written from them (ragtrain.graph.docs). Defaults are not here: they 
 beside the code that reads them.
 """
 
+# The key that lets a model run its own code: its docs say what it does, never turn it on.
+REMOTE_CODE = "trust_remote_code"
+
 GENERATION_DOCS = {
     "backend": "`vllm` (`LLM.chat`, batched by the engine) or `hf` (transformers `generate`,"
     " batched, left padding)",
@@ -84,7 +87,7 @@ ENCODER_DOCS = {
     "batch_size": "encoding batch size",
     "query_prefix": "prefix of queries some encoders expect (`query: ` for E5)",
     "passage_prefix": "prefix of passages some encoders expect (`passage: ` for E5)",
-    "trust_remote_code": "run the encoder's own Python code; off unless turned on here",
+    REMOTE_CODE: "run the encoder's own Python code; off unless turned on here",
 }
 BM25_DOCS = {
     "k1": "BM25 term-frequency saturation",

@@ -35,6 +35,7 @@ from ragtrain.graph.key_docs import (
     GROUP_RL_DOCS,
     PPO_DOCS,
     PROMPT_DOC,
+    REMOTE_CODE,
     SAMPLING_DOCS,
     SPLIT_DOCS,
     TRAINER_DOCS,
@@ -140,7 +141,6 @@ GENERATION_DEFAULTS: dict[str, Any] = {
     "tensor_parallel_size": 1,
 }
 RL_PROMPTS = {"retrieval": NO_RETRIEVAL, "dev_fraction": 0.15}
-REMOTE_CODE = "trust_remote_code"
 INHERITED = {
     REMOTE_CODE: "a trained model inherits it from the model it starts from (init): set it there"
 }
@@ -228,7 +228,7 @@ def _kinds() -> list[Kind]:
                   "path": "a local HF model folder", "hub": "a hub id (needs network)",
                   "revision": "hub revision",
                   "dtype": "dtype the weights are saved in; `auto` keeps the checkpoint's",
-                  "trust_remote_code": "run the model's own Python code; models trained"
+                  REMOTE_CODE: "run the model's own Python code; models trained"
                   " from it inherit it"},
             one_of=("gguf", "path", "hub"), stage="base-model", rule="base_model",
         ),
