@@ -18,7 +18,7 @@ from pathlib import Path
 from ragtrain.core.records import read_jsonl
 from ragtrain.data.prompts import PromptTemplate
 from ragtrain.generation.engine import Sampling, load_generator
-from ragtrain.graph.config import GENERATION_DEFAULTS
+from ragtrain.graph.kinds import GENERATION_DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 

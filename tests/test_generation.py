@@ -10,7 +10,7 @@ from ragtrain.generation.engine import (
     device_defaults,
     load_generator,
 )
-from ragtrain.graph.config import GENERATION_DEFAULTS
+from ragtrain.graph.kinds import GENERATION_DEFAULTS
 from tests.conftest import ROOT
 
 CONVERSATIONS = [

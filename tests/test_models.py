@@ -5,7 +5,7 @@ import json
 import pytest
 
 from ragtrain.generation.engine import HFGenerator, Sampling, device_defaults
-from ragtrain.graph.config import GENERATION_DEFAULTS
+from ragtrain.graph.kinds import GENERATION_DEFAULTS
 from ragtrain.training.models import find_gguf, import_base_model
 
 

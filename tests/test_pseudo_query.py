@@ -13,7 +13,7 @@ from ragtrain.generation.pseudo_query import (
     unlabelled_sample,
     with_difficulty,
 )
-from ragtrain.graph.config import GENERATION_DEFAULTS
+from ragtrain.graph.kinds import GENERATION_DEFAULTS
 from tests.conftest import ROOT
 
 TEMPLATE = PromptTemplate(ROOT / "resources" / "prompts" / "doc2query.jinja")

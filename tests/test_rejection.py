@@ -7,7 +7,7 @@ from ragtrain.core.seeds import stable_seed
 from ragtrain.data.prompts import PromptTemplate
 from ragtrain.generation.engine import Completion, HFGenerator, Throughput, device_defaults
 from ragtrain.generation.judge import dev_ids
-from ragtrain.graph.config import GENERATION_DEFAULTS
+from ragtrain.graph.kinds import GENERATION_DEFAULTS
 from ragtrain.training.rejection import (
     SEGMENT_BEAM_DEFAULTS,
     best_of_n,

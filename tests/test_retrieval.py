@@ -1,6 +1,6 @@
 import pytest
 
-from ragtrain.graph.config import RETRIEVER_DEFAULTS
+from ragtrain.graph.kinds import RETRIEVER_DEFAULTS
 from ragtrain.retrieval.index import Index, build_index, resolve_encoder, retrieve
 
 CORPUS = [

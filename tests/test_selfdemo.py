@@ -7,7 +7,7 @@ from ragtrain.core.seeds import stable_seed
 from ragtrain.data.prompts import PromptTemplate
 from ragtrain.generation.engine import Completion, Throughput, load_generator
 from ragtrain.generation.selfdemo import sample_demos
-from ragtrain.graph.config import GENERATION_DEFAULTS
+from ragtrain.graph.kinds import GENERATION_DEFAULTS
 
 PARAMS = {
     "n": 2,
@@ -177,7 +177,7 @@ def test_hf_samples_are_reproducible_and_resume(tmp_path, template, tiny_model):
 _VLLM_RESUME = """
 import json, sys
 from pathlib import Path
-from ragtrain.graph.config import GENERATION_DEFAULTS
+from ragtrain.graph.kinds import GENERATION_DEFAULTS
 from ragtrain.generation.engine import load_generator
 from ragtrain.data.prompts import PromptTemplate
 from ragtrain.generation.selfdemo import sample_demos

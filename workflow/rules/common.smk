@@ -9,15 +9,8 @@ sys.path.insert(0, str(SRC))
 
 from snakemake.utils import validate
 
-from ragtrain.graph.config import (
-    LLM_KINDS,
-    NO_RETRIEVAL,
-    RETRIEVER_MODELS,
-    ConfigError,
-    check_keys,
-    prepare,
-)
-from ragtrain.graph.kinds import kind_of
+from ragtrain.graph.config import ConfigError, check_keys, prepare
+from ragtrain.graph.kinds import LLM_KINDS, NO_RETRIEVAL, RETRIEVER_MODELS, kind_of
 from ragtrain.graph.cluster import JOB_KEYS, job_resources, launch_args
 from ragtrain.training.rewards import reward_models
 

@@ -18,21 +18,16 @@ from ragtrain.core.settings import merge
 from ragtrain.data.beir import WORLD_TASK_DEFAULTS
 from ragtrain.data.world import WorldConfig
 from ragtrain.graph.kinds import (
-    DATASET_DEFAULTS,
     DEEPSPEED_KINDS,
     EVALUATE_DEFAULTS,
-    FILTER_KINDS,
     GENERATING_PRODUCTS,
     GENERATION_DEFAULTS,
     KINDS,
     LAUNCHED_KINDS,
     LLM_KINDS,
-    MODEL_DEFAULTS,
     NO_RETRIEVAL,
-    PRODUCT_DEFAULTS,
     QUERY_PRODUCTS,
     RETRIEVAL_EVAL_DEFAULTS,
-    RETRIEVER_DEFAULTS,
     RETRIEVER_MODELS,
     RL_MODELS,
     SECTIONS,
@@ -43,18 +38,7 @@ from ragtrain.graph.kinds import (
 from ragtrain.recipes import RECIPES
 from ragtrain.training.rewards import check_specs, reward_models
 
-__all__ = [
-    "DATASET_DEFAULTS",
-    "FILTER_KINDS",
-    "GENERATION_DEFAULTS",
-    "MODEL_DEFAULTS",
-    "NO_RETRIEVAL",
-    "PRODUCT_DEFAULTS",
-    "RETRIEVER_DEFAULTS",
-    "ConfigError",
-    "check_keys",
-    "prepare",
-]
+__all__ = ["ConfigError", "check_keys", "prepare"]
 
 # Which fields of a node name another node, in which section: every kind's, by section
 # (products before models: a cycle is reported from the data that closes it).

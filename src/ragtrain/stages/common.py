@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ragtrain.core.settings import merge
-from ragtrain.graph.config import GENERATION_DEFAULTS
+from ragtrain.graph.kinds import GENERATION_DEFAULTS
 
 # Every stage logs as `ragtrain`, whichever module declares it.
 log = logging.getLogger("ragtrain")

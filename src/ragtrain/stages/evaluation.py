@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ragtrain.core.records import write_json, write_jsonl
-from ragtrain.graph.config import NO_RETRIEVAL
+from ragtrain.graph.kinds import NO_RETRIEVAL
 from ragtrain.stages.common import add_stage, generation
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ragtrain.core.records import RecordError, write_json, write_jsonl
 from ragtrain.core.settings import merge
-from ragtrain.graph.config import PRODUCT_DEFAULTS
+from ragtrain.graph.kinds import PRODUCT_DEFAULTS
 from ragtrain.stages.common import (
     add_reward_models,
     add_stage,

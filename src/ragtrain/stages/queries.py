@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ragtrain.core.records import write_json, write_jsonl
 from ragtrain.core.settings import merge
-from ragtrain.graph.config import PRODUCT_DEFAULTS
+from ragtrain.graph.kinds import PRODUCT_DEFAULTS
 from ragtrain.stages.common import add_stage, generation, log, settings_of, trained_retriever
 
 
@@ -37,7 +37,7 @@ def cmd_pseudo_queries(args) -> None:
 def cmd_query_filter(args) -> None:
     from ragtrain.data.beir import gold_queries, read_query_records
     from ragtrain.data.loaders import load_beir_corpus
-    from ragtrain.graph.config import FILTER_KINDS
+    from ragtrain.graph.kinds import FILTER_KINDS
 
     params = args.params
     kind = params.get("filter")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ragtrain.core.records import write_json, write_jsonl
 from ragtrain.core.settings import merge, with_defaults
-from ragtrain.graph.config import RETRIEVER_DEFAULTS
+from ragtrain.graph.kinds import RETRIEVER_DEFAULTS
 from ragtrain.stages.common import add_stage, log, set_threads, settings_of, trained_retriever
 
 

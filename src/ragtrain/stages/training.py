@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ragtrain.core.settings import merge
-from ragtrain.graph.config import MODEL_DEFAULTS
+from ragtrain.graph.kinds import MODEL_DEFAULTS
 from ragtrain.stages.common import (
     add_reward_models,
     add_stage,
