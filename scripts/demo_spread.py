@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = ("em", "f1", "accuracy", "correct_refusal", "false_refusal")
+METRICS = ("em", "f1", "accuracy", "precision", "recall", "correct_refusal", "false_refusal")
 
 
 def run(seed: int, world_seed: int, cores: str) -> tuple[str, float]:

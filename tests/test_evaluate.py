@@ -74,14 +74,26 @@ def test_metrics_and_prediction_records():
     assert metrics["f1"] == 0.7
     assert metrics["accuracy"] == 0.5
     assert metrics["correct_refusal"] == 0.5
+    # Example 1's documents hold its answer and it was answered: no false refusal.
     assert metrics["false_refusal"] == 0.0
+    assert metrics["n_relevant"] == 1
     assert metrics["refusal_rate"] == 0.25
+    # Answerable: "Kesh." correct (docs hold it), "It was Tollan." incorrect (no docs).
+    assert (metrics["precision"], metrics["recall"], metrics["pr_f1"]) == (0.5, 0.5, 0.5)
+    assert metrics["errors"] == {
+        "neither": 1,
+        "generation_miss": 0,
+        "retrieval_miss": 0,
+        "both": 1,
+    }
     assert (metrics["n"], metrics["n_answerable"], metrics["n_unanswerable"]) == (4, 2, 2)
     assert metrics["by_type"]["multihop"]["f1"] == 0.4
     assert metrics["by_type"]["unanswerable"]["em"] is None
     assert metrics["tokens_per_second"] == 40.0
 
     first = predictions[0]
+    assert [p["label"] for p in predictions] == ["correct", "incorrect", "refuse", "incorrect"]
+    assert [p["relevant"] for p in predictions] == [True, False, False, False]
     assert first["prediction"] == "Kesh."
     assert first["answers"] == ["Kesh"]
     assert first["docs"] == [{"id": "p1", "title": "Marel", "score": 3.2}]
@@ -93,3 +105,23 @@ def test_metrics_and_prediction_records():
         "refusal": False,
         "answerable": True,
     }
+
+
+def test_a_refusal_is_false_only_where_the_documents_hold_the_answer():
+    examples = [
+        {**EXAMPLES[0], "question": "Q1"},  # docs hold "Kesh"
+        {**EXAMPLES[0], "id": "5", "question": "Q2", "docs": []},  # nothing retrieved
+    ]
+    script = {"Q1": "I don't know.", "Q2": "I don't know."}
+    _, metrics = evaluate(
+        examples,
+        Scripted(script),
+        PromptTemplate(ROOT / "resources/prompts/rag.jinja"),
+        PARAMS,
+    )
+    assert metrics["refused_answerable"] == 1.0
+    assert metrics["false_refusal"] == 1.0  # of the one example whose docs hold it
+    assert metrics["n_relevant"] == 1
+    assert metrics["precision"] is None  # nothing answered
+    assert metrics["recall"] == 0.0
+    assert metrics["errors"] == {"neither": 0, "generation_miss": 1, "retrieval_miss": 0, "both": 1}

@@ -2,7 +2,8 @@
 
 import pytest
 
-from ragtrain.generation.judge import CORRECT, INCORRECT, REFUSE, judge_record, judge_stats, label
+from ragtrain.generation.judge import judge_record, judge_stats
+from ragtrain.judges.rules import CORRECT, INCORRECT, REFUSE, label
 
 
 @pytest.mark.parametrize(

@@ -166,7 +166,7 @@ def test_aggregate_mixed():
         "accuracy": 0.6667,
         "refusal_rate": 0.4,
         "correct_refusal": 0.5,
-        "false_refusal": 0.3333,
+        "refused_answerable": 0.3333,
         "n": 5,
         "n_answerable": 3,
         "n_unanswerable": 2,
@@ -177,7 +177,7 @@ def test_aggregate_without_unanswerable_examples():
     metrics = aggregate([score_example("Kesh", ["Kesh"]), score_example("Rome", ["Paris"])])
     assert metrics["em"] == 0.5
     assert metrics["correct_refusal"] is None
-    assert metrics["false_refusal"] == 0.0
+    assert metrics["refused_answerable"] == 0.0
     assert metrics["refusal_rate"] == 0.0
     assert (metrics["n_answerable"], metrics["n_unanswerable"]) == (2, 0)
 
@@ -187,7 +187,7 @@ def test_aggregate_without_answerable_examples():
     assert metrics["em"] is None
     assert metrics["f1"] is None
     assert metrics["accuracy"] is None
-    assert metrics["false_refusal"] is None
+    assert metrics["refused_answerable"] is None
     assert metrics["correct_refusal"] == 0.5
     assert metrics["refusal_rate"] == 0.5
 
@@ -197,7 +197,7 @@ def test_aggregate_empty():
     assert metrics["n"] == 0
     assert all(
         metrics[k] is None
-        for k in ("em", "f1", "accuracy", "refusal_rate", "correct_refusal", "false_refusal")
+        for k in ("em", "f1", "accuracy", "refusal_rate", "correct_refusal", "refused_answerable")
     )
 
 

@@ -12,6 +12,7 @@ from snakemake.utils import validate
 from ragtrain.graph.config import ConfigError, check_keys, prepare
 from ragtrain.graph.kinds import LLM_KINDS, NO_RETRIEVAL, RETRIEVER_MODELS, kind_of
 from ragtrain.graph.cluster import JOB_KEYS, job_resources, launch_args
+from ragtrain.metrics.paired import RESAMPLES
 from ragtrain.training.rewards import reward_models
 
 PROMPTS = Path(workflow.basedir) / "resources" / "prompts"

@@ -33,8 +33,11 @@ rule report:
         "../../envs/evaluate.yaml"
     params:
         run=RUN,
+        seed=CFG["seed"],
+        resamples=CFG.get("report", {}).get("resamples", RESAMPLES),
     shell:
-        "python -m ragtrain report --run {params.run:q} --metrics {input.metrics:q}"
+        "python -m ragtrain report --run {params.run:q} --seed {params.seed}"
+        " --resamples {params.resamples} --metrics {input.metrics:q}"
         " --retrieval {input.retrieval:q} --models {input.models:q}"
         " --products {input.products:q} --retrieval-metrics {input.retrieval_metrics:q}"
         " --retrievers {input.retrievers:q} --summary {output.summary:q} --table {output.table:q}"

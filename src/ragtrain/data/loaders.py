@@ -1,79 +1,249 @@
 """Map public dataset formats onto the workflow's record shapes.
 
-Passages become `{id, title, text}`; QA examples become
-`{id, question, answers: [str], docs: [], meta?}` plus any of the optional fields
-`gold_doc_ids`, `qa_pairs`, `claims`, `reference` the source carries. An empty
-`answers` list marks an unanswerable question. Every problem is reported as a
-RecordError located at `path:line:` and naming the record and field.
+Passages become `{id, title, text}`, from a BEIR `corpus.jsonl` (`_id`, `title`, `text`),
+our own `{id, title, text}`, or a FlashRAG corpus (`{id, contents}`: the first line of
+`contents` is the title, without its surrounding double quotes, the rest the text).
+
+QA examples become `{id, question, answers: [str], docs: [], meta?}` plus any of the
+optional fields the source carries:
+
+- `source_docs`: the dataset's own documents, `[{id, title, text}]` (KILT / RA-DIT
+  `retrieved_support`, ALCE `docs`, our own `docs`). Retrieval `source` puts them in
+  `docs`; any retriever, and `none`, ignores them.
+- `gold_doc_ids`, `qa_pairs` (ASQA, kept as given), `claims` (ELI5),
+  `answer_groups` (QAMPARI: one list of aliases per answer), `reference` (ALCE `output`:
+  a teacher's answer).
+
+An empty `answers` list marks an unanswerable question (whose right response is a
+refusal), so no loader writes one for a question that has answers of another kind:
+ELI5 has no short answers, and its `answers` are its claims (`meta.answers_from:
+claims`), to be scored by entailment rather than string match.
+
+Files are JSONL or, as ALCE ships them, one JSON array. Every problem is a RecordError
+that names the record and the field, located at `path:line:` or, in a JSON array,
+`path: element N:` (N counted from 0, as `jq '.[N]'` does).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ragtrain.core.records import RecordError, iter_jsonl, require
+from ragtrain.core.records import RecordError, iter_jsonl, read_json, require
 
-OPTIONAL_FIELDS = ("gold_doc_ids", "qa_pairs", "claims", "reference")
+OPTIONAL_FIELDS = ("gold_doc_ids", "qa_pairs", "claims", "answer_groups", "reference")
 
 
-def load_beir_corpus(path: str | Path) -> list[dict[str, Any]]:
-    """Read a BEIR `corpus.jsonl` (`_id`, `title`, `text`) or our own `{id, title, text}`."""
+# --- where a record is ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Where:
+    """A record's place in its file: a JSONL line, or an element of a JSON array."""
+
+    path: str | Path
+    line: int | None = None
+    element: int | None = None
+
+    @property
+    def index(self) -> int:
+        """Its position from 0 (blank JSONL lines count): the default ids' suffix."""
+        return self.element if self.element is not None else (self.line or 1) - 1
+
+    def __str__(self) -> str:
+        return f"element {self.element}" if self.element is not None else f"line {self.line}"
+
+    def error(self, reason: str) -> RecordError:
+        if self.element is not None:
+            return RecordError(self.path, None, f"element {self.element}: {reason}")
+        return RecordError(self.path, self.line, reason)
+
+    def require(self, record: dict, field: str, kind: type | tuple[type, ...]) -> Any:
+        try:
+            return require(record, field, kind, self.path, self.line)
+        except RecordError as e:
+            raise self.error(e.reason) from None
+
+
+def iter_records(path: str | Path) -> Iterator[tuple[Where, dict[str, Any]]]:
+    """(place, record) for each record of a JSONL file or of a file holding one JSON
+    array (told apart by the first character that is not white space)."""
+    if _first_char(path) != "[":
+        for lineno, record in iter_jsonl(path):
+            yield Where(path, line=lineno), record
+        return
+    records = read_json(path)
+    if not isinstance(records, list):
+        raise RecordError(path, None, f"expected a JSON array, got {type(records).__name__}")
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise Where(path, element=i).error(
+                f"expected a JSON object, got {type(record).__name__}"
+            )
+        yield Where(path, element=i), record
+
+
+def _first_char(path: str | Path) -> str:
+    try:
+        with Path(path).open(encoding="utf-8") as f:
+            while chunk := f.read(4096):
+                if stripped := chunk.lstrip():
+                    return stripped[0]
+    except FileNotFoundError:
+        raise RecordError(path, None, "file not found") from None
+    return ""
+
+
+def _who(rid: str | None) -> str:
+    return f"record {rid!r}" if rid is not None else "record"
+
+
+def _record_id(record: dict, field: str, at: Where) -> str:
+    # Some exports write numeric ids; the workflow joins on strings.
+    rid = str(at.require(record, field, (str, int)))
+    if not rid.strip():
+        raise at.error(f"record has an empty {field!r}")
+    return rid
+
+
+def check_unique(rid: str, seen: dict[str, Where], at: Where, kind: str) -> None:
+    if rid in seen:
+        raise at.error(f"duplicate {kind} id {rid!r} (first on {seen[rid]})")
+    seen[rid] = at
+
+
+def _strings(value: Any, field: str, rid: str | None, at: Where) -> list[str]:
+    """A list of str, or an error naming the field and the element."""
+    if not isinstance(value, list):
+        raise at.error(f"{_who(rid)}: field {field!r} should be list, got {type(value).__name__}")
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise at.error(f"{_who(rid)}: {field}[{i}] should be str, got {type(item).__name__}")
+    return list(value)
+
+
+def _unique(values: list[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+def _passages(value: Any, field: str, rid: str, at: Where) -> list[dict[str, str]]:
+    """A record's own documents as passages `{id, title, text}`; a document without an id
+    gets `<record id>-<position>`."""
+    if not isinstance(value, list):
+        raise at.error(f"record {rid!r}: field {field!r} should be list, got {type(value).__name__}")
     passages = []
-    seen: dict[str, int] = {}
-    for lineno, record in iter_jsonl(path):
-        if "_id" not in record and "id" not in record:
-            raise RecordError(path, lineno, "record has no field '_id' (BEIR) or 'id'")
-        pid = _record_id(record, "_id" if "_id" in record else "id", path, lineno)
-        _check_unique(pid, seen, path, lineno, "passage")
-        text = require(record, "text", str, path, lineno)
-        # BEIR leaves title empty or out for corpora without titles.
-        title = record.get("title") or ""
+    for i, doc in enumerate(value):
+        name = f"{field}[{i}]"
+        if not isinstance(doc, dict):
+            raise at.error(f"record {rid!r}: {name} should be an object, got {type(doc).__name__}")
+        if not isinstance(doc.get("text"), str):
+            got = "no field 'text'" if "text" not in doc else "a 'text' that is not str"
+            raise at.error(f"record {rid!r}: {name} has {got}")
+        title = doc.get("title") or ""
         if not isinstance(title, str):
-            raise RecordError(path, lineno, f"passage {pid!r}: field 'title' should be str")
-        passages.append({"id": pid, "title": title, "text": text})
+            raise at.error(f"record {rid!r}: {name}.title should be str")
+        did = doc.get("id")
+        if did is None:
+            did = f"{rid}-{i}"
+        elif not isinstance(did, (str, int)):
+            raise at.error(f"record {rid!r}: {name}.id should be str or int")
+        passages.append({"id": str(did), "title": title, "text": doc["text"]})
+    return passages
+
+
+# --- corpora ---------------------------------------------------------------------------
+
+
+def _beir_passage(record: dict, at: Where) -> dict[str, str]:
+    if "_id" not in record and "id" not in record:
+        raise at.error("record has no field '_id' (BEIR) or 'id'")
+    pid = _record_id(record, "_id" if "_id" in record else "id", at)
+    text = at.require(record, "text", str)
+    # BEIR leaves title empty or out for corpora without titles.
+    title = record.get("title") or ""
+    if not isinstance(title, str):
+        raise at.error(f"passage {pid!r}: field 'title' should be str")
+    return {"id": pid, "title": title, "text": text}
+
+
+def _flashrag_passage(record: dict, at: Where) -> dict[str, str]:
+    pid = _record_id(record, "id", at)
+    contents = at.require(record, "contents", str)
+    first, newline, rest = contents.partition("\n")
+    if not newline:
+        # One line: no title line, all text.
+        return {"id": pid, "title": "", "text": contents}
+    title = first.strip()
+    # One pair of surrounding quotes: a title that itself starts with a quote keeps it.
+    if len(title) >= 2 and title[0] == title[-1] == '"':
+        title = title[1:-1]
+    return {"id": pid, "title": title, "text": rest}
+
+
+CORPUS_LOADERS: dict[str, Callable[[dict, Where], dict[str, str]]] = {
+    "beir": _beir_passage,
+    "flashrag": _flashrag_passage,
+}
+CORPUS_FORMATS = ("auto", *CORPUS_LOADERS)
+
+
+def detect_corpus_format(record: dict, at: Where) -> str:
+    """A corpus's format, judged from its first record's keys."""
+    if "contents" in record:
+        return "flashrag"
+    if "_id" in record or "text" in record:
+        return "beir"
+    raise at.error(
+        f"cannot detect the corpus format from keys {sorted(record)}; expected 'contents'"
+        " (flashrag) or '_id' / 'text' (beir, or our own {id, title, text})"
+    )
+
+
+def load_corpus(path: str | Path, fmt: str = "beir") -> list[dict[str, Any]]:
+    """Read a corpus in one of CORPUS_FORMATS into passages `{id, title, text}`.
+    `beir` also reads our own `{id, title, text}`."""
+    if fmt not in CORPUS_FORMATS:
+        raise ValueError(
+            f"unknown corpus format {fmt!r}; known formats: {', '.join(CORPUS_FORMATS)}"
+        )
+    convert = CORPUS_LOADERS.get(fmt)
+    passages = []
+    seen: dict[str, Where] = {}
+    for at, record in iter_records(path):
+        if convert is None:
+            convert = CORPUS_LOADERS[detect_corpus_format(record, at)]
+        passage = convert(record, at)
+        check_unique(passage["id"], seen, at, "passage")
+        passages.append(passage)
     if not passages:
         raise RecordError(path, None, "no passages: the corpus is empty")
     return passages
 
 
-def _record_id(record: dict, field: str, path, lineno: int) -> str:
-    # Some exports write numeric ids; the workflow joins on strings.
-    rid = str(require(record, field, (str, int), path, lineno))
-    if not rid.strip():
-        raise RecordError(path, lineno, f"record has an empty {field!r}")
-    return rid
+def load_beir_corpus(path: str | Path) -> list[dict[str, Any]]:
+    """Read a BEIR `corpus.jsonl` (`_id`, `title`, `text`) or our own `{id, title, text}`."""
+    return load_corpus(path, "beir")
 
 
-def _check_unique(rid: str, seen: dict[str, int], path, lineno: int, kind: str) -> None:
-    if rid in seen:
-        raise RecordError(path, lineno, f"duplicate {kind} id {rid!r} (first on line {seen[rid]})")
-    seen[rid] = lineno
+# --- QA examples -----------------------------------------------------------------------
 
 
-def _question(record: dict, path, lineno: int) -> str:
-    question = require(record, "question", str, path, lineno)
+def _question(record: dict, at: Where, field: str = "question") -> str:
+    question = at.require(record, field, str)
     if not question.strip():
-        raise RecordError(path, lineno, f"record {record.get('id')!r} has an empty 'question'")
+        raise at.error(f"record {record.get('id')!r} has an empty {field!r}")
     return question
 
 
-def _answers(record: dict, field: str, path, lineno: int, wrap_str: bool = False) -> list[str]:
+def _answers(record: dict, field: str, at: Where, wrap_str: bool = False) -> list[str]:
     kinds = (list, str) if wrap_str else list
-    answers = require(record, field, kinds, path, lineno)
+    answers = at.require(record, field, kinds)
     if isinstance(answers, str):
         return [answers]
-    for i, answer in enumerate(answers):
-        if not isinstance(answer, str):
-            raise RecordError(
-                path,
-                lineno,
-                f"record {record.get('id')!r}: {field}[{i}] should be str, "
-                f"got {type(answer).__name__}",
-            )
-    return list(answers)
+    return _strings(answers, field, record.get("id"), at)
 
 
 def _example(record: dict, rid: str, question: str, answers: list[str]) -> dict[str, Any]:
@@ -82,61 +252,181 @@ def _example(record: dict, rid: str, question: str, answers: list[str]) -> dict[
     return example
 
 
-def _default_id(record: dict, path, lineno: int) -> str:
-    # NQ-open files carry no ids: derive a stable one from the file name and line.
-    if "id" in record:
-        return _record_id(record, "id", path, lineno)
-    return f"{Path(path).stem}-{lineno - 1}"
+def default_id(record: dict, at: Where, *fields: str) -> str:
+    # NQ-open and some ALCE files carry no ids: derive a stable one from the file name
+    # and the record's position.
+    for field in (*fields, "id"):
+        if field in record:
+            return _record_id(record, field, at)
+    return f"{Path(at.path).stem}-{at.index}"
 
 
-def _from_nq_open(record: dict, path, lineno: int) -> dict[str, Any]:
-    rid = _default_id(record, path, lineno)
-    question = _question(record, path, lineno)
-    return _example(record, rid, question, _answers(record, "answer", path, lineno, wrap_str=True))
+def _meta(record: dict, field: str, at: Where) -> dict:
+    if record.get(field) is None:
+        return {}
+    return dict(at.require(record, field, dict))
 
 
-def _from_flashrag(record: dict, path, lineno: int) -> dict[str, Any]:
-    rid = _default_id(record, path, lineno)
-    question = _question(record, path, lineno)
-    example = _example(record, rid, question, _answers(record, "golden_answers", path, lineno))
+def _from_nq_open(record: dict, at: Where) -> dict[str, Any]:
+    rid = default_id(record, at)
+    question = _question(record, at)
+    return _example(record, rid, question, _answers(record, "answer", at, wrap_str=True))
+
+
+def _from_flashrag(record: dict, at: Where) -> dict[str, Any]:
+    rid = default_id(record, at)
+    question = _question(record, at)
+    example = _example(record, rid, question, _answers(record, "golden_answers", at))
     if "metadata" in record:
-        example["meta"] = require(record, "metadata", dict, path, lineno)
+        example["meta"] = at.require(record, "metadata", dict)
     return example
 
 
-def _from_ragtrain(record: dict, path, lineno: int) -> dict[str, Any]:
-    # Our own shape: validate the required fields and keep everything else as is.
+def _from_ragtrain(record: dict, at: Where) -> dict[str, Any]:
+    # Our own shape: validate the required fields and keep everything else as is; the
+    # documents it carries are its own (`source_docs`, unless it names them).
     example = dict(record)
-    example["id"] = _record_id(record, "id", path, lineno)
-    example["question"] = _question(record, path, lineno)
-    example["answers"] = _answers(record, "answers", path, lineno)
-    example["docs"] = require(record, "docs", list, path, lineno) if "docs" in record else []
+    rid = example["id"] = _record_id(record, "id", at)
+    example["question"] = _question(record, at)
+    example["answers"] = _answers(record, "answers", at)
+    example["docs"] = at.require(record, "docs", list) if "docs" in record else []
     if "meta" in record:
-        require(record, "meta", dict, path, lineno)
+        at.require(record, "meta", dict)
+    if "source_docs" in record:
+        example["source_docs"] = _passages(record["source_docs"], "source_docs", rid, at)
+    elif example["docs"]:
+        example["source_docs"] = _passages(example["docs"], "docs", rid, at)
     return example
 
 
-LOADERS: dict[str, Callable[[dict, Any, int], dict[str, Any]]] = {
+def _from_kilt(record: dict, at: Where) -> dict[str, Any]:
+    """KILT (`id`, `input`, `output[].answer`, `output[].provenance`), and RA-DIT's KILT
+    tasks with `retrieved_support` (passages with `title`, `text`)."""
+    rid = _record_id(record, "id", at)
+    question = _question(record, at, "input")
+    outputs = at.require(record, "output", list)
+    answers: list[str] = []
+    provenance: list[dict] = []
+    for i, output in enumerate(outputs):
+        if not isinstance(output, dict):
+            raise at.error(
+                f"record {rid!r}: output[{i}] should be an object, got {type(output).__name__}"
+            )
+        if "answer" in output:
+            if not isinstance(output["answer"], str):
+                raise at.error(f"record {rid!r}: output[{i}].answer should be str")
+            answers.append(output["answer"])
+        for j, source in enumerate(output.get("provenance") or []):
+            if not isinstance(source, dict):
+                raise at.error(f"record {rid!r}: output[{i}].provenance[{j}] should be an object")
+            provenance.append(source)
+    if not answers:
+        # Provenance-only outputs: an empty list would mark the question unanswerable.
+        raise at.error(f"record {rid!r}: no output[].answer (outputs hold only provenance)")
+    example: dict[str, Any] = {
+        "id": rid,
+        "question": question,
+        "answers": _unique(answers),
+        "docs": [],
+    }
+    if "retrieved_support" in record:
+        example["source_docs"] = _passages(record["retrieved_support"], "retrieved_support", rid, at)
+    # Provenance names pages and paragraphs of KILT's Wikipedia, not passage ids of the
+    # corpus retrieved from: kept in meta, not as gold_doc_ids (which retrieval compares
+    # with passage ids).
+    meta = _meta(record, "meta", at)
+    if provenance:
+        meta["provenance"] = provenance
+    if meta:
+        example["meta"] = meta
+    return example
+
+
+def _from_alce(record: dict, at: Where) -> dict[str, Any]:
+    """ALCE: ASQA (`qa_pairs[].short_answers`), QAMPARI (`answers`: alias lists), ELI5
+    (`claims`); `docs` with `title` / `text`; `output` (a teacher's answer) kept as
+    `reference`, the long-form `answer` in meta."""
+    rid = default_id(record, at, "sample_id")
+    question = _question(record, at)
+    meta: dict[str, Any] = {}
+    example: dict[str, Any] = {"id": rid, "question": question, "answers": [], "docs": []}
+    if "qa_pairs" in record:
+        meta["task"] = "asqa"
+        qa_pairs = at.require(record, "qa_pairs", list)
+        answers = []
+        for i, pair in enumerate(qa_pairs):
+            if not isinstance(pair, dict) or "short_answers" not in pair:
+                raise at.error(f"record {rid!r}: qa_pairs[{i}] has no field 'short_answers'")
+            answers += _strings(pair["short_answers"], f"qa_pairs[{i}].short_answers", rid, at)
+        example["answers"] = _unique(answers)
+        example["qa_pairs"] = qa_pairs
+    elif "answers" in record:
+        meta["task"] = "qampari"
+        groups = []
+        for i, group in enumerate(at.require(record, "answers", list)):
+            # An answer is a list of its aliases (a bare str is one alias).
+            groups.append(
+                [group] if isinstance(group, str) else _strings(group, f"answers[{i}]", rid, at)
+            )
+        example["answers"] = _unique([alias for group in groups for alias in group])
+        example["answer_groups"] = groups
+    elif "claims" in record:
+        meta["task"] = "eli5"
+        claims = _strings(record["claims"], "claims", rid, at)
+        # No short answers: the claims stand in (an empty list means unanswerable).
+        example["answers"] = _unique(claims)
+        example["claims"] = claims
+        meta["answers_from"] = "claims"
+    else:
+        raise at.error(
+            f"record {rid!r} has none of 'qa_pairs' (ASQA), 'answers' (QAMPARI),"
+            " 'claims' (ELI5)"
+        )
+    if not example["answers"]:
+        field = {"asqa": "qa_pairs[].short_answers", "qampari": "answers", "eli5": "claims"}
+        raise at.error(f"record {rid!r}: {field[meta['task']]} is empty (no answer)")
+    if "docs" in record:
+        example["source_docs"] = _passages(record["docs"], "docs", rid, at)
+    if "output" in record:
+        example["reference"] = at.require(record, "output", str)
+    if isinstance(record.get("answer"), str):
+        meta["long_answer"] = record["answer"]
+    example["meta"] = meta
+    return example
+
+
+LOADERS: dict[str, Callable[[dict, Where], dict[str, Any]]] = {
     "nq_open": _from_nq_open,
     "flashrag": _from_flashrag,
     "ragtrain": _from_ragtrain,
+    "kilt": _from_kilt,
+    "alce": _from_alce,
 }
 QA_FORMATS = ("auto", *LOADERS)
 
-# Checked in this order: the answers field that identifies each format.
-_DETECT = (("golden_answers", "flashrag"), ("answers", "ragtrain"), ("answer", "nq_open"))
+# Checked in this order: the keys that identify each format.
+_DETECT = (
+    ("golden_answers", "flashrag"),
+    ("input", "kilt"),
+    ("qa_pairs", "alce"),
+    ("claims", "alce"),
+    ("answers", "ragtrain"),
+    ("answer", "nq_open"),
+)
 
 
-def detect_format(record: dict, path, lineno: int) -> str:
+def detect_format(record: dict, at: Where) -> str:
     """The QA format of a file, judged from its first record's keys."""
+    answers = record.get("answers")
+    if "golden_answers" not in record and "input" not in record:
+        if isinstance(answers, list) and answers and isinstance(answers[0], list):
+            return "alce"  # QAMPARI: a list of alias lists
     for key, fmt in _DETECT:
         if key in record:
             return fmt
     expected = ", ".join(f"{key!r} ({fmt})" for key, fmt in _DETECT)
-    raise RecordError(
-        path,
-        lineno,
-        f"cannot detect the QA format from keys {sorted(record)}; expected one of {expected}",
+    raise at.error(
+        f"cannot detect the QA format from keys {sorted(record)}; expected one of {expected}"
     )
 
 
@@ -146,19 +436,20 @@ def load_qa(path: str | Path, fmt: str = "auto") -> list[dict[str, Any]]:
         raise ValueError(f"unknown QA format {fmt!r}; known formats: {', '.join(QA_FORMATS)}")
     convert = LOADERS.get(fmt)
     examples = []
-    seen: dict[str, int] = {}
-    for lineno, record in iter_jsonl(path):
+    seen: dict[str, Where] = {}
+    for at, record in iter_records(path):
         if convert is None:
-            convert = LOADERS[detect_format(record, path, lineno)]
-        example = convert(record, path, lineno)
-        _check_unique(example["id"], seen, path, lineno, "example")
+            convert = LOADERS[detect_format(record, at)]
+        example = convert(record, at)
+        check_unique(example["id"], seen, at, "example")
         examples.append(example)
     return examples
 
 
 def load_dataset(path: str | Path, params: dict) -> list[dict[str, Any]]:
     """The QA examples a dataset node names, without documents: the questions of a world's
-    `split` (a node with `world`), else a QA file in `format`; the first `limit` if set."""
+    `split` (a node with `world`), else a QA file in `format`; the first `limit` if set.
+    The documents a file carries stay in `source_docs` (retrieval `source`)."""
     if params.get("world"):
         examples = [
             ex for ex in load_qa(path, "ragtrain") if ex["meta"].get("split") == params["split"]
@@ -173,13 +464,34 @@ def load_dataset(path: str | Path, params: dict) -> list[dict[str, Any]]:
     return [{**ex, "docs": []} for ex in examples]
 
 
+def with_source_docs(path: str | Path) -> list[dict[str, Any]]:
+    """The examples of a dataset's `examples.jsonl` with their own documents
+    (`source_docs`) as `docs`: what retrieval `source` gives."""
+    examples = []
+    for lineno, example in iter_jsonl(path):
+        if "source_docs" not in example:
+            raise RecordError(
+                path,
+                lineno,
+                f"{_who(example.get('id'))} has no field 'source_docs': its dataset has no"
+                " documents of its own, which retrieval 'source' needs (formats that carry"
+                " them: kilt with retrieved_support, alce docs, ragtrain docs)",
+            )
+        examples.append({**example, "docs": example["source_docs"]})
+    return examples
+
+
 def dataset_stats(examples: list[dict]) -> dict:
     """A dataset's counts: answerable and unanswerable examples, and question types."""
     types = Counter(ex.get("meta", {}).get("type", "unknown") for ex in examples)
     answerable = sum(1 for ex in examples if ex["answers"])
-    return {
+    stats = {
         "n": len(examples),
         "n_answerable": answerable,
         "n_unanswerable": len(examples) - answerable,
         "types": dict(sorted(types.items())),
     }
+    with_docs = sum(1 for ex in examples if "source_docs" in ex)
+    if with_docs:
+        stats["n_with_source_docs"] = with_docs
+    return stats

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 
 from ragtrain.data.prompts import PromptTemplate
+from ragtrain.evaluation.judged import judged_metrics
 from ragtrain.generation.engine import Generator, Sampling
+from ragtrain.judges.rules import doc_text, documents_hold_answer, label
 from ragtrain.metrics.qa import aggregate, score_example
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,11 @@ def evaluate(
                 "prediction": completion.text,
                 "answers": ex["answers"],
                 "scores": score,
+                # The `rules` judges' verdicts; a model judge's come in their own file.
+                "label": label(completion.text, ex["answers"]),
+                "relevant": documents_hold_answer(
+                    [doc_text(d) for d in ex.get("docs", [])], ex["answers"]
+                ),
                 "meta": ex.get("meta", {}),
             }
         )
@@ -47,6 +54,10 @@ def evaluate(
         "dataset": params["dataset"],
         "retrieval": params["retrieval"],
         **aggregate(scores),
+        **judged_metrics(
+            [{**p["scores"], "label": p["label"], "relevant": p["relevant"]} for p in predictions]
+        ),
+        "judges": {"label": "rules", "relevance": "rules"},
         "by_type": {kind: aggregate(group) for kind, group in sorted(by_type.items())},
         "generated_tokens": generator.throughput.tokens,
         "tokens_per_second": round(generator.throughput.tokens_per_second, 1),

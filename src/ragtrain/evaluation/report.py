@@ -7,21 +7,31 @@ import csv
 import io
 from pathlib import Path
 
-from ragtrain.core.records import atomic_path, read_json
+from ragtrain.core.records import atomic_path, read_json, read_jsonl
+from ragtrain.evaluation.judged import ERROR_CELLS
+from ragtrain.metrics.paired import RESAMPLES, paired_bootstrap
 
 COLUMNS = [
     "model",
     "dataset",
     "retrieval",
+    "judges",
     "n",
     "em",
     "f1",
     "accuracy",
+    "precision",
+    "recall",
+    "pr_f1",
     "refusal_rate",
     "correct_refusal",
     "false_refusal",
     "tokens_per_second",
 ]
+ERROR_COLUMNS = ["model", "dataset", "retrieval", "judges", *ERROR_CELLS.values()]
+PAIRED_COLUMNS = ["dataset", "retrieval", "a", "b", "n", "metric", "a - b", "95% interval"]
+# The per-example scores compared in pairs (over answerable questions, as EM is).
+PAIRED_METRICS = ("em", "accuracy")
 PLOTTED = ["em", "f1", "accuracy", "correct_refusal"]
 
 
@@ -39,9 +49,63 @@ def _markdown_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _judges(metrics: dict) -> str:
+    judges = metrics.get("judges") or {"label": "rules", "relevance": "rules"}
+    if judges["label"] == judges["relevance"]:
+        return judges["label"]
+    return f"{judges['label']} / {judges['relevance']}"
+
+
 def load_rows(metric_files: list[str]) -> list[dict]:
-    rows = [read_json(path) for path in metric_files]
-    return sorted(rows, key=lambda r: (r["dataset"], r["model"], r["retrieval"]))
+    """One row per evaluation (the rules' metrics) and per model-judged evaluation."""
+    rows = [{**(m := read_json(path)), "judges": _judges(m)} for path in metric_files]
+    return sorted(rows, key=lambda r: (r["dataset"], r["model"], r["retrieval"], r["judges"]))
+
+
+def paired_differences(
+    metric_files: list[str], seed: int, resamples: int = RESAMPLES
+) -> list[dict]:
+    """Every pair of models evaluated on the same dataset and retrieval: the difference
+    of their per-example EM and accuracy on the answerable questions both saw, with a
+    paired bootstrap interval (the predictions.jsonl beside each metrics.json)."""
+    groups: dict[tuple[str, str], list[tuple[str, dict[str, dict]]]] = {}
+    for file in sorted(metric_files):
+        metrics = read_json(file)
+        if metrics.get("judges", {}).get("label", "rules") != "rules":
+            continue  # judged rows share their predictions with the rules' row
+        predictions = read_jsonl(Path(file).with_name("predictions.jsonl"))
+        scores = {p["id"]: p["scores"] for p in predictions if p["answers"]}
+        groups.setdefault((metrics["dataset"], metrics["retrieval"]), []).append(
+            (metrics["model"], scores)
+        )
+    rows = []
+    for (dataset, retrieval), models in sorted(groups.items()):
+        models.sort(key=lambda m: m[0])
+        for i, (name_a, a) in enumerate(models):
+            for name_b, b in models[i + 1 :]:
+                shared = sorted(a.keys() & b.keys())
+                if not shared:
+                    continue
+                for metric in PAIRED_METRICS:
+                    result = paired_bootstrap(
+                        [a[q][metric] for q in shared],
+                        [b[q][metric] for q in shared],
+                        resamples=resamples,
+                        seed=seed,
+                    )
+                    rows.append(
+                        {
+                            "dataset": dataset,
+                            "retrieval": retrieval,
+                            "a": name_a,
+                            "b": name_b,
+                            "n": result["n"],
+                            "metric": metric,
+                            "a - b": f"{result['diff']:+.3f}",
+                            "95% interval": f"[{result['low']:+.3f}, {result['high']:+.3f}]",
+                        }
+                    )
+    return rows
 
 
 TRAINING_COLUMNS = [
@@ -190,6 +254,8 @@ def write_summary(
     training: list[dict] | None = None,
     product_files: list[str] | None = None,
     retrievers: list[dict] | None = None,
+    paired: list[dict] | None = None,
+    resamples: int = RESAMPLES,
 ) -> None:
     retrieval_rows = []
     for file in sorted(retrieval_files):
@@ -211,11 +277,36 @@ def write_summary(
         text += [
             "## Evaluation",
             "",
-            "EM, F1 and accuracy are over answerable questions; `correct_refusal` is the share"
-            " of unanswerable questions the model declined, `false_refusal` the share of"
-            " answerable ones. Retrieval `none` is the closed-book contrast.",
+            "EM, F1 and accuracy are over answerable questions. `judges`: the label /"
+            " relevance judges behind the columns from `precision` on (`rules`: the string"
+            " rules). Over answerable questions, precision = correct / (correct +"
+            " incorrect), recall = correct / all, `pr_f1` their F1; `correct_refusal` is"
+            " the share of unanswerable questions declined, `false_refusal` the share of"
+            " refusals among questions whose documents hold the answer. Retrieval `none` is"
+            " the closed-book contrast.",
             "",
             _markdown_table(rows, COLUMNS),
+            "",
+            "## Errors by cause",
+            "",
+            "Answerable questions by whether the documents hold a gold answer and whether"
+            " the answer is right: `generation_miss` (documents hold it, answer wrong: fix"
+            " the generator), `both` (neither), `retrieval_miss` (not in the documents, yet"
+            " answered right), `neither` (both right).",
+            "",
+            _markdown_table([{**r, **r["errors"]} for r in rows if "errors" in r], ERROR_COLUMNS),
+            "",
+        ]
+    if paired:
+        text += [
+            "## Paired differences",
+            "",
+            "Each pair of models on the same dataset and retrieval: the difference of"
+            " per-question EM and accuracy over the answerable questions, with a paired"
+            f" bootstrap 95% interval ({resamples} resamples of the questions, seeded). An"
+            " interval that spans 0 is no evidence of a difference.",
+            "",
+            _markdown_table(paired, PAIRED_COLUMNS),
             "",
         ]
     if retrievers:

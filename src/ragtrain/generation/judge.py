@@ -1,9 +1,8 @@
-"""Judging samples: each response is labelled `correct`, `incorrect` or `refuse`.
+"""Judging samples: each response is labelled `correct`, `incorrect` or `refuse`, by
+the string rules (ragtrain.judges.rules) or a model judge (ragtrain.judges.model).
 
 The label describes the response. What is right depends on the question: a correct
-answer where gold answers exist, a refusal where none do (unanswerable). Answers match
-as in evaluation (SQuAD normalisation, any gold answer contained on token boundaries);
-refusals are detected first, so a hedge that names a guess still counts as a refusal.
+answer where gold answers exist, a refusal where none do (unanswerable).
 """
 
 from __future__ import annotations
@@ -13,20 +12,10 @@ from pathlib import Path
 
 from ragtrain.core.records import iter_jsonl, require
 from ragtrain.core.seeds import DEFAULT_SEED, stable_seed
-from ragtrain.metrics.qa import contains_answer, exact_match, f1, is_refusal
+from ragtrain.judges.rules import CORRECT, LABELS, REFUSE, label
+from ragtrain.metrics.qa import exact_match, f1
 
 JUDGE_DEFAULTS = {"dev_fraction": 0.1, "seed": DEFAULT_SEED}
-
-CORRECT, INCORRECT, REFUSE = "correct", "incorrect", "refuse"
-LABELS = (CORRECT, INCORRECT, REFUSE)
-
-
-def label(text: str, answers: list[str]) -> str:
-    if is_refusal(text):
-        return REFUSE
-    if answers and contains_answer(text, answers):
-        return CORRECT
-    return INCORRECT
 
 
 def is_right(sample_label: str, answers: list[str]) -> bool:

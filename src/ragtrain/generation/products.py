@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ragtrain.generation.judge import CORRECT, INCORRECT, REFUSE
+from ragtrain.judges.rules import CORRECT, INCORRECT, REFUSE
 from ragtrain.metrics.qa import normalize_answer
 
 SFT_DEFAULTS = {"select": "shortest", "gold_fallback": True, "refusal": "I don't know."}

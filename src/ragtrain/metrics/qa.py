@@ -121,7 +121,9 @@ def aggregate(scores: list[dict]) -> dict:
         "accuracy": _mean([s["accuracy"] for s in answerable]),
         "refusal_rate": _mean([float(s["refusal"]) for s in scores]),
         "correct_refusal": _mean([float(s["refusal"]) for s in unanswerable]),
-        "false_refusal": _mean([float(s["refusal"]) for s in answerable]),
+        # Any refusal of an answerable question; evaluation's `false_refusal` counts only
+        # those whose documents hold the answer (ragtrain.evaluation.judged).
+        "refused_answerable": _mean([float(s["refusal"]) for s in answerable]),
         "n": len(scores),
         "n_answerable": len(answerable),
         "n_unanswerable": len(unanswerable),

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ragtrain.core.records import write_json, write_jsonl
+from ragtrain.core.seeds import DEFAULT_SEED
 from ragtrain.graph.kinds import NO_RETRIEVAL
+from ragtrain.metrics.paired import RESAMPLES
 from ragtrain.stages.common import add_stage, generation
 
 
@@ -38,6 +40,7 @@ def cmd_report(args) -> None:
         load_retrieval_rows,
         load_rows,
         load_training,
+        paired_differences,
         write_plot,
         write_summary,
         write_table,
@@ -50,8 +53,17 @@ def cmd_report(args) -> None:
     write_table([*rows, *retrievers], Path(args.table))
     write_plot(rows or retrievers, Path(args.plot))
     write_training_plot(args.models, Path(args.training_plot))
+    paired = paired_differences(args.metrics, args.seed, args.resamples)
     write_summary(
-        rows, args.retrieval, args.run, Path(args.summary), training, args.products, retrievers
+        rows,
+        args.retrieval,
+        args.run,
+        Path(args.summary),
+        training,
+        args.products,
+        retrievers,
+        paired,
+        args.resamples,
     )
 
 
@@ -76,6 +88,8 @@ def register(stages) -> None:
         params=False,
     )
     p.add_argument("--run", required=True, help="the run's name, for the title")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="the bootstrap's seed")
+    p.add_argument("--resamples", type=int, default=RESAMPLES, help="paired bootstrap resamples")
     p.add_argument("--metrics", nargs="*", default=[], help="QA evaluation metrics.json files")
     p.add_argument(
         "--retrieval-metrics", nargs="*", default=[], help="retrieval evaluation metrics.json"

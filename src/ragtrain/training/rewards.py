@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Protocol
 
 from ragtrain.core.records import RecordError
-from ragtrain.generation.judge import is_right, label
+from ragtrain.generation.judge import is_right
+from ragtrain.judges.rules import label
 
 Placed = list[tuple[int, float]]
 

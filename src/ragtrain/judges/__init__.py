@@ -1,0 +1,1 @@
+"""Judges: string rules, model judges (score / pick / label / relevance) and NLI scorers."""
