@@ -125,3 +125,36 @@ def test_a_refusal_is_false_only_where_the_documents_hold_the_answer():
     assert metrics["precision"] is None  # nothing answered
     assert metrics["recall"] == 0.0
     assert metrics["errors"] == {"neither": 0, "generation_miss": 1, "retrieval_miss": 0, "both": 1}
+
+
+def test_model_verdicts_replace_the_rules_and_agreement_counts_only_theirs():
+    from ragtrain.evaluation.judged import agreement, judged_metrics, judged_rows
+
+    predictions = [
+        {"id": "1", "answers": ["a"], "label": "correct", "relevant": True},
+        {"id": "2", "answers": ["a"], "label": "incorrect", "relevant": False},
+        {"id": "3", "answers": [], "label": "refuse", "relevant": False},
+    ]
+    labels = [
+        {"verdict": "correct", "raw": ["Label: correct"]},
+        {"verdict": "refuse", "raw": ["Label: refuse"]},
+        {"verdict": None, "raw": ["?", "?"]},  # dropped: no verdict
+    ]
+    relevance = {
+        "1": {"verdict": "present", "raw": ["Verdict: present"]},
+        "2": {"verdict": "present", "raw": ["Verdict: present"]},
+        "3": {"verdict": None, "raw": ["?"]},
+    }
+    rows = judged_rows(predictions, labels, relevance)
+    assert [r["label"] for r in rows] == ["correct", "refuse", None]
+    assert [r["relevant"] for r in rows] == [True, True, None]
+    metrics = judged_metrics(rows)
+    # The model says question 2's documents hold the answer, and it was refused.
+    assert metrics["false_refusal"] == 0.5
+    assert (metrics["precision"], metrics["recall"]) == (1.0, 0.5)
+    assert metrics["n_unjudged"] == 1
+    assert metrics["errors"] == {"neither": 1, "generation_miss": 1, "retrieval_miss": 0, "both": 0}
+    assert agreement(rows) == {"label": 0.5, "relevance": 0.5}
+    rules_only = judged_rows(predictions, None, None)
+    assert agreement(rules_only) == {"label": None, "relevance": None}
+    assert [r["label"] for r in rules_only] == ["correct", "incorrect", "refuse"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -19,10 +20,11 @@ from ragtrain.judges.nli import (
     load_template,
 )
 
-WORDS = (
-    "the a cat dog bird sat ran flew on in over mat park tree is was an animal small big red "
-    "green yes no 1 0 premise: hypothesis:"
-).split()
+# fmt: off
+WORDS = ["the", "a", "cat", "dog", "bird", "sat", "ran", "flew", "on", "in", "over", "mat",
+         "park", "tree", "is", "was", "an", "animal", "small", "big", "red", "green", "yes",
+         "no", "1", "0", "premise:", "hypothesis:"]
+# fmt: on
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "</s>"]
 NLI_LABELS = {0: "neutral", 1: "entailment", 2: "contradiction"}
 
@@ -185,10 +187,8 @@ def test_a_template_missing_a_field_is_a_one_line_error_naming_file_and_field(tm
 
 
 def test_the_entailment_label_is_found_in_id2label_or_the_key_is_named():
-    from transformers import BertConfig
-
-    def config(labels):
-        return BertConfig(num_labels=len(labels), id2label=labels)
+    def config(labels):  # the two fields read of a transformers config
+        return SimpleNamespace(num_labels=len(labels), id2label=labels)
 
     assert entailment_index(config(NLI_LABELS), None) == 1
     assert entailment_index(config({0: "ENTAILMENT", 1: "NEUTRAL", 2: "CONTRADICTION"}), None) == 0
@@ -314,9 +314,7 @@ def test_llm_equal_yes_and_no_logits_give_one_half(tiny_model):
     scorer = load_nli({"scorer": "llm", "path": str(tiny_model)})
     with torch.no_grad():
         scorer.model.lm_head.weight[[*scorer.yes, *scorer.no]] = 0.0
-    assert scorer.scores(["a cat sat", "the dog"], ["a cat", "a bird"]) == pytest.approx(
-        [0.5, 0.5]
-    )
+    assert scorer.scores(["a cat sat", "the dog"], ["a cat", "a bird"]) == pytest.approx([0.5, 0.5])
 
 
 @pytest.mark.slow
@@ -328,3 +326,19 @@ def test_llm_cuts_the_premise_to_fit_max_length(tiny_model):
     longer = premise + " and the dog ran in the park"
     assert scorer.entails(longer, "a cat") == pytest.approx(scorer.entails(premise, "a cat"))
     assert scorer.entails(premise, "a cat") != pytest.approx(probe.entails(premise, "a cat"))
+
+
+@pytest.mark.slow
+def test_llm_left_padding_keeps_absolute_positions(tiny_model, tmp_path):
+    """GPT-2 learns absolute positions (unlike RoPE, a shift changes its output): a
+    left-padded row must still count positions from its first real token."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer.save_pretrained(tmp_path)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=512)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(tmp_path)
+    scorer = load_nli({"scorer": "llm", "path": str(tmp_path), "batch_size": 3})
+    assert_batched_equals_alone(scorer, batch_size=3)

@@ -87,6 +87,7 @@ def test_end_to_end(from_tiny_upstream, tiny_model):
 
     check_products(results)
     check_trained(results)
+    check_model_judges(results)
 
     summary = (results / "report" / "summary.md").read_text()
     for model in ("base", "sft", "dpo"):
@@ -94,7 +95,10 @@ def test_end_to_end(from_tiny_upstream, tiny_model):
     assert "## Training" in summary and "## Training data" in summary
     csv_lines = (results / "report" / "summary.csv").read_text().splitlines()
     assert csv_lines[0].startswith("model,dataset,retrieval,n,em,f1")
-    assert len(csv_lines) == 1 + len(evaluations)
+    assert len(csv_lines) == 1 + len(evaluations) + 2  # base on dense and none, judged
+    assert "## Errors by cause" in summary
+    # Three models on test/bm25: three pairs, each compared on EM and accuracy.
+    assert summary.count("| test | bm25 | ") >= 6 and "## Paired differences" in summary
     assert (results / "report" / "metrics.png").stat().st_size > 1000
     assert (results / "report" / "training.png").stat().st_size > 1000
     # Resumable state is dropped once a node's outputs are complete.
@@ -128,6 +132,48 @@ def test_end_to_end(from_tiny_upstream, tiny_model):
         "--configfile", str(configfile), "--directory", str(tmp_path), "--report", str(report)
     )
     assert report.stat().st_size > 10_000
+
+
+def check_model_judges(results: Path) -> None:
+    """The tiny model as its own label and relevance judge: each verdict beside its raw
+    replies; a reply that does not parse is retried once, then takes the fallback
+    (`incorrect`) for labels and is dropped for relevance."""
+    for retrieval in ("dense", "none"):
+        judged = results / "eval/base/test" / retrieval / "judged"
+        metrics = json.loads((judged / "metrics.json").read_text())
+        assert metrics["judged"] is True
+        assert metrics["judges"] == {"label": "label", "relevance": "relevance"}
+        replies = metrics["replies"]["label"]
+        assert replies["n"] == 8
+        assert (
+            replies["parsed_first_try"] + replies["parsed_after_retry"] + replies["unparsed"] == 8
+        )
+        rows = [json.loads(line) for line in (judged / "verdicts.jsonl").open()]
+        assert len(rows) == 8
+        for row in rows:
+            assert row["label"] in ("correct", "incorrect", "refuse")
+            assert row["rules_label"] in ("correct", "incorrect", "refuse")
+            assert 1 <= len(row["label_raw"]) <= 2
+        assert set(metrics["errors"]) == {"neither", "generation_miss", "retrieval_miss", "both"}
+    dense_rows = [
+        json.loads(line) for line in (results / "eval/base/test/dense/judged/verdicts.jsonl").open()
+    ]
+    assert all("relevance_raw" in row for row in dense_rows)
+    relevance = json.loads((results / "judged/relevance/test/dense/stats.json").read_text())
+    assert relevance["replies"]["n"] == 8
+    # Closed book: no documents, no relevance judge asked.
+    assert not (results / "judged/relevance/test/none").exists()
+    # The judge product labelled by the model keeps the rules' label beside the model's.
+    stats = json.loads((results / "products/judged_by_model/stats.json").read_text())
+    assert stats["judge"] == "label" and stats["rules"]["n"] == stats["n_samples"] == 24
+    samples = [
+        s
+        for line in (results / "products/judged_by_model/data.jsonl").open()
+        for s in json.loads(line)["samples"]
+    ]
+    assert all("rules_label" in s and 1 <= len(s["judge_raw"]) <= 2 for s in samples)
+    # The raw replies are cached: a changed regex reads them instead of asking again.
+    assert (results / "cache/judges/label.jsonl").stat().st_size > 0
 
 
 def check_products(results: Path) -> None:

@@ -10,8 +10,15 @@ sys.path.insert(0, str(SRC))
 from snakemake.utils import validate
 
 from ragtrain.graph.config import ConfigError, check_keys, prepare
-from ragtrain.graph.kinds import LLM_KINDS, NO_RETRIEVAL, RETRIEVER_MODELS, kind_of
+from ragtrain.graph.kinds import (
+    LLM_KINDS,
+    NO_RETRIEVAL,
+    RETRIEVER_MODELS,
+    SOURCE_RETRIEVAL,
+    kind_of,
+)
 from ragtrain.graph.cluster import JOB_KEYS, job_resources, launch_args
+from ragtrain.judges.rules import RULES
 from ragtrain.metrics.paired import RESAMPLES
 from ragtrain.training.rewards import reward_models
 
@@ -69,7 +76,7 @@ wildcard_constraints:
     dataset=names("datasets"),
     model=names("models"),
     product=names("products"),
-    retrieval="|".join([*sorted(CFG["retrievers"]), NO_RETRIEVAL]),
+    retrieval="|".join([*sorted(CFG["retrievers"]), NO_RETRIEVAL, SOURCE_RETRIEVAL]),
     # what a retrieval evaluation ranks with: a retriever or a trained retriever model
     ranker="|".join(sorted({r for r, _, _ in RETRIEVAL_EVALUATIONS})) or "^$",
     split="[A-Za-z0-9_-]+",
@@ -181,7 +188,9 @@ def model_dir(name):
 
 
 def examples_path(dataset, retrieval):
-    if retrieval == NO_RETRIEVAL:
+    # Closed book and the dataset's own documents (`source_docs`) read the dataset's
+    # examples; the stage then drops or attaches the documents.
+    if retrieval in (NO_RETRIEVAL, SOURCE_RETRIEVAL):
         return f"{RESULTS}/data/{dataset}/examples.jsonl"
     return f"{RESULTS}/retrieval/{retrieval}/{dataset}/examples.jsonl"
 
@@ -291,11 +300,71 @@ def product_stats():
 
 
 def eval_metrics():
-    return [f"{RESULTS}/eval/{m}/{d}/{r}/metrics.json" for m, d, r in EVALUATIONS]
+    """Every evaluation's metrics, and those of its model judges where it names any."""
+    return [
+        f"{RESULTS}/eval/{m}/{d}/{r}/{sub}metrics.json"
+        for (m, d, r), ev in EVALUATIONS.items()
+        for sub in ("", *(("judged/",) if ev.get("judges") else ()))
+    ]
+
+
+def is_model_judge(name):
+    return CFG["judges"][name]["kind"] != RULES
+
+
+def judge_node(name):
+    """A model judge's node for its stage: its keys, its name, its raw-output cache."""
+    node = {**CFG["judges"][name], "name": name}
+    return json.dumps(
+        {**node, "cache": f"{RESULTS}/cache/judges/{name}.jsonl"}, sort_keys=True
+    )
+
+
+def judge_input(name):
+    """The files a model judge reads: its model and its template."""
+    node = CFG["judges"][name]
+    return {
+        "judge_model": model_dir(node["model"]),
+        "judge_prompt": prompt_path(node["prompt"]),
+    }
+
+
+def judge_products(by_model):
+    """A wildcard constraint: the judge products labelled by a model (or by the rules)."""
+    chosen = [
+        name
+        for name, node in CFG["products"].items()
+        if node["kind"] == "judge"
+        and is_model_judge(node.get("judge", RULES)) == by_model
+    ]
+    return "|".join(sorted(chosen)) or "^$"
+
+
+def judged_evaluation_input(w):
+    """An evaluation's answers, its rules' metrics, and its model judges' inputs."""
+    judges = evaluation(w)["judges"]
+    run = f"{RESULTS}/eval/{w.model}/{w.dataset}/{w.retrieval}"
+    inputs = {
+        "predictions": f"{run}/predictions.jsonl",
+        "metrics": f"{run}/metrics.json",
+    }
+    if is_model_judge(judges["label"]):
+        inputs.update(judge_input(judges["label"]))
+    if is_model_judge(judges["relevance"]) and w.retrieval != NO_RETRIEVAL:
+        inputs["relevance"] = relevance_file(
+            judges["relevance"], w.dataset, w.retrieval
+        )
+    return inputs
+
+
+def relevance_file(judge, dataset, retrieval):
+    return f"{RESULTS}/judged/{judge}/{dataset}/{retrieval}/relevance.jsonl"
 
 
 def retrieval_stats():
-    pairs = {(r, d) for _, d, r in EVALUATIONS if r != NO_RETRIEVAL}
+    pairs = {
+        (r, d) for _, d, r in EVALUATIONS if r not in (NO_RETRIEVAL, SOURCE_RETRIEVAL)
+    }
     return [f"{RESULTS}/retrieval/{r}/{d}/stats.json" for r, d in sorted(pairs)]
 
 

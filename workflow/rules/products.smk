@@ -34,7 +34,7 @@ rule judge:
     log:
         f"{LOGS}/products/{{product}}.log",
     wildcard_constraints:
-        product=names("products", "judge"),
+        product=judge_products(by_model=False),
     conda:
         "../../envs/evaluate.yaml"
     resources:
@@ -47,6 +47,37 @@ rule judge:
     shell:
         "python -m ragtrain {params.stage} --params {params.node:q} --input {input:q} --output {output.judged:q}"
         " --stats {output.stats:q} > {log:q} 2>&1"
+
+
+# A judge product whose `judge` is a model: the same stage, with the judge's model and
+# template, on a generating job.
+rule judge_by_model:
+    input:
+        **{
+            key: (lambda w, key=key: judge_input(product(w)["judge"])[key])
+            for key in ("judge_model", "judge_prompt")
+        },
+        samples=lambda w: product_file(product(w)["from"], "data.jsonl"),
+    output:
+        judged=product_file("{product}", "data.jsonl"),
+        stats=product_file("{product}", "stats.json"),
+    log:
+        f"{LOGS}/products/{{product}}.log",
+    wildcard_constraints:
+        product=judge_products(by_model=True),
+    conda:
+        "../../envs/generate.yaml"
+    threads: 4
+    resources:
+        **resources_of("generate", product),
+    params:
+        node=lambda w: node("products", w.product),
+        judge=lambda w: judge_node(product(w)["judge"]),
+    shell:
+        "python -m ragtrain judge --params {params.node:q} --judge {params.judge:q}"
+        " --judge-model {input.judge_model:q} --judge-prompt {input.judge_prompt:q}"
+        " --input {input.samples:q} --output {output.judged:q} --stats {output.stats:q}"
+        " > {log:q} 2>&1"
 
 
 rule sft_data:

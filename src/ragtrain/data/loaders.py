@@ -61,11 +61,22 @@ class Where:
             return RecordError(self.path, None, f"element {self.element}: {reason}")
         return RecordError(self.path, self.line, reason)
 
-    def require(self, record: dict, field: str, kind: type | tuple[type, ...]) -> Any:
+    def require(
+        self, record: dict, field: str, kind: type | tuple[type, ...], rid: str | None = None
+    ) -> Any:
+        """record[field], or an error naming the field and the record (by `rid`, its
+        derived id, where the record has no `id` of its own)."""
         try:
             return require(record, field, kind, self.path, self.line)
         except RecordError as e:
-            raise self.error(e.reason) from None
+            reason = e.reason
+            if (
+                rid is not None
+                and reason.startswith(("record ", "record:"))
+                and not reason.startswith("record '")
+            ):
+                reason = f"record {rid!r}{reason[len('record') :]}"
+            raise self.error(reason) from None
 
 
 def iter_records(path: str | Path) -> Iterator[tuple[Where, dict[str, Any]]]:
@@ -133,7 +144,9 @@ def _passages(value: Any, field: str, rid: str, at: Where) -> list[dict[str, str
     """A record's own documents as passages `{id, title, text}`; a document without an id
     gets `<record id>-<position>`."""
     if not isinstance(value, list):
-        raise at.error(f"record {rid!r}: field {field!r} should be list, got {type(value).__name__}")
+        raise at.error(
+            f"record {rid!r}: field {field!r} should be list, got {type(value).__name__}"
+        )
     passages = []
     for i, doc in enumerate(value):
         name = f"{field}[{i}]"
@@ -282,16 +295,24 @@ def _from_flashrag(record: dict, at: Where) -> dict[str, Any]:
     return example
 
 
-def _from_ragtrain(record: dict, at: Where) -> dict[str, Any]:
-    # Our own shape: validate the required fields and keep everything else as is; the
-    # documents it carries are its own (`source_docs`, unless it names them).
+def _from_world(record: dict, at: Where) -> dict[str, Any]:
+    # A world's questions: our own shape (validate the required fields, keep everything
+    # else as is); the documents a question came from are not its to give.
     example = dict(record)
-    rid = example["id"] = _record_id(record, "id", at)
+    example["id"] = _record_id(record, "id", at)
     example["question"] = _question(record, at)
     example["answers"] = _answers(record, "answers", at)
     example["docs"] = at.require(record, "docs", list) if "docs" in record else []
     if "meta" in record:
         at.require(record, "meta", dict)
+    return example
+
+
+def _from_ragtrain(record: dict, at: Where) -> dict[str, Any]:
+    # Our own shape; the documents a file carries are its own (`source_docs`, unless it
+    # names them).
+    example = _from_world(record, at)
+    rid = example["id"]
     if "source_docs" in record:
         example["source_docs"] = _passages(record["source_docs"], "source_docs", rid, at)
     elif example["docs"]:
@@ -330,7 +351,9 @@ def _from_kilt(record: dict, at: Where) -> dict[str, Any]:
         "docs": [],
     }
     if "retrieved_support" in record:
-        example["source_docs"] = _passages(record["retrieved_support"], "retrieved_support", rid, at)
+        example["source_docs"] = _passages(
+            record["retrieved_support"], "retrieved_support", rid, at
+        )
     # Provenance names pages and paragraphs of KILT's Wikipedia, not passage ids of the
     # corpus retrieved from: kept in meta, not as gold_doc_ids (which retrieval compares
     # with passage ids).
@@ -352,7 +375,7 @@ def _from_alce(record: dict, at: Where) -> dict[str, Any]:
     example: dict[str, Any] = {"id": rid, "question": question, "answers": [], "docs": []}
     if "qa_pairs" in record:
         meta["task"] = "asqa"
-        qa_pairs = at.require(record, "qa_pairs", list)
+        qa_pairs = at.require(record, "qa_pairs", list, rid)
         answers = []
         for i, pair in enumerate(qa_pairs):
             if not isinstance(pair, dict) or "short_answers" not in pair:
@@ -363,7 +386,7 @@ def _from_alce(record: dict, at: Where) -> dict[str, Any]:
     elif "answers" in record:
         meta["task"] = "qampari"
         groups = []
-        for i, group in enumerate(at.require(record, "answers", list)):
+        for i, group in enumerate(at.require(record, "answers", list, rid)):
             # An answer is a list of its aliases (a bare str is one alias).
             groups.append(
                 [group] if isinstance(group, str) else _strings(group, f"answers[{i}]", rid, at)
@@ -379,8 +402,7 @@ def _from_alce(record: dict, at: Where) -> dict[str, Any]:
         meta["answers_from"] = "claims"
     else:
         raise at.error(
-            f"record {rid!r} has none of 'qa_pairs' (ASQA), 'answers' (QAMPARI),"
-            " 'claims' (ELI5)"
+            f"record {rid!r} has none of 'qa_pairs' (ASQA), 'answers' (QAMPARI), 'claims' (ELI5)"
         )
     if not example["answers"]:
         field = {"asqa": "qa_pairs[].short_answers", "qampari": "answers", "eli5": "claims"}
@@ -388,7 +410,7 @@ def _from_alce(record: dict, at: Where) -> dict[str, Any]:
     if "docs" in record:
         example["source_docs"] = _passages(record["docs"], "docs", rid, at)
     if "output" in record:
-        example["reference"] = at.require(record, "output", str)
+        example["reference"] = at.require(record, "output", str, rid)
     if isinstance(record.get("answer"), str):
         meta["long_answer"] = record["answer"]
     example["meta"] = meta
@@ -418,9 +440,8 @@ _DETECT = (
 def detect_format(record: dict, at: Where) -> str:
     """The QA format of a file, judged from its first record's keys."""
     answers = record.get("answers")
-    if "golden_answers" not in record and "input" not in record:
-        if isinstance(answers, list) and answers and isinstance(answers[0], list):
-            return "alce"  # QAMPARI: a list of alias lists
+    if isinstance(answers, list) and answers and isinstance(answers[0], list):
+        return "alce"  # QAMPARI: a list of alias lists
     for key, fmt in _DETECT:
         if key in record:
             return fmt
@@ -434,7 +455,10 @@ def load_qa(path: str | Path, fmt: str = "auto") -> list[dict[str, Any]]:
     """Read a QA file in one of QA_FORMATS into example records."""
     if fmt not in QA_FORMATS:
         raise ValueError(f"unknown QA format {fmt!r}; known formats: {', '.join(QA_FORMATS)}")
-    convert = LOADERS.get(fmt)
+    return _load_qa(path, LOADERS.get(fmt))
+
+
+def _load_qa(path, convert: Callable[[dict, Where], dict[str, Any]] | None) -> list[dict]:
     examples = []
     seen: dict[str, Where] = {}
     for at, record in iter_records(path):
@@ -452,7 +476,7 @@ def load_dataset(path: str | Path, params: dict) -> list[dict[str, Any]]:
     The documents a file carries stay in `source_docs` (retrieval `source`)."""
     if params.get("world"):
         examples = [
-            ex for ex in load_qa(path, "ragtrain") if ex["meta"].get("split") == params["split"]
+            ex for ex in _load_qa(path, _from_world) if ex["meta"].get("split") == params["split"]
         ]
     else:
         examples = load_qa(path, params.get("format", "auto"))

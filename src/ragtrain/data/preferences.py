@@ -48,7 +48,7 @@ def file_step(path: str | Path) -> int | None:
 
 
 def _text(record: dict, field: str, at: Where, rid: str) -> str:
-    value = at.require(record, field, str)
+    value = at.require(record, field, str, rid)
     if not value.strip():
         raise at.error(f"record {rid!r} has an empty {field!r}")
     return value
@@ -58,7 +58,7 @@ def _from_backtracking(record: dict, at: Where) -> dict[str, Any]:
     rid = default_id(record, at)
     meta: dict[str, Any] = {"chat_template_applied": True}
     if record.get("source") is not None:
-        meta["source"] = at.require(record, "source", str)
+        meta["source"] = at.require(record, "source", str, rid)
     step = file_step(at.path)
     if step is not None:
         meta["step"] = step
@@ -81,14 +81,14 @@ def _passage(doc: Any, field: str, at: Where, rid: str) -> dict[str, str]:
 
 
 def _passages(record: dict, field: str, at: Where, rid: str) -> list[dict[str, str]]:
-    docs = at.require(record, field, list)
+    docs = at.require(record, field, list, rid)
     return [_passage(doc, f"{field}[{i}]", at, rid) for i, doc in enumerate(docs)]
 
 
 def _from_dpa_rag(record: dict, at: Where) -> dict[str, Any]:
     rid = default_id(record, at)
     query = _text(record, "query", at, rid)
-    labelled = at.require(record, "classification", dict)
+    labelled = at.require(record, "classification", dict, rid)
     if "text" not in labelled:
         raise at.error(f"record {rid!r}: classification has no field 'text'")
     label = labelled.get("label")

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ragtrain.judges.rules import CORRECT, INCORRECT, REFUSE
+from ragtrain.judges.rules import (
+    CORRECT,
+    INCORRECT,
+    PRESENT,
+    REFUSE,
+    doc_text,
+    documents_hold_answer,
+)
 
 # The 2x2 of an answerable question: do the documents hold a gold answer, is the answer
 # right. A right answer without the documents' help is a retrieval miss the generator
@@ -60,4 +67,60 @@ def judged_metrics(rows: Sequence[dict]) -> dict:
         "n_relevant": len(relevant),
         "n_unjudged": len(rows) - len(labelled),
         "errors": errors,
+    }
+
+
+def _agreement(pairs: list[tuple]) -> float | None:
+    return round(sum(a == b for a, b in pairs) / len(pairs), 4) if pairs else None
+
+
+def relevance_items(examples: list[dict]) -> list[dict]:
+    """What a relevance judge reads of each evaluated example."""
+    return [{"id": ex["id"], "question": ex["question"], "docs": ex["docs"]} for ex in examples]
+
+
+def rules_relevance(example: dict) -> bool:
+    return documents_hold_answer([doc_text(d) for d in example["docs"]], example["answers"])
+
+
+def judged_rows(
+    predictions: list[dict], labels: list[dict] | None, relevance: dict[str, dict] | None
+) -> list[dict]:
+    """Each prediction with its label and relevance verdicts: a model judge's where given
+    (`labels`, one per prediction; `relevance`, by id), else the rules' (kept beside as
+    `rules_label` / `rules_relevant` either way)."""
+    rows = []
+    for i, p in enumerate(predictions):
+        row = {
+            "id": p["id"],
+            "answerable": bool(p["answers"]),
+            "label": p["label"],
+            "relevant": p["relevant"],
+            "rules_label": p["label"],
+            "rules_relevant": p["relevant"],
+        }
+        if labels is not None:
+            row["label"], row["label_raw"] = labels[i]["verdict"], labels[i]["raw"]
+        if relevance is not None:
+            verdict = relevance[p["id"]]
+            row["relevant"] = None if verdict["verdict"] is None else verdict["verdict"] == PRESENT
+            row["relevance_raw"] = verdict["raw"]
+        rows.append(row)
+    return rows
+
+
+def agreement(rows: list[dict]) -> dict:
+    """The share of a model judge's verdicts the rules give too (None where the rules
+    gave them all: no model judge, or no documents to judge)."""
+    return {
+        "label": _agreement(
+            [(r["label"], r["rules_label"]) for r in rows if "label_raw" in r and r["label"]]
+        ),
+        "relevance": _agreement(
+            [
+                (r["relevant"], r["rules_relevant"])
+                for r in rows
+                if "relevance_raw" in r and r["relevant"] is not None
+            ]
+        ),
     }

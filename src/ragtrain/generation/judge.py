@@ -23,21 +23,78 @@ def is_right(sample_label: str, answers: list[str]) -> bool:
     return sample_label == (CORRECT if answers else REFUSE)
 
 
-def judge_record(record: dict) -> dict:
-    """Label every sample of a sample record; reward 1 for the right response, else 0."""
+def judge_record(record: dict, verdicts: list[dict] | None = None) -> dict:
+    """Label every sample of a sample record; reward 1 for the right response, else 0.
+
+    With `verdicts` (a model judge's, one per sample) the labels are the model's; the
+    rules' label is kept beside as `rules_label`, the judge's replies as `judge_raw`,
+    and a sample the judge gave no verdict is dropped."""
     answers = record["answers"]
     samples = []
-    for sample in record["samples"]:
-        lab = label(sample["text"], answers)
+    for k, sample in enumerate(record["samples"]):
+        extra = {}
+        if verdicts is None:
+            lab = label(sample["text"], answers)
+        else:
+            if verdicts[k]["verdict"] is None:
+                continue
+            lab = verdicts[k]["verdict"]
+            extra = {"rules_label": label(sample["text"], answers), "judge_raw": verdicts[k]["raw"]}
         scores = (
             {"em": exact_match(sample["text"], answers), "f1": f1(sample["text"], answers)}
             if answers
             else {}
         )
         samples.append(
-            {**sample, "label": lab, "reward": float(is_right(lab, answers)), "scores": scores}
+            {
+                **sample,
+                "label": lab,
+                "reward": float(is_right(lab, answers)),
+                "scores": scores,
+                **extra,
+            }
         )
     return {**record, "samples": samples}
+
+
+def judge_with_model(records: list[dict], judge) -> tuple[list[dict], dict]:
+    """Every sample labelled by a model `label` judge (ragtrain.judges.model), as
+    `judge_record` does with its verdicts; and the judge's reply statistics."""
+    from ragtrain.judges.model import verdict_stats
+
+    items = [
+        {
+            "id": f"{record['id']}#{k}",
+            "question": record["question"],
+            "response": sample["text"],
+            "answers": record["answers"],
+            "docs": record.get("docs", []),
+        }
+        for record in records
+        for k, sample in enumerate(record["samples"])
+    ]
+    verdicts = judge.judge(items)
+    judged, start = [], 0
+    for record in records:
+        end = start + len(record["samples"])
+        judged.append(judge_record(record, verdicts[start:end]))
+        start = end
+    return judged, verdict_stats(verdicts)
+
+
+def agreement_with_rules(records: list[dict]) -> dict:
+    """How often a model judge's labels equal the rules' (samples it labelled)."""
+    pairs = [
+        (s["label"], s["rules_label"]) for r in records for s in r["samples"] if "rules_label" in s
+    ]
+    same = sum(a == b for a, b in pairs)
+    confusion: Counter = Counter(f"{b}->{a}" for a, b in pairs if a != b)
+    return {
+        "n": len(pairs),
+        "agreement": round(same / len(pairs), 4) if pairs else None,
+        # rules' label -> model's label, for the pairs that differ
+        "disagreements": dict(confusion.most_common()),
+    }
 
 
 def dev_ids(ids: list[str], fraction: float, seed: int) -> set[str]:

@@ -18,6 +18,7 @@ from ragtrain.core.settings import merge
 from ragtrain.data.beir import WORLD_TASK_DEFAULTS
 from ragtrain.data.world import WorldConfig
 from ragtrain.graph.kinds import (
+    BUILTIN_JUDGES,
     DEEPSPEED_KINDS,
     EVALUATE_DEFAULTS,
     GENERATING_PRODUCTS,
@@ -31,10 +32,13 @@ from ragtrain.graph.kinds import (
     RETRIEVER_MODELS,
     RL_MODELS,
     SECTIONS,
+    SOURCE_RETRIEVAL,
     ConfigError,
     check_keys,
     kind_of,
 )
+from ragtrain.judges.model import JUDGE_KINDS, check_judge
+from ragtrain.judges.rules import RULES
 from ragtrain.recipes import RECIPES
 from ragtrain.training.rewards import check_specs, reward_models
 
@@ -49,7 +53,7 @@ REFERENCES: dict[str, dict[str, str]] = {
         if sec == section
         for field, (target, _) in kind.refs.items()
     }
-    for section in ("corpora", "retrievers", "datasets", "products", "models")
+    for section in ("corpora", "retrievers", "datasets", "products", "models", "judges")
 }
 
 
@@ -179,7 +183,29 @@ def _refs(value) -> list:
     return list(value) if isinstance(value, list) else [value]
 
 
+def _check_source(config: dict, key: str, node: dict, dataset: str) -> None:
+    """`retrieval: source` needs a dataset with documents of its own, and a stage that
+    reads them."""
+    if node.get("kind") in RL_MODELS:
+        raise ConfigError(
+            key, f"a {node['kind']} model takes a retriever or `none`, not `source` (not wired)"
+        )
+    if (config["datasets"].get(dataset) or {}).get("world"):
+        raise ConfigError(
+            key,
+            f"dataset {dataset!r} is a world's split: it has no documents of its own"
+            " for retrieval `source`",
+        )
+
+
 def _check_references(config: dict) -> None:
+    for reserved in (NO_RETRIEVAL, SOURCE_RETRIEVAL):
+        if reserved in config["retrievers"]:
+            raise ConfigError(
+                f"retrievers.{reserved}",
+                f"{reserved!r} is a retrieval setting (`none`: closed book, `source`: the"
+                " dataset's own documents), not a retriever's name",
+            )
     for section, fields in REFERENCES.items():
         for name, node in config[section].items():
             for field, target in fields.items():
@@ -188,6 +214,10 @@ def _check_references(config: dict) -> None:
                         continue
                     if target == "retrievers" and ref == NO_RETRIEVAL:
                         continue  # closed book
+                    if target == "retrievers" and ref == SOURCE_RETRIEVAL:
+                        key = f"{section}.{name}.{field}"
+                        _check_source(config, key, node, node.get("dataset"))
+                        continue  # the dataset's own documents
                     known = ", ".join(sorted(config[target])) or "none"
                     raise ConfigError(
                         f"{section}.{name}.{field}",
@@ -210,6 +240,18 @@ def _check_references(config: dict) -> None:
                         f"a {node['kind']} {verb} a {' or '.join(wanted)} product,"
                         f" not {ref!r} ({found})",
                     )
+    # A judge named by a node is of a kind that node reads.
+    for section in ("products", "models"):
+        for name, node in config[section].items():
+            for field, (target, wanted) in kind_of(section, node).refs.items():
+                ref = node.get(field)
+                if target == "judges" and ref is not None:
+                    found = config["judges"][ref]["kind"]
+                    if found not in wanted:
+                        raise ConfigError(
+                            f"{section}.{name}.{field}",
+                            f"expected a {' or '.join(wanted)} judge, got {ref!r} ({found})",
+                        )
     _check_tasks(config)
     # A world-backed QA dataset needs its split to exist in that world.
     for name, node in config["datasets"].items():
@@ -335,11 +377,13 @@ def _expand_evaluate(config: dict, prompts_dir: Path | None) -> list[dict]:
                     f"{ref!r} is a {config['models'][ref]['kind']} model, not a language model",
                 )
         for ref in entry["retrieval"]:
-            if ref != NO_RETRIEVAL and ref not in config["retrievers"]:
-                known = ", ".join([*sorted(config["retrievers"]), NO_RETRIEVAL])
+            if ref not in (NO_RETRIEVAL, SOURCE_RETRIEVAL) and ref not in config["retrievers"]:
+                known = ", ".join([*sorted(config["retrievers"]), NO_RETRIEVAL, SOURCE_RETRIEVAL])
                 raise ConfigError(
                     f"evaluate[{i}].retrieval", f"unknown retriever {ref!r} (known: {known})"
                 )
+            for dataset in entry["datasets"] if ref == SOURCE_RETRIEVAL else []:
+                _check_source(config, f"evaluate[{i}].retrieval", {}, dataset)
         if prompts_dir is not None:
             for field in ("prompt", "closed_book_prompt"):
                 if not (prompts_dir / f"{entry[field]}.jinja").is_file():
@@ -348,6 +392,7 @@ def _expand_evaluate(config: dict, prompts_dir: Path | None) -> list[dict]:
                         f"no template {entry[field]}.jinja in {prompts_dir}",
                     )
         generation = merge(config["generation"], entry.get("generation") or {})
+        judges = _evaluation_judges(config, entry, i)
         for model in entry["models"]:
             for dataset in entry["datasets"]:
                 for retrieval in entry["retrieval"]:
@@ -370,6 +415,7 @@ def _expand_evaluate(config: dict, prompts_dir: Path | None) -> list[dict]:
                         "retrieval": retrieval,
                         "prompt": prompt,
                         "generation": generation,
+                        **({"judges": judges} if judges else {}),
                         **({"resources": entry["resources"]} if entry.get("resources") else {}),
                     }
     return list(nodes.values())
@@ -385,6 +431,7 @@ def prepare(config: dict, prompts_dir: Path | None = None) -> dict:
     config = copy.deepcopy(config)
     for section in SECTIONS:
         config[section] = config.get(section) or {}
+    config["judges"] = {**BUILTIN_JUDGES, **config["judges"]}
     for key, expand in RECIPES.items():
         if config.get(key):
             expand(config)
@@ -404,9 +451,38 @@ def prepare(config: dict, prompts_dir: Path | None = None) -> dict:
                         f"{section}.{name}.prompt",
                         f"no template {node['prompt']}.jinja in {prompts_dir}",
                     )
+        _check_judges(config, prompts_dir)
     config["evaluations"] = _expand_evaluate(config, prompts_dir)
     _fill_tensor_parallel(config)
     return config
+
+
+def _check_judges(config: dict, prompts_dir: Path) -> None:
+    """A model judge's template reads what its kind needs; its regex has a group."""
+    for name, node in config["judges"].items():
+        if node["kind"] in JUDGE_KINDS:
+            problem = check_judge(node["kind"], node, prompts_dir / f"{node['prompt']}.jinja")
+            if problem:
+                key, _, reason = problem.partition(": ")
+                raise ConfigError(f"judges.{name}.{key}", reason)
+
+
+def _evaluation_judges(config: dict, entry: dict, i: int) -> dict:
+    """An evaluate entry's label and relevance judges ({} where both are the rules)."""
+    judges = {}
+    for role, kind in (("label", "label"), ("relevance", "relevance")):
+        key = f"{role}_judge"
+        name = entry.get(key, RULES)
+        if name not in config["judges"]:
+            known = ", ".join(sorted(config["judges"]))
+            raise ConfigError(f"evaluate[{i}].{key}", f"unknown judge {name!r} (known: {known})")
+        found = config["judges"][name]["kind"]
+        if found not in (RULES, kind):
+            raise ConfigError(
+                f"evaluate[{i}].{key}", f"expected a {kind} judge or rules, got {name!r} ({found})"
+            )
+        judges[role] = name
+    return judges if set(judges.values()) != {RULES} else {}
 
 
 def _check_launch(config: dict) -> None:

@@ -146,3 +146,13 @@ PPO_DOCS = {
     "eval_every": "iterations between dev evaluations (the best is kept)",
     "save_every": "iterations between checkpoints",
 }
+
+JUDGE_DOCS = {
+    "prompt": "template `resources/prompts/<prompt>.jinja` over the fields the kind reads",
+    "pattern": "regex over the judge's reply; its first group is the verdict",
+    "retries": "fresh samples asked for while the regex does not match",
+    "retry_temperature": "sampling temperature of the retries (each seeded by item and try)",
+    "max_new_tokens": "tokens of each reply",
+    "seed": "the retries' samples (top-level `seed` by default)",
+    "generation": "overrides of the top-level `generation` (the first try; greedy by default)",
+}

@@ -33,6 +33,7 @@ from ragtrain.graph.key_docs import (
     ENCODER_DOCS,
     FILTER_DOCS,
     GROUP_RL_DOCS,
+    JUDGE_DOCS,
     PPO_DOCS,
     PROMPT_DOC,
     REMOTE_CODE,
@@ -41,6 +42,8 @@ from ragtrain.graph.key_docs import (
     TRAINER_DOCS,
     WORLD_DOCS,
 )
+from ragtrain.judges.model import JUDGE_KINDS, MODEL_JUDGE_DEFAULTS
+from ragtrain.judges.rules import RULES
 from ragtrain.retrieval.index import BM25_DEFAULTS
 from ragtrain.retrieval.lossnet import LOSSNET_DEFAULTS
 from ragtrain.retrieval.query_filters import FILTER_DEFAULTS
@@ -53,7 +56,10 @@ from ragtrain.training.sft_dpo import TRAIN_DEFAULTS
 
 # The retrieval setting of closed-book prompts (no documents).
 NO_RETRIEVAL = "none"
-SECTIONS = ("worlds", "corpora", "retrievers", "datasets", "products", "models")
+# The retrieval setting that gives each example the dataset's own documents
+# (`source_docs`: KILT / RA-DIT retrieved_support, ALCE docs).
+SOURCE_RETRIEVAL = "source"
+SECTIONS = ("worlds", "corpora", "retrievers", "datasets", "products", "models", "judges")
 # Keys every node may carry beside its kind's own.
 COMMON_KEYS = {"kind": "the node's kind", "resources": "the job's resources (above)"}
 
@@ -171,10 +177,12 @@ def _kinds() -> list[Kind]:
             docs=WORLD_DOCS, stage="world", rule="world",
         ),
         Kind(
-            "corpora", "corpus", "a passage collection: a world's, or a BEIR corpus.jsonl",
+            "corpora", "corpus", "a passage collection: a world's, or a corpus JSONL file",
             defaults={"format": "beir"},
-            docs={"world": "a world's passages", "path": "a BEIR `corpus.jsonl`",
-                  "format": "format of `path`"},
+            docs={"world": "a world's passages", "path": "a corpus JSONL file",
+                  "format": "format of `path`: `beir` (`_id`, `title`, `text`; also our own"
+                  " `id`, `title`, `text`), `flashrag` (`id`, `contents`: a quoted title"
+                  " line, then the text), or `auto` (detected from the first record)"},
             one_of=("world", "path"), refs={"world": ("worlds", ())},
             stage="corpus", rule="corpus",
         ),
@@ -195,11 +203,14 @@ def _kinds() -> list[Kind]:
             stage="index", rule="index",
         ),
         Kind(
-            "datasets", "qa", "questions with answers: a world's split or a QA JSONL file",
+            "datasets", "qa", "questions with answers: a world's split or a QA file",
             defaults={"format": "auto", "limit": None},
             docs={"world": "a world (with `split`)", "split": "the world's split",
-                  "path": "a QA JSONL file",
-                  "format": "`nq_open`, `flashrag`, `ragtrain`, or `auto` (detected)",
+                  "path": "a QA file: JSONL, or a JSON array (ALCE)",
+                  "format": "`nq_open`, `flashrag`, `kilt` (also RA-DIT's, with"
+                  " `retrieved_support`), `alce` (ASQA, QAMPARI, ELI5), `ragtrain`, or"
+                  " `auto` (detected); the documents a file carries are kept for"
+                  " `retrieval: source`",
                   "limit": "keep the first N examples"},
             one_of=("world", "path"), refs={"world": ("worlds", ())},
             stage="dataset", rule="dataset",
@@ -325,7 +336,8 @@ def _kinds() -> list[Kind]:
             " `model`, with `retrieval`'s documents",
             defaults={"n": 4, "shard_size": 64},
             docs={"model": "the answering model", "dataset": "a QA dataset",
-                  "retrieval": "a retriever, or `none` (closed book)", "prompt": PROMPT_DOC,
+                  "retrieval": "a retriever, `none` (closed book), or `source` (the"
+                  " dataset's own documents)", "prompt": PROMPT_DOC,
                   "n": "samples per question",
                   "shard_size": "questions per shard (resumed from the work folder)",
                   "generation": "overrides of the top-level `generation`"},
@@ -339,10 +351,13 @@ def _kinds() -> list[Kind]:
             " question marked train or dev",
             defaults=JUDGE_DEFAULTS,
             docs={"from": "a `self_demos` product",
+                  "judge": "a `label` judge (`judges`), or `rules` (default): the string"
+                  " rules",
                   "dev_fraction": "share of the questions held out: the dev split of every"
                   " product made from this judge",
                   "seed": "which questions are held out (top-level `seed` by default)"},
-            required=("from",), refs={"from": ("products", ("self_demos",))},
+            required=("from",),
+            refs={"from": ("products", ("self_demos",)), "judge": ("judges", (RULES, "label"))},
             stage="judge", rule="judge",
         ),
         Kind(
@@ -468,7 +483,8 @@ def _kinds() -> list[Kind]:
             " kept by `rewards` (fine-grained rejection sampling)",
             defaults={**SEGMENT_BEAM_DEFAULTS, "rewards": [{"kind": "correctness"}]},
             docs={"model": "the answering model", "dataset": "a QA dataset",
-                  "retrieval": "a retriever, or `none` (default)", "prompt": PROMPT_DOC,
+                  "retrieval": "a retriever, `none` (default), or `source` (the dataset's"
+                  " own documents)", "prompt": PROMPT_DOC,
                   "rewards": "reward sources (see Reward sources)",
                   "beam": "partial answers kept", "samples_per_beam": "next sentences each",
                   "max_segments": "most sentences",
@@ -481,6 +497,32 @@ def _kinds() -> list[Kind]:
             refs={"model": ("models", LANGUAGE_MODELS), "dataset": ("datasets", ("qa",)),
                   "retrieval": ("retrievers", ())},
             stage="segment-beam", rule="segment_beam", job="generate", generates=True,
+        ),
+        Kind(
+            "judges", RULES, "the string rules: answer contained, refusal phrases; documents"
+            " holding a gold answer. Always defined as `rules`",
+        ),
+        *(
+            Kind(
+                "judges", kind, summary,
+                defaults={**MODEL_JUDGE_DEFAULTS, "prompt": f"judge_{kind}",
+                          "pattern": JUDGE_KINDS[kind].pattern},
+                docs={"model": "the judging model", **JUDGE_DOCS,
+                      "unparsed": "what an item no try parsed becomes: `drop`, or a verdict"
+                      f" ({JUDGE_KINDS[kind].verdicts})"},
+                required=("model",), refs={"model": ("models", LANGUAGE_MODELS)},
+                stage=stage, rule=rule, job="generate", generates=True,
+            )
+            for kind, summary, stage, rule in (
+                ("label", "a model labels an answer correct / incorrect / refuse against the"
+                 " gold answers; used by `judge` products and evaluations (`label_judge`)",
+                 "judge-evaluation", "judge_evaluation"),
+                ("relevance", "a model says whether retrieved documents hold what the"
+                 " question needs (present / absent); used by evaluations"
+                 " (`relevance_judge`)", "judge-relevance", "judge_relevance"),
+                ("score", "a model scores a response to a question from 1 to 5", None, None),
+                ("pick", "a model picks the best of k <= 9 numbered candidates", None, None),
+            )
         ),
     ]  # fmt: skip
 
@@ -499,6 +541,8 @@ KINDS: dict[tuple[str, str], Kind] = {
 }
 # A node's kind when it names none.
 DEFAULT_KIND = {"datasets": "qa", "models": "base"}
+# Judges a config always has, under these names.
+BUILTIN_JUDGES = {RULES: {"kind": RULES}}
 
 
 def check_kind(key: str, kind: Any, known: Any) -> None:

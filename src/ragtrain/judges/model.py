@@ -281,8 +281,8 @@ def verdict_stats(results: list[dict]) -> dict:
 
 
 def load_judge(spec: dict) -> ModelJudge:
-    """A model judge from its resolved node: the node's keys plus `model_dir`,
-    `prompt_path` and `cache` (the raw-output cache file), as the rules pass it."""
+    """A model judge from its node's keys plus `model_dir`, `prompt_path` and `cache`
+    (the raw-output cache file), as its stage gathers them."""
     from ragtrain.data.prompts import PromptTemplate
     from ragtrain.generation.engine import load_generator
 

@@ -24,6 +24,32 @@ PARAMS_HELP = (
 )
 
 
+JUDGE_HELP = (
+    "a model judge's node as JSON, with its `name` and raw-output `cache` file; without,"
+    " the string rules"
+)
+
+
+def add_judge(p: argparse.ArgumentParser, required: bool = False) -> None:
+    """`--judge` (a model judge's node), `--judge-model` and `--judge-prompt`."""
+    p.add_argument("--judge", type=params_json, required=required, help=JUDGE_HELP)
+    p.add_argument("--judge-model", help="the judge's model folder")
+    p.add_argument("--judge-prompt", help="the judge's Jinja template")
+
+
+def model_judge(args):
+    """The model judge a stage's `--judge` options describe (None: the rules)."""
+    if not args.judge:
+        return None
+    from ragtrain.judges.model import load_judge
+
+    if not args.judge_model or not args.judge_prompt:
+        raise ValueError("--judge needs --judge-model and --judge-prompt")
+    return load_judge(
+        {**args.judge, "model_dir": args.judge_model, "prompt_path": args.judge_prompt}
+    )
+
+
 def params_json(value: str) -> dict:
     """The `--params` type: a JSON object given inline or as `@file.json`."""
     try:

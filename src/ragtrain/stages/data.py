@@ -37,11 +37,13 @@ def cmd_task(args) -> None:
 
 
 def cmd_corpus(args) -> None:
-    from ragtrain.data.loaders import load_beir_corpus
+    from ragtrain.data.loaders import load_corpus
 
-    passages = load_beir_corpus(args.input)
+    # A world's passages are in our own shape, whatever `format` says.
+    fmt = "beir" if args.params.get("world") else args.params.get("format", "beir")
+    passages = load_corpus(args.input, fmt)
     write_jsonl(args.output, passages)
-    log.info("corpus: %d passages", len(passages))
+    log.info("corpus: %d passages (%s)", len(passages), fmt)
 
 
 def cmd_dataset(args) -> None:
@@ -80,7 +82,7 @@ def register(stages) -> None:
         stages,
         "corpus",
         cmd_corpus,
-        "normalise a BEIR corpus.jsonl into passages {id, title, text}",
+        "normalise a corpus (BEIR, FlashRAG, or our own) into passages {id, title, text}",
     )
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
@@ -89,7 +91,7 @@ def register(stages) -> None:
         stages,
         "dataset",
         cmd_dataset,
-        "load QA examples (world split, NQ-open, FlashRAG, ragtrain)",
+        "load QA examples (world split, NQ-open, FlashRAG, KILT / RA-DIT, ALCE, ragtrain)",
     )
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True, help="examples.jsonl")

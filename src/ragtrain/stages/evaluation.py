@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ragtrain.core.records import write_json, write_jsonl
 from ragtrain.core.seeds import DEFAULT_SEED
-from ragtrain.graph.kinds import NO_RETRIEVAL
+from ragtrain.graph.kinds import NO_RETRIEVAL, SOURCE_RETRIEVAL
 from ragtrain.metrics.paired import RESAMPLES
 from ragtrain.stages.common import add_stage, generation
 
@@ -24,7 +24,12 @@ def cmd_evaluate(args) -> None:
         **args.params,
     }
     params["generation"] = generation(params)
-    examples = read_jsonl(args.examples)
+    if params["retrieval"] == SOURCE_RETRIEVAL:
+        from ragtrain.data.loaders import with_source_docs
+
+        examples = with_source_docs(args.examples)
+    else:
+        examples = read_jsonl(args.examples)
     if params["retrieval"] == NO_RETRIEVAL:
         examples = [{**ex, "docs": []} for ex in examples]
     template = PromptTemplate(args.prompt)

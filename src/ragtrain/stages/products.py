@@ -6,19 +6,30 @@ from __future__ import annotations
 
 from ragtrain.core.records import RecordError, write_json, write_jsonl
 from ragtrain.core.settings import merge
-from ragtrain.graph.kinds import PRODUCT_DEFAULTS
+from ragtrain.graph.kinds import PRODUCT_DEFAULTS, SOURCE_RETRIEVAL
 from ragtrain.stages.common import (
+    add_judge,
     add_reward_models,
     add_stage,
     generation,
     log,
+    model_judge,
     reward_model_dirs,
     rewards,
 )
 
 
-def cmd_self_demos(args) -> None:
+def _examples(path, params: dict) -> list[dict]:
+    """A dataset's examples, with their own documents under `retrieval: source`."""
     from ragtrain.core.records import read_jsonl
+    from ragtrain.data.loaders import with_source_docs
+
+    if params.get("retrieval") == SOURCE_RETRIEVAL:
+        return with_source_docs(path)
+    return read_jsonl(path)
+
+
+def cmd_self_demos(args) -> None:
     from ragtrain.generation.selfdemo import sample_demos
     from ragtrain.generation.shards import generate_in_shards
 
@@ -26,7 +37,7 @@ def cmd_self_demos(args) -> None:
     params["generation"] = generation(params)
     inputs = [args.model, args.examples, args.prompt]
     stats = generate_in_shards(
-        sample_demos, read_jsonl(args.examples), args.model, args.prompt, params,
+        sample_demos, _examples(args.examples, params), args.model, args.prompt, params,
         args.work, inputs, args.output, args.stats,
     )  # fmt: skip
     log.info("%s: %s", args.stage, stats)
@@ -34,18 +45,32 @@ def cmd_self_demos(args) -> None:
 
 def cmd_judge(args) -> None:
     from ragtrain.core.records import iter_jsonl, require
-    from ragtrain.generation.judge import assign_splits, judge_record, judge_stats
+    from ragtrain.generation.judge import (
+        agreement_with_rules,
+        assign_splits,
+        judge_record,
+        judge_stats,
+        judge_with_model,
+    )
 
-    judged = []
+    records = []
     for lineno, record in iter_jsonl(args.input):
         require(record, "answers", list, args.input, lineno)
         require(record, "samples", list, args.input, lineno)
+        require(record, "question", str, args.input, lineno)
         for sample in record["samples"]:
             if not isinstance(sample, dict) or not isinstance(sample.get("text"), str):
                 raise RecordError(args.input, lineno, "every sample needs a string field 'text'")
-        judged.append(judge_record(record))
+        records.append(record)
+    judge = model_judge(args)
+    if judge:
+        judged, replies = judge_with_model(records, judge)
+    else:
+        judged = [judge_record(record) for record in records]
     judged = assign_splits(judged, args.params)
     stats = judge_stats(judged)
+    if args.judge:
+        stats.update(judge=args.judge["name"], replies=replies, rules=agreement_with_rules(judged))
     write_jsonl(args.output, judged)
     write_json(args.stats, stats)
     log.info("judge: %s", stats)
@@ -132,7 +157,6 @@ def cmd_best_of_n(args) -> None:
 def cmd_segment_beam(args) -> None:
     from functools import partial
 
-    from ragtrain.core.records import read_jsonl
     from ragtrain.core.workdir import finish, work_dir
     from ragtrain.data.prompts import PromptTemplate
     from ragtrain.generation.engine import load_generator
@@ -148,7 +172,7 @@ def cmd_segment_beam(args) -> None:
     ]
     work = work_dir(args.work, params, inputs)
     records, stats = segment_beam_demos(
-        read_jsonl(args.examples),
+        _examples(args.examples, params),
         partial(load_generator, args.model, params["generation"]),
         PromptTemplate(args.prompt),
         params,
@@ -182,6 +206,7 @@ def register(stages) -> None:
     p.add_argument("--input", required=True, help="sample records (JSONL)")
     p.add_argument("--output", required=True, help="judged records (JSONL)")
     p.add_argument("--stats", required=True)
+    add_judge(p)
 
     for name, func, help_ in (
         ("sft-data", cmd_sft_data, "SFT data (prompt, completion) from judged samples"),

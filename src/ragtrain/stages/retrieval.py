@@ -27,7 +27,12 @@ def cmd_retrieve(args) -> None:
     index = Index(args.index)
     # The index's own settings, and its kind's defaults, unless given.
     k = with_defaults(merge(index.params, args.params), RETRIEVER_DEFAULTS)["k"]
-    examples, stats = retrieve(read_jsonl(args.examples), index, k)
+    # A retriever's documents replace the dataset's own (`source_docs`, retrieval `source`).
+    examples = [
+        {key: v for key, v in ex.items() if key != "source_docs"}
+        for ex in read_jsonl(args.examples)
+    ]
+    examples, stats = retrieve(examples, index, k)
     write_jsonl(args.output, examples)
     write_json(args.stats, stats)
     log.info("retrieve: %s", stats)

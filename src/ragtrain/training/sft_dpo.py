@@ -43,21 +43,48 @@ TRAIN_DEFAULTS = {
     "sft": {**ON_RECORDS, "learning_rate": 2e-4},
     "dpo": {**ON_RECORDS, "learning_rate": 5e-5, "beta": 0.1, "loss_type": "sigmoid"},
 }
-# The record fields each trainer reads (TRL's conversational formats).
+# The record fields each trainer reads (TRL's conversational or standard formats).
 FIELDS = {"sft": ("prompt", "completion"), "dpo": ("prompt", "chosen", "rejected")}
 
 
 def _dataset(path: str | Path, kind: str):
     from datasets import Dataset
 
-    from ragtrain.core.records import iter_jsonl, require
+    return Dataset.from_list(_rows(path, kind))
 
-    rows = []
+
+def _rows(path: str | Path, kind: str) -> list[dict]:
+    """The trainer's rows of a record file: message lists (TRL's conversational format,
+    chat-templated by TRL), or plain text that already holds the chat template (TRL's
+    standard format, used as is): the record says so with `meta.chat_template_applied`.
+    One format per file, as TRL takes one per dataset."""
+    from ragtrain.core.records import RecordError, iter_jsonl, require
+
+    rows, first = [], None
     for lineno, record in iter_jsonl(path):
+        text = isinstance(record.get("prompt"), str)
         for field in FIELDS[kind]:
-            require(record, field, list, path, lineno)
+            require(record, field, str if text else list, path, lineno)
+        who = f"record {record.get('id')!r}"
+        if text and (record.get("meta") or {}).get("chat_template_applied") is not True:
+            raise RecordError(
+                path,
+                lineno,
+                f"{who}: a str 'prompt' is used as is, with no chat template, so"
+                " 'meta.chat_template_applied' must be true (else give message lists)",
+            )
+        if first is None:
+            first = (text, lineno)
+        elif text != first[0]:
+            forms = {True: "plain text", False: "message lists"}
+            raise RecordError(
+                path,
+                lineno,
+                f"{who} holds {forms[text]} but line {first[1]} holds {forms[first[0]]}:"
+                " one format per file",
+            )
         rows.append({field: record[field] for field in FIELDS[kind]})
-    return Dataset.from_list(rows)
+    return rows
 
 
 def trl_config(kind: str, params: dict, output_dir: Path, has_dev: bool, n_train: int, dtype):
