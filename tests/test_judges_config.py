@@ -16,7 +16,9 @@ PROMPTS = ROOT / "resources/prompts"
 
 def with_judges(judges=None, entry=None, product=None):
     cfg = copy.deepcopy(BASE)
-    cfg["judges"] = judges if judges is not None else {"lj": {"kind": "label", "model": "base"}}
+    cfg["judges"].update(
+        judges if judges is not None else {"lj": {"kind": "label", "model": "base"}}
+    )
     cfg["evaluate"] = [
         {"models": ["base"], "datasets": ["test"], "retrieval": ["bm25"], **(entry or {})}
     ]
