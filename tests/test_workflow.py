@@ -94,7 +94,7 @@ def test_end_to_end(from_tiny_upstream, tiny_model):
         assert f"| {model} | test | bm25 |" in summary
     assert "## Training" in summary and "## Training data" in summary
     csv_lines = (results / "report" / "summary.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("model,dataset,retrieval,n,em,f1")
+    assert csv_lines[0].startswith("model,dataset,retrieval,judges,n,em,f1")
     assert len(csv_lines) == 1 + len(evaluations) + 2  # base on dense and none, judged
     assert "## Errors by cause" in summary
     # Three models on test/bm25: three pairs, each compared on EM and accuracy.

@@ -41,8 +41,9 @@ NLI_DEFAULTS = {
     "dtype": "auto",  # float32 on CPU, bfloat16 on GPU
     "entailment_index": None,  # classifier: the entailment label's index (None: from id2label)
     "template": "nli_yes_no",  # llm: a name in resources/prompts/, or a path to a .jinja file
-    "trust_remote_code": None,  # None: what the model folder records (core.security)
 }
+# `trust_remote_code` may be given too; unset, it is what the model folder records
+# (ragtrain.core.security).
 TEMPLATE_FIELDS = ("premise", "hypothesis")
 # The answers the llm scorer compares. After a chat template's assistant header the answer
 # starts without a space; after plain text, with one: both spellings count.
@@ -77,7 +78,7 @@ class NLIScorer:
         """Checks that need no model (run before one loads)."""
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, params: dict) -> NLIScorer:
+    def load(cls, path: str | Path, params: dict) -> NLIScorer:
         import torch
         import transformers
 
@@ -349,7 +350,7 @@ def load_nli(params: dict) -> NLIScorer:
         raise ValueError(f"NLI scorer {kind}: `path` (a local model folder) is required")
     if not Path(path).is_dir():
         raise FileNotFoundError(f"NLI scorer {kind}: path {str(path)!r} is not a folder")
-    return SCORERS[kind].from_pretrained(path, params)
+    return SCORERS[kind].load(path, params)
 
 
 def _positive_int(params: dict, key: str) -> int:
