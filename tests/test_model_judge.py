@@ -5,7 +5,7 @@ cache and the checks of a judge node."""
 import pytest
 
 from ragtrain.data.prompts import PromptTemplate
-from ragtrain.generation.engine import Completion
+from ragtrain.generation.engine import Completion, Sampling
 from ragtrain.judges.model import (
     MODEL_JUDGE_DEFAULTS,
     ModelJudge,
@@ -38,8 +38,8 @@ class Scripted:
 def judge(kind, replies, cache=None, **node):
     generator = Scripted(replies)
     template = PromptTemplate(PROMPTS / f"judge_{kind}.jinja")
-    node = {"generation": GENERATION, **node}
-    return ModelJudge(kind, node, generator, template, "fp", cache), generator
+    sampling = Sampling.from_params(GENERATION)
+    return ModelJudge(kind, node, generator, template, sampling, "fp", cache), generator
 
 
 def label_item(qid, question="Q1"):

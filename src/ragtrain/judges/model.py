@@ -184,13 +184,19 @@ class RawCache:
 class ModelJudge:
     """Verdicts of one judge node over items (dicts with `id` and the kind's fields)."""
 
-    def __init__(self, kind: str, node: dict, generator, template, fingerprint: str, cache=None):
+    def __init__(
+        self, kind: str, node: dict, generator, template, sampling, fingerprint: str, cache=None
+    ):
+        """`generator`: an engine (ragtrain.generation.engine); `template`: a
+        PromptTemplate; `sampling`: the first try's Sampling (retries change only its
+        temperature); `fingerprint`: the model's (`model_fingerprint`)."""
         self.kind = JUDGE_KINDS[kind]
         self.name = kind
         self.node = {**MODEL_JUDGE_DEFAULTS, **node}
         self.pattern = re.compile(self.node.get("pattern") or self.kind.pattern)
         self.generator = generator
         self.template = template
+        self.sampling = sampling
         self.fingerprint = fingerprint
         self.cache = cache or RawCache(None)
         self.asked = 0  # raw outputs generated (not from the cache)
@@ -206,8 +212,6 @@ class ModelJudge:
     def judge(self, items: list[dict]) -> list[dict]:
         """One result per item: `{id, verdict, raw, tries, parsed}`; `verdict` is the
         fallback (or None where unparsed items are dropped) when no try parsed."""
-        from ragtrain.generation.engine import Sampling
-
         for item in items:
             if self.name == "pick" and not 1 <= len(item["candidates"]) <= MAX_CANDIDATES:
                 raise ValueError(
@@ -215,8 +219,7 @@ class ModelJudge:
                     f" candidates, got {len(item['candidates'])}"
                 )
         conversations = [self.template.conversation(item) for item in items]
-        generation = self.node["generation"]
-        first = Sampling.from_params({**generation, "max_new_tokens": self.node["max_new_tokens"]})
+        first = self.sampling
         results = [
             {"id": item["id"], "verdict": None, "raw": [], "tries": 0, "parsed": False}
             for item in items
@@ -278,23 +281,3 @@ def verdict_stats(results: list[dict]) -> dict:
         "unparsed": n - parsed,
         "mean_tries": round(sum(r["tries"] for r in results) / n, 3) if n else None,
     }
-
-
-def load_judge(spec: dict) -> ModelJudge:
-    """A model judge from its node's keys plus `model_dir`, `prompt_path` and `cache`
-    (the raw-output cache file), as its stage gathers them."""
-    from ragtrain.data.prompts import PromptTemplate
-    from ragtrain.generation.engine import load_generator
-
-    problem = check_judge(spec["kind"], spec, spec["prompt_path"])
-    if problem:
-        raise ValueError(f"judge {spec.get('name', spec['kind'])!r}: {problem}")
-    generator = load_generator(spec["model_dir"], spec["generation"])
-    return ModelJudge(
-        spec["kind"],
-        spec,
-        generator,
-        PromptTemplate(spec["prompt_path"]),
-        model_fingerprint(spec["model_dir"]),
-        RawCache(spec.get("cache")),
-    )

@@ -30,7 +30,6 @@ import jinja2
 import jinja2.meta
 
 from ragtrain.core.security import trust_remote_code
-from ragtrain.generation.engine import torch_dtype
 
 # prompts in the checkout's resources/ (src/ragtrain/judges/ is three folders down).
 PROMPTS = Path(__file__).resolve().parents[3] / "resources" / "prompts"
@@ -91,7 +90,11 @@ class NLIScorer:
         kwargs = {"trust_remote_code": trust, "local_files_only": True}
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, **kwargs)
         auto = getattr(transformers, cls.auto_class)
-        model = auto.from_pretrained(path, dtype=torch_dtype(dtype), **kwargs)
+        if dtype not in ("bfloat16", "float16", "float32"):
+            raise ValueError(
+                f"NLI scorer: dtype must be auto, bfloat16, float16 or float32, got {dtype!r}"
+            )
+        model = auto.from_pretrained(path, dtype=getattr(torch, dtype), **kwargs)
         return cls(model.to(device), tokenizer, params)
 
     def scores(self, premises: list[str], hypotheses: list[str]) -> list[float]:

@@ -41,12 +41,25 @@ def model_judge(args):
     """The model judge a stage's `--judge` options describe (None: the rules)."""
     if not args.judge:
         return None
-    from ragtrain.judges.model import load_judge
+    from ragtrain.data.prompts import PromptTemplate
+    from ragtrain.generation.engine import Sampling, load_generator
+    from ragtrain.judges.model import ModelJudge, RawCache, check_judge, model_fingerprint
 
+    node = args.judge
     if not args.judge_model or not args.judge_prompt:
         raise ValueError("--judge needs --judge-model and --judge-prompt")
-    return load_judge(
-        {**args.judge, "model_dir": args.judge_model, "prompt_path": args.judge_prompt}
+    problem = check_judge(node["kind"], node, args.judge_prompt)
+    if problem:
+        raise ValueError(f"judge {node['name']!r}: {problem}")
+    settings = generation(node)
+    return ModelJudge(
+        node["kind"],
+        node,
+        load_generator(args.judge_model, settings),
+        PromptTemplate(args.judge_prompt),
+        Sampling.from_params({**settings, "max_new_tokens": node["max_new_tokens"]}),
+        model_fingerprint(args.judge_model),
+        RawCache(node.get("cache")),
     )
 
 
