@@ -24,6 +24,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("em", "f1", "accuracy", "precision", "recall", "correct_refusal", "false_refusal")
+JUDGED_METRICS = (
+    "precision", "recall", "refusal_rate", "false_refusal", "agreement_label",
+    "agreement_relevance",
+)  # fmt: skip
 
 
 def run(seed: int, world_seed: int, cores: str) -> tuple[str, float]:
@@ -40,17 +44,28 @@ def run(seed: int, world_seed: int, cores: str) -> tuple[str, float]:
     return name, time.perf_counter() - began
 
 
-def table(runs: list[str]) -> str:
+def table(runs: list[str], judged: bool = False) -> str:
+    """Mean ± sd (each run's value) per model; `judged`: from the model judges' verdicts."""
+    pattern = "*/*/*/judged/metrics.json" if judged else "*/*/*/metrics.json"
+    metrics = JUDGED_METRICS if judged else METRICS
     by_model: dict[str, list[dict]] = {}
     for name in runs:
-        for path in sorted((ROOT / "results" / name / "eval").glob("*/*/*/metrics.json")):
-            by_model.setdefault(path.parts[-4], []).append(json.loads(path.read_text()))
-    head = "| model | " + " | ".join(METRICS) + " |"
-    lines = [head, "|---" * (len(METRICS) + 1) + "|"]
+        for path in sorted((ROOT / "results" / name / "eval").glob(pattern)):
+            metric = json.loads(path.read_text())
+            flat = {
+                **metric,
+                **{f"agreement_{k}": v for k, v in metric.get("agreement_with_rules", {}).items()},
+            }
+            by_model.setdefault(metric["model"], []).append(flat)
+    head = "| model | " + " | ".join(metrics) + " |"
+    lines = [head, "|---" * (len(metrics) + 1) + "|"]
     for model, rows in by_model.items():
         cells = []
-        for metric in METRICS:
-            values = [r[metric] for r in rows]
+        for metric in metrics:
+            values = [r[metric] for r in rows if r.get(metric) is not None]
+            if not values:
+                cells.append("-")
+                continue
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             each = ", ".join(f"{v:.3f}" for v in values)
             cells.append(f"{statistics.mean(values):.3f} ± {sd:.3f} ({each})")
@@ -74,6 +89,14 @@ def main() -> None:
         names.append(name)
         print(f"{name}: {seconds / 60:.1f} min", flush=True)
     print(table(names))
+    print("\nFrom SmolLM2's label and relevance verdicts (the model judges):\n")
+    print(table(names, judged=True))
+    print("\nSmolLM2 labelling the self-demos (products/judged_by_smol):\n")
+    for name in names:
+        stats = ROOT / "results" / name / "products" / "judged_by_smol" / "stats.json"
+        if stats.exists():
+            s = json.loads(stats.read_text())
+            print(f"{name}: {s['rules']}, replies {s['replies']}, labels {s['labels']}")
 
 
 if __name__ == "__main__":
