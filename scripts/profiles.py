@@ -4,9 +4,9 @@ Snakemake looks a profile name up in the current folder, then in the user's prof
 folder (platformdirs' user config dir: $XDG_CONFIG_HOME/snakemake, else
 ~/.config/snakemake), then in the site's (/etc/xdg/snakemake). `link` puts a symbolic
 link to this checkout's profiles/<name> in the user's folder, so profiles/ stays the
-one source; `unlink` removes those links and nothing else; `status` says where each
-name resolves. Run with the interpreter that runs Snakemake (`make profiles`,
-`make unlink-profiles`).
+one source; `unlink` removes those links and nothing else; `status` says where
+`--profile <name>` resolves from the current folder, as Snakemake resolves it. Run
+with the interpreter that runs Snakemake (`make profiles`, `make unlink-profiles`).
 
 `link` is idempotent. It never replaces a profile of the user's own (a folder, or a
 link to somewhere else): it says so, and `--profile <name>` then keeps meaning that
@@ -48,9 +48,8 @@ def is_ragtrain_profile(target: Path, name: str) -> bool:
     return pyproject.is_file() and 'name = "ragtrain"' in pyproject.read_text()
 
 
-def link(folder: Path) -> int:
-    conflicts = 0
-    for name in NAMES:
+def link(folder: Path, names: list[str]) -> int:
+    for name in names:
         source, dest = ROOT / "profiles" / name, folder / name
         if dest.is_symlink():
             target = Path(os.readlink(dest))
@@ -59,7 +58,6 @@ def link(folder: Path) -> int:
                 print(f"profiles: {dest} -> {source} (already linked)")
                 continue
             if not is_ragtrain_profile(target, name):
-                conflicts += 1
                 print(
                     f"profiles: WARNING: {dest} links to {target}, not ragtrain's: left as it "
                     f"is, so `--profile {name}` means that one. Use `--profile "
@@ -72,7 +70,6 @@ def link(folder: Path) -> int:
             dest.symlink_to(source, target_is_directory=True)
             print(f"profiles: {dest} -> {source} (was -> {target})")
         elif dest.exists():
-            conflicts += 1
             print(
                 f"profiles: WARNING: {dest} is a profile of your own: left as it is, so "
                 f"`--profile {name}` means that one. Use `--profile profiles/{name}` from "
@@ -83,11 +80,12 @@ def link(folder: Path) -> int:
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.symlink_to(source, target_is_directory=True)
             print(f"profiles: {dest} -> {source} (linked)")
-    return 1 if conflicts else 0
+    # A profile of the user's own is theirs to keep: warned about above, not an error.
+    return 0
 
 
-def unlink(folder: Path) -> int:
-    for name in NAMES:
+def unlink(folder: Path, names: list[str]) -> int:
+    for name in names:
         source, dest = ROOT / "profiles" / name, folder / name
         if dest.is_symlink() and dest.exists() and dest.resolve() == source.resolve():
             dest.unlink()
@@ -97,37 +95,49 @@ def unlink(folder: Path) -> int:
     return 0
 
 
-def status(folder: Path) -> int:
+def resolve(name: str) -> Path | None:
+    """The folder `snakemake --profile <name>` would use, run from the current folder."""
+    from snakemake.cli import get_profile_dir
+
+    found = get_profile_dir(name)
+    return found[0].resolve() if found else None
+
+
+def status(folder: Path, names: list[str]) -> int:
+    """Where `--profile <name>` resolves from here; exit 1 unless to this checkout's."""
     wrong = 0
-    for name in NAMES:
+    for name in names:
         source, dest = ROOT / "profiles" / name, folder / name
-        ours = dest.exists() and dest.resolve() == source.resolve()
-        wrong += not ours
-        where = f"-> {dest.resolve()}" if dest.exists() else "missing"
-        print(f"{name}: {dest} {where}{'' if ours else '  (not this checkout: make profiles)'}")
+        found = resolve(name)
+        if found == source.resolve():
+            through = f" (through {dest})" if dest.resolve() == found else ""
+            print(f"--profile {name}: {found}{through}")
+            continue
+        wrong += 1
+        print(
+            f"--profile {name}: {found or 'no profile found'}, not {source}: "
+            "`make profiles` links it (README, Using the workflow)",
+            file=sys.stderr,
+        )
     return 1 if wrong else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["link", "unlink", "status"])
+    parser.add_argument("names", nargs="*", help=f"of {', '.join(NAMES)} (default: all)")
     parser.add_argument(
         "--dir",
         type=Path,
         default=None,
         help="the profile folder (default: Snakemake's user profile folder)",
     )
-    parser.add_argument(
-        "--strict",
-        action="store_true",
-        help="link: exit 1 when a profile of the user's own is left in place",
-    )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
+    if unknown := set(args.names) - set(NAMES):
+        parser.error(f"no profile {', '.join(sorted(unknown))} in profiles/ (only {NAMES})")
+    args.names = args.names or list(NAMES)
     folder = args.dir or user_profile_dir()
-    if args.command == "link":
-        status_code = link(folder)
-        return status_code if args.strict else 0
-    return {"unlink": unlink, "status": status}[args.command](folder)
+    return {"link": link, "unlink": unlink, "status": status}[args.command](folder, args.names)
 
 
 if __name__ == "__main__":

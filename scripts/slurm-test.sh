@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The tiny end-to-end config through Snakemake's Slurm executor, on a real one-node
-# Slurm cluster started here (Debian slurm-wlm + munge, two fake GPUs), then checks
-# from Slurm's own records that every job went through sbatch and that the training
-# jobs asked for a GPU and got one. Run as root (`make slurm-test`); takes minutes.
+# The tiny end-to-end config through Snakemake's Slurm executor, run as users type it
+# (`snakemake --profile slurm all`), on a real one-node Slurm cluster started here
+# (Debian slurm-wlm + munge, two fake GPUs), then checks from Slurm's own records that
+# every job went through sbatch and that the training jobs asked for a GPU and got one.
+# Run as root (`make slurm-test`); takes minutes.
 #
 # The cluster's state, logs and fake devices live in a temp folder; only its
 # slurm.conf and gres.conf go to /etc/slurm (see CONF below), and are removed on exit
@@ -184,10 +185,18 @@ cfg["models"]["sft"]["resources"] = {"mem_mb": 2500}
 (work / "tiny.yaml").write_text(yaml.safe_dump(cfg))
 EOF
 
+# The command as users type it, from the repository root: `snakemake --profile slurm
+# all`, the profile found by name (the link `make install` puts in Snakemake's user
+# profile folder) and the Snakefile by Snakemake's own search. Then what this test adds:
+# its config, a run folder outside the checkout, and two settings for this small node.
+# (The target goes before --configfile, which takes every word after it as a file.)
+cd "$ROOT"
+[[ $(command -v snakemake) == "$(dirname "$PYTHON")/snakemake" ]] ||
+    die "snakemake on PATH is $(command -v snakemake || echo 'none'), not $(dirname "$PYTHON")/snakemake"
+"$PYTHON" scripts/profiles.py status slurm ||
+    die "\`--profile slurm\` does not find this checkout's profiles/slurm (make profiles)"
 snakemake=(
-    "$PYTHON" -m snakemake
-    --snakefile "$ROOT/Snakefile"
-    --profile "$ROOT/profiles/slurm"
+    snakemake --profile slurm all
     --configfile "$WORK/tiny.yaml"
     --directory "$WORK/run"
     # The training rule asks for 4 threads (--cpus-per-task), more than this node has.
@@ -203,7 +212,10 @@ if ! "${snakemake[@]}" >"$WORK/snakemake.log" 2>&1; then
     tail -n 40 "$WORK/snakemake.log" >&2
     die "snakemake failed (log: $WORK/snakemake.log)"
 fi
-echo "slurm-test: the workflow ran through Slurm in $((SECONDS - start)) s"
+echo "slurm-test: the workflow ran through Slurm in $((SECONDS - start)) s; it printed (abridged):"
+# What users see (README, "Using the workflow"): the first submissions and the end.
+grep -m 3 -E "^Job [0-9]+ has been submitted with SLURM jobid" "$WORK/snakemake.log" || true
+grep -E "^[0-9]+ of [0-9]+ steps \(100%\) done" "$WORK/snakemake.log" || true
 [[ -s $WORK/run/results/tiny/report/summary.md ]] || die "no report/summary.md"
 
 # --- what Slurm saw: every planned job (but the target rule `all`, which runs no
@@ -220,8 +232,9 @@ from ragtrain.graph.dryrun import planned_jobs
 
 plan_file, jobs_file, jobcomp_file = map(Path, sys.argv[1:])
 TRAIN_RULES = {"train", "train_biencoder", "train_colbert", "train_reward_model", "train_rl"}
-# Generation (vLLM) asks for a GPU too; the other stages for none.
+# Generation (vLLM) asks for a GPU too, model judges included; the other stages for none.
 GPU_RULES = TRAIN_RULES | {"self_demos", "pseudo_queries", "segment_beam", "reward", "evaluate"}
+GPU_RULES |= {"judge_by_model", "judge_relevance", "judge_evaluation"}
 
 
 def fields(line: str) -> dict[str, str]:
