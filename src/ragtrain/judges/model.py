@@ -187,7 +187,8 @@ class ModelJudge:
     def __init__(
         self, kind: str, node: dict, generator, template, sampling, fingerprint: str, cache=None
     ):
-        """`generator`: an engine (ragtrain.generation.engine); `template`: a
+        """`generator`: an engine (ragtrain.generation.engine), or a function that loads
+        one, called only when a reply is not in the cache; `template`: a
         PromptTemplate; `sampling`: the first try's Sampling (retries change only its
         temperature); `fingerprint`: the model's (`model_fingerprint`)."""
         self.kind = JUDGE_KINDS[kind]
@@ -261,6 +262,8 @@ class ModelJudge:
         ]
         missing = [j for j, key in enumerate(keys) if key not in self.cache.entries]
         if missing:
+            if not hasattr(self.generator, "chat"):
+                self.generator = self.generator()  # loaded on the first reply not cached
             completions = self.generator.chat(
                 [conversations[j] for j in missing], sampling, seeds=[seeds[j] for j in missing]
             )

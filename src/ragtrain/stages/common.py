@@ -55,7 +55,7 @@ def model_judge(args):
     return ModelJudge(
         node["kind"],
         node,
-        load_generator(args.judge_model, settings),
+        lambda: load_generator(args.judge_model, settings),
         PromptTemplate(args.judge_prompt),
         Sampling.from_params({**settings, "max_new_tokens": node["max_new_tokens"]}),
         model_fingerprint(args.judge_model),
