@@ -46,6 +46,8 @@ STAGES = (
     "query-preferences",
     "evaluate",
     "report",
+    "judge-relevance",
+    "judge-evaluation",
 )
 
 
