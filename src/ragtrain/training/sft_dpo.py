@@ -63,8 +63,6 @@ def _rows(path: str | Path, kind: str) -> list[dict]:
     rows, first = [], None
     for lineno, record in iter_jsonl(path):
         text = isinstance(record.get("prompt"), str)
-        for field in FIELDS[kind]:
-            require(record, field, str if text else list, path, lineno)
         who = f"record {record.get('id')!r}"
         if text and (record.get("meta") or {}).get("chat_template_applied") is not True:
             raise RecordError(
@@ -73,6 +71,8 @@ def _rows(path: str | Path, kind: str) -> list[dict]:
                 f"{who}: a str 'prompt' is used as is, with no chat template, so"
                 " 'meta.chat_template_applied' must be true (else give message lists)",
             )
+        for field in FIELDS[kind]:
+            require(record, field, str if text else list, path, lineno)
         if first is None:
             first = (text, lineno)
         elif text != first[0]:
