@@ -120,6 +120,26 @@ def _record_id(record: dict, field: str, at: Where) -> str:
     return rid
 
 
+def convert_records(
+    path: str | Path,
+    convert: Callable[[dict, Where], dict[str, Any]] | None,
+    converters: dict[str, Callable[[dict, Where], dict[str, Any]]],
+    detect: Callable[[dict, Where], str],
+    kind: str,
+) -> list[dict[str, Any]]:
+    """Every record of a file through `convert`, or, where it is None, through the
+    converter of the format `detect` names from the first record; ids unique."""
+    records = []
+    seen: dict[str, Where] = {}
+    for at, record in iter_records(path):
+        if convert is None:
+            convert = converters[detect(record, at)]
+        converted = convert(record, at)
+        check_unique(converted["id"], seen, at, kind)
+        records.append(converted)
+    return records
+
+
 def check_unique(rid: str, seen: dict[str, Where], at: Where, kind: str) -> None:
     if rid in seen:
         raise at.error(f"duplicate {kind} id {rid!r} (first on {seen[rid]})")
@@ -222,15 +242,9 @@ def load_corpus(path: str | Path, fmt: str = "beir") -> list[dict[str, Any]]:
         raise ValueError(
             f"unknown corpus format {fmt!r}; known formats: {', '.join(CORPUS_FORMATS)}"
         )
-    convert = CORPUS_LOADERS.get(fmt)
-    passages = []
-    seen: dict[str, Where] = {}
-    for at, record in iter_records(path):
-        if convert is None:
-            convert = CORPUS_LOADERS[detect_corpus_format(record, at)]
-        passage = convert(record, at)
-        check_unique(passage["id"], seen, at, "passage")
-        passages.append(passage)
+    passages = convert_records(
+        path, CORPUS_LOADERS.get(fmt), CORPUS_LOADERS, detect_corpus_format, "passage"
+    )
     if not passages:
         raise RecordError(path, None, "no passages: the corpus is empty")
     return passages
@@ -455,19 +469,7 @@ def load_qa(path: str | Path, fmt: str = "auto") -> list[dict[str, Any]]:
     """Read a QA file in one of QA_FORMATS into example records."""
     if fmt not in QA_FORMATS:
         raise ValueError(f"unknown QA format {fmt!r}; known formats: {', '.join(QA_FORMATS)}")
-    return _load_qa(path, LOADERS.get(fmt))
-
-
-def _load_qa(path, convert: Callable[[dict, Where], dict[str, Any]] | None) -> list[dict]:
-    examples = []
-    seen: dict[str, Where] = {}
-    for at, record in iter_records(path):
-        if convert is None:
-            convert = LOADERS[detect_format(record, at)]
-        example = convert(record, at)
-        check_unique(example["id"], seen, at, "example")
-        examples.append(example)
-    return examples
+    return convert_records(path, LOADERS.get(fmt), LOADERS, detect_format, "example")
 
 
 def load_dataset(path: str | Path, params: dict) -> list[dict[str, Any]]:
@@ -476,7 +478,9 @@ def load_dataset(path: str | Path, params: dict) -> list[dict[str, Any]]:
     The documents a file carries stay in `source_docs` (retrieval `source`)."""
     if params.get("world"):
         examples = [
-            ex for ex in _load_qa(path, _from_world) if ex["meta"].get("split") == params["split"]
+            ex
+            for ex in convert_records(path, _from_world, LOADERS, detect_format, "example")
+            if ex["meta"].get("split") == params["split"]
         ]
     else:
         examples = load_qa(path, params.get("format", "auto"))

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ragtrain.data.loaders import Where, check_unique, default_id, iter_records
+from ragtrain.data.loaders import Where, convert_records, default_id
 
 _STEP = re.compile(r"step[_-]?(\d+)", re.IGNORECASE)
 # ` Title: X Content: Y`, DPA-RAG's one-string documents.
@@ -134,13 +134,4 @@ def load_pairs(path: str | Path, fmt: str = "auto") -> list[dict[str, Any]]:
         raise ValueError(
             f"unknown preference format {fmt!r}; known formats: {', '.join(PAIR_FORMATS)}"
         )
-    convert = PAIR_LOADERS.get(fmt)
-    records = []
-    seen: dict[str, Where] = {}
-    for at, record in iter_records(path):
-        if convert is None:
-            convert = PAIR_LOADERS[detect_pair_format(record, at)]
-        converted = convert(record, at)
-        check_unique(converted["id"], seen, at, "record")
-        records.append(converted)
-    return records
+    return convert_records(path, PAIR_LOADERS.get(fmt), PAIR_LOADERS, detect_pair_format, "record")

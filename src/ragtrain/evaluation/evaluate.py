@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 from ragtrain.data.prompts import PromptTemplate
-from ragtrain.evaluation.judged import judged_metrics
+from ragtrain.evaluation.judged import judged_metrics, rules_relevance
 from ragtrain.generation.engine import Generator, Sampling
-from ragtrain.judges.rules import doc_text, documents_hold_answer, label
+from ragtrain.judges.rules import label
 from ragtrain.metrics.qa import aggregate, score_example
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,7 @@ def evaluate(
                 "scores": score,
                 # The `rules` judges' verdicts; a model judge's come in their own file.
                 "label": label(completion.text, ex["answers"]),
-                "relevant": documents_hold_answer(
-                    [doc_text(d) for d in ex.get("docs", [])], ex["answers"]
-                ),
+                "relevant": rules_relevance(ex),
                 "meta": ex.get("meta", {}),
             }
         )

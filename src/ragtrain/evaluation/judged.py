@@ -80,7 +80,9 @@ def relevance_items(examples: list[dict]) -> list[dict]:
 
 
 def rules_relevance(example: dict) -> bool:
-    return documents_hold_answer([doc_text(d) for d in example["docs"]], example["answers"])
+    """The rules' relevance: a gold answer occurs in one of the example's documents."""
+    docs = example.get("docs", [])
+    return documents_hold_answer([doc_text(d) for d in docs], example["answers"])
 
 
 def judged_rows(
