@@ -182,7 +182,7 @@ def test_trained_models_and_products_get_their_kind_defaults():
             "from",
             "demos",
             r"products\.sft_data\.from: a sft_data product"
-            r" is made from a judge product",
+            r" is made from a judge or tournament product",
         ),
         ("products", "demos", "retrieval", "splade", r"products\.demos\.retrieval: unknown"),
         ("products", "demos", "model", "gpt", r"products\.demos\.model: unknown model 'gpt'"),

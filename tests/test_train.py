@@ -217,3 +217,135 @@ def test_the_newest_complete_checkpoint_is_resumed(tmp_path):
     (tmp_path / "iteration-3").mkdir()
     (tmp_path / "iteration-3" / "state.json").write_text("{}")
     assert last_checkpoint(tmp_path, "iteration", "state.json") == tmp_path / "iteration-3"
+
+
+def _filled(kind: str, **extra) -> dict:
+    from ragtrain.core.settings import with_defaults
+    from ragtrain.training.sft_dpo import TRAIN_DEFAULTS
+
+    return with_defaults(params(kind, **extra), TRAIN_DEFAULTS)
+
+
+@pytest.mark.slow
+def test_dpo_config_takes_a_step_budget_a_final_learning_rate_and_an_nll_weight(tmp_path):
+    import torch
+
+    from ragtrain.training.sft_dpo import trl_config
+
+    # The paper's DPO: beta 0.1, lr 5.5e-6 cosine-annealed to 1.1e-6, a step budget.
+    node = _filled(
+        "dpo",
+        max_steps=7,
+        learning_rate=5.5e-6,
+        lr_scheduler="cosine",
+        min_learning_rate=1.1e-6,
+        rpo_alpha=0.5,
+    )
+    config = trl_config("dpo", node, tmp_path, True, 100, torch.float32)
+    assert config.max_steps == 7
+    assert config.lr_scheduler_type == "cosine_with_min_lr"
+    assert config.lr_scheduler_kwargs == {"min_lr": 1.1e-6}
+    assert config.beta == 0.1
+    # TRL >= 1.0 has no rpo_alpha: RPO is DPO's loss plus TRL's `sft` loss (the chosen
+    # answers' NLL) at that weight.
+    assert config.loss_type == ["sigmoid", "sft"] and config.loss_weights == [1.0, 0.5]
+    # The held-out point is placed by the step budget (7), not the epoch (25 steps).
+    assert config.eval_steps == 4
+
+    # The defaults: epochs decide, the node's own schedule, no NLL term.
+    plain = trl_config("dpo", _filled("dpo"), tmp_path, True, 100, torch.float32)
+    assert plain.max_steps == -1 and plain.num_train_epochs == 1
+    assert plain.lr_scheduler_type == "linear" and not plain.lr_scheduler_kwargs
+    assert plain.loss_type == ["sigmoid"] and plain.loss_weights is None
+    # SFT takes the step budget and the final rate alike.
+    sft = _filled("sft", max_steps=3, lr_scheduler="cosine_with_min_lr", min_learning_rate=0.0)
+    config = trl_config("sft", sft, tmp_path, False, 100, torch.float32)
+    assert config.max_steps == 3 and config.lr_scheduler_kwargs == {"min_lr": 0.0}
+    # train() checks the settings first: no model, no data is read.
+    with pytest.raises(ValueError, match=r"^min_learning_rate needs lr_scheduler cosine"):
+        train(
+            params("dpo", min_learning_rate=1e-6),
+            tmp_path / "no-model",
+            tmp_path / "no-data.jsonl",
+            None,
+            tmp_path / "out",
+            tmp_path / "work",
+        )
+
+
+def test_bad_schedules_step_budgets_and_nll_weights_are_refused(tmp_path):
+    import torch
+
+    from ragtrain.training.sft_dpo import trl_config
+
+    def config(**extra):  # refused before TRL is imported
+        return trl_config("dpo", _filled("dpo", **extra), tmp_path, False, 8, torch.float32)
+
+    with pytest.raises(ValueError, match=r"^min_learning_rate needs lr_scheduler cosine.*'linear'"):
+        config(min_learning_rate=1e-6)
+    with pytest.raises(ValueError, match=r"^lr_scheduler cosine_with_min_lr needs min_learning"):
+        config(lr_scheduler="cosine_with_min_lr")
+    with pytest.raises(ValueError, match=r"^min_learning_rate: expected a number from 0 to"):
+        config(lr_scheduler="cosine", min_learning_rate=2e-3)  # above learning_rate
+    with pytest.raises(ValueError, match=r"^max_steps: expected a positive integer"):
+        config(max_steps=0)
+    with pytest.raises(ValueError, match=r"^rpo_alpha: expected a number >= 0"):
+        config(rpo_alpha=-1)
+
+
+@pytest.mark.slow
+def test_a_step_budget_ends_a_cosine_at_the_final_rate_and_survives_a_resume(
+    tiny_model, tmp_path, monkeypatch
+):
+    import math
+
+    import transformers
+
+    from ragtrain.training import sft_dpo
+
+    # 16 pairs at batch 4: 4 steps an epoch, of which the budget takes 2.
+    node = params(
+        "dpo",
+        max_steps=2,
+        lr_scheduler="cosine",
+        min_learning_rate=1e-4,
+        rpo_alpha=1.0,
+        save_steps=50,
+    )
+    train_file = pairs_file(tmp_path / "train.jsonl", range(16))
+    ended = {}
+    real_gather = sft_dpo._gathered_model
+
+    def stop_after_training(trainer, *args):
+        ended["step"] = trainer.state.global_step
+        ended["lr"] = trainer.lr_scheduler.get_last_lr()[0]
+        raise KeyboardInterrupt("stopped after training, before the model folder")
+
+    monkeypatch.setattr(sft_dpo, "_gathered_model", stop_after_training)
+    with pytest.raises(KeyboardInterrupt):
+        train(node, tiny_model, train_file, None, tmp_path / "out", tmp_path / "work")
+    assert ended["step"] == 2
+    assert ended["lr"] == pytest.approx(1e-4)  # the schedule ends at min_learning_rate
+    monkeypatch.setattr(sft_dpo, "_gathered_model", real_gather)
+
+    # Rerun: the checkpoint at the last step is loaded, and no step is trained (the
+    # Trainer, resumed mid-epoch at max_steps, would train a third).
+    resumed_from = []
+    real_load = transformers.Trainer._load_from_checkpoint
+
+    def load(self, checkpoint, *args, **kwargs):
+        resumed_from.append(Path(checkpoint).name)
+        return real_load(self, checkpoint, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "_load_from_checkpoint", load)
+    out = tmp_path / "out"
+    metrics = train(node, tiny_model, train_file, None, out, tmp_path / "work")
+    assert resumed_from == ["checkpoint-2"]
+    assert metrics["steps"] == 2 and metrics["train_loss"] is None
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    rates = [h["learning_rate"] for h in state["log_history"] if "learning_rate" in h]
+    # Logged at each step, the rate it ran at: the peak, then halfway down the cosine.
+    halfway = 1e-4 + (1e-3 - 1e-4) * 0.5 * (1 + math.cos(math.pi / 2))
+    assert rates == pytest.approx([1e-3, halfway])
+    assert rates[-1] < 1e-3

@@ -9,7 +9,8 @@ sys.path.insert(0, str(SRC))
 
 from snakemake.utils import validate
 
-from ragtrain.graph.config import ConfigError, check_keys, prepare
+from ragtrain.graph.config import ConfigError, check_keys, prepare, templates_read
+from ragtrain.generation.strategies import searches_of
 from ragtrain.graph.kinds import (
     LLM_KINDS,
     NO_RETRIEVAL,
@@ -209,6 +210,27 @@ def eval_prompt(w):
 
 def product(w):
     return CFG["products"][w.product]
+
+
+def product_templates(w):
+    """The templates a product reads beside its `prompt` (strategies, prompt search)."""
+    return [prompt_path(name) for name in templates_read(product(w))]
+
+
+def strategy_searches(w):
+    """The prompt searches a self-demos product's strategies take their prompts from."""
+    return {
+        name: product_file(name, "data.jsonl")
+        for name in searches_of(product(w)["strategies"] or [])
+    }
+
+
+def named_args(option, paths):
+    """`--option NAME=PATH ...`, or `--option PATH ...` for a list."""
+    items = paths.items() if isinstance(paths, dict) else [(None, p) for p in paths]
+    return " ".join(
+        f"{option} {shlex.quote(p if n is None else f'{n}={p}')}" for n, p in items
+    )
 
 
 def product_file(name, file):

@@ -3,6 +3,9 @@ rule self_demos:
         model=lambda w: model_dir(product(w)["model"]),
         examples=lambda w: examples_path(product(w)["dataset"], product(w)["retrieval"]),
         prompt=lambda w: prompt_path(product(w)["prompt"]),
+        # sampling strategies: their templates and the prompt searches they read
+        templates=product_templates,
+        searches=lambda w: list(strategy_searches(w).values()),
     output:
         samples=product_file("{product}", "data.jsonl"),
         stats=product_file("{product}", "stats.json"),
@@ -19,10 +22,84 @@ rule self_demos:
     params:
         node=lambda w: node("products", w.product),
         work=lambda w: work_root("products", w.product),
+        strategies=lambda w, input: " ".join(
+            [
+                named_args("--template", input.templates),
+                named_args("--search", strategy_searches(w)),
+            ]
+        ),
     shell:
         "python -m ragtrain self-demos --params {params.node:q} --model {input.model:q}"
-        " --examples {input.examples:q} --prompt {input.prompt:q} --work {params.work:q}"
-        " --output {output.samples:q} --stats {output.stats:q} > {log:q} 2>&1"
+        " --examples {input.examples:q} --prompt {input.prompt:q} {params.strategies}"
+        " --work {params.work:q} --output {output.samples:q} --stats {output.stats:q}"
+        " > {log:q} 2>&1"
+
+
+# A beam search over system prompts; its model and its score judge's model are loaded
+# once where they are the same.
+rule prompt_search:
+    input:
+        **{
+            key: (lambda w, key=key: judge_input(product(w)["judge"])[key])
+            for key in ("judge_model", "judge_prompt")
+        },
+        model=lambda w: model_dir(product(w)["model"]),
+        examples=lambda w: examples_path(product(w)["dataset"], product(w)["retrieval"]),
+        prompt=lambda w: prompt_path(product(w)["prompt"]),
+        templates=product_templates,
+    output:
+        prompts=product_file("{product}", "data.jsonl"),
+        stats=product_file("{product}", "stats.json"),
+    log:
+        f"{LOGS}/products/{{product}}.log",
+    wildcard_constraints:
+        product=names("products", "prompt_search"),
+    conda:
+        "../../envs/generate.yaml"
+    threads: 4
+    resources:
+        **node_resources("products"),
+    params:
+        node=lambda w: node("products", w.product),
+        judge=lambda w: judge_node(product(w)["judge"]),
+        work=lambda w: work_root("products", w.product),
+        templates=lambda w, input: named_args("--template", input.templates),
+    shell:
+        "python -m ragtrain prompt-search --params {params.node:q} --model {input.model:q}"
+        " --examples {input.examples:q} --prompt {input.prompt:q} {params.templates}"
+        " --judge {params.judge:q} --judge-model {input.judge_model:q}"
+        " --judge-prompt {input.judge_prompt:q} --work {params.work:q}"
+        " --output {output.prompts:q} --stats {output.stats:q} > {log:q} 2>&1"
+
+
+# A pick judge's brackets over each question's samples.
+rule tournament:
+    input:
+        **{
+            key: (lambda w, key=key: judge_input(product(w)["judge"])[key])
+            for key in ("judge_model", "judge_prompt")
+        },
+        samples=lambda w: product_file(product(w)["from"], "data.jsonl"),
+    output:
+        results=product_file("{product}", "data.jsonl"),
+        stats=product_file("{product}", "stats.json"),
+    log:
+        f"{LOGS}/products/{{product}}.log",
+    wildcard_constraints:
+        product=names("products", "tournament"),
+    conda:
+        "../../envs/generate.yaml"
+    threads: 4
+    resources:
+        **resources_of("generate", product),
+    params:
+        node=lambda w: node("products", w.product),
+        judge=lambda w: judge_node(product(w)["judge"]),
+    shell:
+        "python -m ragtrain tournament --params {params.node:q} --judge {params.judge:q}"
+        " --judge-model {input.judge_model:q} --judge-prompt {input.judge_prompt:q}"
+        " --input {input.samples:q} --output {output.results:q} --stats {output.stats:q}"
+        " > {log:q} 2>&1"
 
 
 rule judge:

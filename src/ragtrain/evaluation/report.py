@@ -195,6 +195,23 @@ def _query_product(stats: dict) -> str | None:
             f" search: {_num(stats['mean_segments'])} segments, mean reward"
             f" {_num(stats['mean_reward'])}, {stats['n_finished']} finished"
         )
+    if "n_prompts" in stats:  # prompt search
+        best = stats["best"]
+        return (
+            f"{stats['n_prompts']} system prompts over {stats['steps_run']} steps; the best"
+            f" (step {best['step']}) scores {_num(best['holdout_score'])} on"
+            f" {stats['holdout_questions']} held-out questions, the best seed prompt"
+            f" {_num(stats['best_seed_holdout_score'])} (judge {stats['judge']})"
+        )
+    if "win_share" in stats:  # tournament
+        b = stats["brackets"]
+        return (
+            f"{stats['n_resolved']} of {stats['n_questions']} questions resolved by"
+            f" {stats['judge']} ({stats['unresolved_dropped']} dropped unresolved),"
+            f" {stats['candidates_per_question']['mean']:g} candidates each;"
+            f" {b['n']} brackets: {b['parsed_first_try']} parsed at the first try,"
+            f" {b['parsed_after_retry']} after retries, {b['unparsed']} not"
+        )
     if "n_used" in stats:
         return (
             f"{stats['n_train']} train + {stats['n_dev']} dev doc -> query pairs"
@@ -243,6 +260,16 @@ def _product_rows(stats_files: list[str]) -> list[dict]:
         else:
             continue
         rows.append({"product": name, "contents": held})
+    return rows
+
+
+def _win_share_rows(stats_files: list[str]) -> list[dict]:
+    """Each tournament's win share by strategy."""
+    rows = []
+    for file in sorted(stats_files):
+        stats = read_json(file)
+        for strategy, share in stats.get("win_share", {}).items():
+            rows.append({"tournament": Path(file).parent.name, "strategy": strategy, **share})
     return rows
 
 
@@ -355,6 +382,19 @@ def write_summary(
     products = _product_rows(product_files or [])
     if products:
         text += ["## Training data", "", _markdown_table(products, ["product", "contents"]), ""]
+    wins = _win_share_rows(product_files or [])
+    if wins:
+        text += [
+            "## Tournaments",
+            "",
+            "Which strategies the pick judge prefers: questions won (`share` of those"
+            " resolved), candidates entered, and wins per candidate entered (a strategy"
+            " sampled three times enters three).",
+            "",
+            _markdown_table(wins, ["tournament", "strategy", "wins", "share", "candidates",
+                                   "wins_per_candidate"]),
+            "",
+        ]  # fmt: skip
     if training:
         text += [
             "## Training",

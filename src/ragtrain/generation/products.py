@@ -6,7 +6,13 @@
   answerable questions, a refusal vs a made-up answer on unanswerable ones.
 
 Where no sample is right, the gold answer (or, for an unanswerable question, the
-configured refusal) can stand in as a short demonstration (`gold_fallback`). Records
+configured refusal) can stand in as a short demonstration (`gold_fallback`). With
+`select: gold` every demonstration is the gold answer: RA-IT, the usual retrieval-
+augmented instruction tuning, on the same questions and documents as the self-demos.
+
+From a tournament (ragtrain.generation.tournament) instead of judged samples: the
+winner is the demonstration, and each question's pairs are the winner against its
+rejected losers. Records
 keep their question's split (`train` / `dev`), chosen once by the judge stage, so that
 SFT data and pairs built from the same judged samples hold out the same questions: a
 DPO model that starts from the SFT model is scored on pairs SFT never saw.
@@ -20,6 +26,8 @@ from ragtrain.judges.rules import CORRECT, INCORRECT, REFUSE
 from ragtrain.metrics.qa import normalize_answer
 
 SFT_DEFAULTS = {"select": "shortest", "gold_fallback": True, "refusal": "I don't know."}
+# `select`: a right sample (shortest / first), or the gold answer for every question.
+SELECT = ("shortest", "first", "gold")
 PAIRS_DEFAULTS = {"pairs_per_example": 2, "gold_fallback": True, "refusal": "I don't know."}
 
 
@@ -53,11 +61,16 @@ def _fallback(record: dict, params: dict) -> str:
 def sft_data(judged: list[dict], params: dict) -> tuple[list[dict], dict]:
     """One demonstration per question: its best right sample, else (by config) the gold."""
     params = {**SFT_DEFAULTS, **params}
+    if params["select"] not in SELECT:
+        raise ValueError(f"select: expected one of {SELECT}, got {params['select']!r}")
     records, sources = [], Counter()
     for r in judged:
-        right = (CORRECT,) if r["answers"] else (REFUSE,)
-        texts = _distinct(r["samples"], right, params["select"])
-        if texts:
+        if params["select"] == "gold":
+            text, source = _fallback(r, params), "gold"
+        elif "winner" in r:  # a tournament's
+            text, source = r["winner"]["text"], f"winner/{r['winner']['strategy']}"
+        elif texts := _distinct(r["samples"], (CORRECT,) if r["answers"] else (REFUSE,),
+                                params["select"]):  # fmt: skip
             text, source = texts[0], "sample"
         elif params["gold_fallback"]:
             text, source = _fallback(r, params), "gold"
@@ -81,6 +94,8 @@ def sft_data(judged: list[dict], params: dict) -> tuple[list[dict], dict]:
 def preference_pairs(judged: list[dict], params: dict) -> tuple[list[dict], dict]:
     """Up to `pairs_per_example` (chosen, rejected) pairs per question."""
     params = {**PAIRS_DEFAULTS, **params}
+    if judged and "winner" in judged[0]:
+        return tournament_pairs(judged, params)
     records, counts = [], Counter()
     without_pair = 0
     for r in judged:
@@ -121,6 +136,44 @@ def preference_pairs(judged: list[dict], params: dict) -> tuple[list[dict], dict
     stats = {
         "n": len(records),
         # kind (answer: correct vs wrong; refusal: refusal vs made-up) / source of chosen
+        "pairs": dict(sorted(counts.items())),
+        "questions_with_pairs": len({r["example_id"] for r in records}),
+        "questions_without_pair": without_pair,
+    }
+    return records, stats
+
+
+def tournament_pairs(results: list[dict], params: dict) -> tuple[list[dict], dict]:
+    """The winner (chosen) against each of its question's rejected losers, distinct
+    answers only, at most `pairs_per_example` (null: all) per question."""
+    records, counts = [], Counter()
+    without_pair = 0
+    cap = params["pairs_per_example"]
+    for r in results:
+        good = r["winner"]["text"]
+        seen = {normalize_answer(good) or good.strip()}
+        made = 0
+        for loser in r["rejected"]:
+            key = normalize_answer(loser["text"]) or loser["text"].strip()
+            if key in seen or (cap is not None and made == cap):
+                continue
+            seen.add(key)
+            records.append(
+                {
+                    "id": f"{r['id']}/{made}",
+                    "example_id": r["id"],
+                    "prompt": r["prompt"],
+                    "chosen": _assistant(good),
+                    "rejected": _assistant(loser["text"]),
+                    "source": f"winner/{r['winner']['strategy']}",
+                    "kind": f"beat/{loser['strategy']}",
+                }
+            )
+            counts[f"round {loser['round']} loser"] += 1
+            made += 1
+        without_pair += not made
+    stats = {
+        "n": len(records),
         "pairs": dict(sorted(counts.items())),
         "questions_with_pairs": len({r["example_id"] for r in records}),
         "questions_without_pair": without_pair,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -20,6 +21,7 @@ from ragtrain.core.records import RecordError, read_jsonl, write_jsonl
 from ragtrain.core.seeds import stable_seed
 from ragtrain.data.prompts import PromptTemplate
 from ragtrain.generation.engine import Generator, Sampling, Throughput
+from ragtrain.generation.strategies import Strategy, parse_follow_up
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +37,18 @@ def sample_demos(
     params: dict,
     work: Path,
     desc: str = "self-demos",
+    strategies: list[Strategy] | None = None,
 ) -> tuple[list[dict], dict]:
     """Return (sample records, stats). The generator is loaded only if a shard is missing.
     `examples` are any records with an `id` that the template renders (questions with
-    their documents, or passages)."""
-    n, shard_size = params["n"], params["shard_size"]
+    their documents, or passages). With `strategies`, each question's samples are those
+    of every strategy (ragtrain.generation.strategies), each marked with its name; the
+    template still gives the record's `prompt`, the one trained on."""
+    shard_size = params["shard_size"]
+    n = sum(s.n for s in strategies) if strategies else params["n"]
     generation = params["generation"]
     sampling = Sampling.from_params(generation, n=n)
-    if sampling.temperature == 0 and n > 1:
+    if sampling.temperature == 0 and n > 1 and not strategies:
         log.warning("temperature 0: the %d samples per question will all be the same", n)
     starts = range(0, len(examples), shard_size)
     generator: Generator | None = None
@@ -64,19 +70,21 @@ def sample_demos(
         if generator is None:
             generator = load_generator()
         conversations = [template.conversation(ex) for ex in batch]
-        seeds = [stable_seed(generation["seed"], ex["id"]) for ex in batch]
         before = (generator.throughput.tokens, generator.throughput.seconds)
-        completions = generator.chat(conversations, sampling, seeds)
+        if strategies:
+            samples = _strategy_samples(batch, generator, strategies, generation)
+        else:
+            seeds = [stable_seed(generation["seed"], ex["id"]) for ex in batch]
+            samples = [
+                [{"text": c.text, "num_tokens": c.num_tokens} for c in outs]
+                for outs in generator.chat(conversations, sampling, seeds)
+            ]
         throughput.add(
             generator.throughput.tokens - before[0], generator.throughput.seconds - before[1]
         )
         shard = [
-            {
-                **ex,
-                "prompt": conversation,
-                "samples": [{"text": c.text, "num_tokens": c.num_tokens} for c in outs],
-            }
-            for ex, conversation, outs in zip(batch, conversations, completions, strict=True)
+            {**ex, "prompt": conversation, "samples": drawn}
+            for ex, conversation, drawn in zip(batch, conversations, samples, strict=True)
         ]
         write_jsonl(path, shard)
         records.extend(shard)
@@ -95,4 +103,54 @@ def sample_demos(
         "shards": len(starts),
         "resumed_shards": resumed,
     }
+    if strategies:
+        stats["strategies"] = {s.name: s.n for s in strategies}
+        stats["empty_samples"] = sum(not x["text"].strip() for r in records for x in r["samples"])
     return records, stats
+
+
+def _strategy_samples(
+    batch: list[dict], generator: Generator, strategies: list[Strategy], generation: dict
+) -> list[list[dict]]:
+    """Each example's samples from every strategy, in the strategies' order. Each
+    request is seeded by (seed, example, strategy), each follow-up by its sample too."""
+    drawn: list[list[dict]] = [[] for _ in batch]
+    for strategy in strategies:
+        sampling = replace(
+            Sampling.from_params(generation, n=strategy.n), temperature=strategy.temperature
+        )
+        first = [strategy.conversation(ex) for ex in batch]
+        seeds = [stable_seed(generation["seed"], ex["id"], strategy.name) for ex in batch]
+        completions = generator.chat(first, sampling, seeds)
+        if strategy.follow_up is None:
+            for i, outs in enumerate(completions):
+                drawn[i] += [
+                    {"text": c.text, "num_tokens": c.num_tokens, "strategy": strategy.name}
+                    for c in outs
+                ]
+            continue
+        # The follow-up turn after each sample; its answer is the sample kept.
+        asks, origin = [], []
+        for i, (ex, outs) in enumerate(zip(batch, completions, strict=True)):
+            for k, c in enumerate(outs):
+                turn = strategy.follow_up.render({**ex, "response": c.text})
+                asks.append(
+                    [*first[i], {"role": "assistant", "content": c.text},
+                     {"role": "user", "content": turn}]
+                )  # fmt: skip
+                origin.append((i, k, c.text))
+        follow_seeds = [
+            stable_seed(generation["seed"], batch[i]["id"], strategy.name, k, "follow_up")
+            for i, k, _ in origin
+        ]
+        replies = generator.chat(asks, replace(sampling, n=1), follow_seeds)
+        for (i, _, text), reply in zip(origin, replies, strict=True):
+            drawn[i].append(
+                {
+                    "text": parse_follow_up(reply[0].text),
+                    "num_tokens": reply[0].num_tokens,
+                    "strategy": strategy.name,
+                    "first_turn": text,
+                }
+            )
+    return drawn

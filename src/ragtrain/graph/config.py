@@ -17,6 +17,13 @@ from ragtrain.core.seeds import DEFAULT_SEED
 from ragtrain.core.settings import merge
 from ragtrain.data.beir import WORLD_TASK_DEFAULTS
 from ragtrain.data.world import WorldConfig
+from ragtrain.generation.strategies import (
+    USER_TEMPLATES,
+    check_strategies,
+    filled_strategies,
+    searches_of,
+    templates_of,
+)
 from ragtrain.graph.kinds import (
     BUILTIN_JUDGES,
     DEEPSPEED_KINDS,
@@ -114,6 +121,15 @@ def _filled(config: dict, section: str, name: str, node: dict, kind, source, see
     if kind.name in ("self_demos", "segment_beam"):
         filled.setdefault("retrieval", NO_RETRIEVAL)
         filled.setdefault("prompt", _default_prompt(filled["retrieval"]))
+    if kind.name == "self_demos":
+        problem = check_strategies(filled["strategies"], filled["searches"])
+        if problem:
+            raise ConfigError(f"products.{name}.{problem[0]}", problem[1])
+        # Spelled out (`paper` expanded, defaults filled): the rule reads what they name.
+        filled["strategies"] = filled_strategies(filled)
+    if kind.name == "prompt_search":
+        filled.setdefault("retrieval", NO_RETRIEVAL)
+        filled.setdefault("prompt", USER_TEMPLATES[filled["retrieval"] != NO_RETRIEVAL])
     if kind.generates:
         # Sampling settings: the run's generation settings under the node's own.
         filled["generation"] = merge(config["generation"], node.get("generation") or {})
@@ -156,7 +172,7 @@ def _check_language_models(config: dict) -> None:
     ] + [
         (f"products.{n}.model", p.get("model"))
         for n, p in config["products"].items()
-        if p["kind"] in ("self_demos", "pseudo_queries", "segment_beam")
+        if p["kind"] in ("self_demos", "pseudo_queries", "segment_beam", "prompt_search")
     ]
     for key, name in checks:
         if name and config["models"][name]["kind"] not in lms:
@@ -252,6 +268,7 @@ def _check_references(config: dict) -> None:
                             f"{section}.{name}.{field}",
                             f"expected a {' or '.join(wanted)} judge, got {ref!r} ({found})",
                         )
+    _check_strategy_searches(config)
     _check_tasks(config)
     # A world-backed QA dataset needs its split to exist in that world.
     for name, node in config["datasets"].items():
@@ -263,6 +280,33 @@ def _check_references(config: dict) -> None:
                     f"world {node['world']!r} has no split {node['split']!r} "
                     f"(splits: {', '.join(splits)})",
                 )
+
+
+def _check_strategy_searches(config: dict) -> None:
+    """A strategy's `search` names a prompt_search product."""
+    for name, node in config["products"].items():
+        for i, strategy in enumerate(node.get("strategies") or []):
+            ref = strategy.get("search")
+            if ref is None:
+                continue
+            found = config["products"].get(ref, {}).get("kind")
+            if found != "prompt_search":
+                known = sorted(n for n, p in config["products"].items()
+                               if p["kind"] == "prompt_search")  # fmt: skip
+                raise ConfigError(
+                    f"products.{name}.strategies[{i}].search",
+                    f"expected a prompt_search product, got {ref!r} ({found or 'unknown'};"
+                    f" prompt searches: {', '.join(known) or 'none'})",
+                )
+
+
+def templates_read(node: dict) -> list[str]:
+    """The templates a product reads beside its `prompt` (strategies, prompt search)."""
+    if node["kind"] == "self_demos":
+        return templates_of(node["strategies"] or [])
+    if node["kind"] == "prompt_search":
+        return [*node["seeds"], node["critique_prompt"], node["rewrite_prompt"]]
+    return []
 
 
 def _dataset_kind(config: dict, key: str, name: str, wanted: str) -> None:
@@ -284,7 +328,7 @@ def _check_tasks(config: dict) -> None:
                     f" not {node['corpus']!r}",
                 )
     for name, node in config["products"].items():
-        if node["kind"] in ("self_demos", "segment_beam"):
+        if node["kind"] in ("self_demos", "segment_beam", "prompt_search"):
             _dataset_kind(config, f"products.{name}.dataset", node["dataset"], "qa")
         elif node.get("dataset"):
             _dataset_kind(config, f"products.{name}.dataset", node["dataset"], "beir")
@@ -333,10 +377,13 @@ def _check_cycles(config: dict) -> None:
     training data is sampled from that very model (across sections)."""
 
     def edges(section: str, name: str):
+        node = config[section][name]
         for field, target in REFERENCES.get(section, {}).items():
-            for ref in _refs(config[section][name].get(field)):
+            for ref in _refs(node.get(field)):
                 if ref in config[target]:
                     yield target, ref
+        for ref in searches_of(node.get("strategies") or []) if section == "products" else []:
+            yield "products", ref
 
     done: set[tuple[str, str]] = set()
 
@@ -451,6 +498,12 @@ def prepare(config: dict, prompts_dir: Path | None = None) -> dict:
                         f"{section}.{name}.prompt",
                         f"no template {node['prompt']}.jinja in {prompts_dir}",
                     )
+                for template in templates_read(node) if section == "products" else []:
+                    if not (prompts_dir / f"{template}.jinja").is_file():
+                        raise ConfigError(
+                            f"{section}.{name}",
+                            f"names template {template!r}: no {template}.jinja in {prompts_dir}",
+                        )
         _check_judges(config, prompts_dir)
     config["evaluations"] = _expand_evaluate(config, prompts_dir)
     _fill_tensor_parallel(config)

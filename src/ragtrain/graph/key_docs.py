@@ -41,7 +41,10 @@ TRAINER_DOCS = {
     "lora": "LoRA rank `r`, scaling `alpha`, `dropout`, and `targets` (`all-linear` or a list"
     " of module names)",
     "learning_rate": "peak learning rate",
+    "min_learning_rate": "final learning rate of a cosine `lr_scheduler` (transformers'"
+    " `cosine_with_min_lr`); null: the schedule's own end",
     "epochs": "passes over the training split",
+    "max_steps": "optimizer steps in all, overriding `epochs` (null: epochs decide)",
     "batch_size": "per-device batch",
     "grad_accum": "gradient accumulation steps",
     "max_length": "tokens per sequence (prompt + answer); longer answers are cut, examples"

@@ -23,11 +23,14 @@ from ragtrain.data.beir import WORLD_TASK_DEFAULTS
 from ragtrain.data.world import WorldConfig
 from ragtrain.generation.judge import JUDGE_DEFAULTS
 from ragtrain.generation.products import PAIRS_DEFAULTS, SFT_DEFAULTS
+from ragtrain.generation.prompt_search import PROMPT_SEARCH_DEFAULTS
 from ragtrain.generation.pseudo_query import (
     PREFERENCE_DEFAULTS,
     PSEUDO_QUERY_DEFAULTS,
     QUERY_SFT_DEFAULTS,
 )
+from ragtrain.generation.strategies import PAPER
+from ragtrain.generation.tournament import TOURNAMENT_DEFAULTS
 from ragtrain.graph.key_docs import (
     BM25_DOCS,
     ENCODER_DOCS,
@@ -257,7 +260,9 @@ def _kinds() -> list[Kind]:
                  SFT_PRODUCTS, {"data": "an SFT product; its dev split is held out"}),
                 ("dpo", "direct preference optimisation (TRL DPOTrainer)", PAIR_PRODUCTS,
                  {"data": "a pair product; its dev split is held out",
-                  "beta": "DPO's KL strength", "loss_type": "TRL's DPO loss type"}),
+                  "beta": "DPO's KL strength", "loss_type": "TRL's DPO loss type",
+                  "rpo_alpha": "weight of an NLL term on the chosen answers (RPO); null: none,"
+                  " plain DPO"}),
             )
         ),
         Kind(
@@ -334,11 +339,16 @@ def _kinds() -> list[Kind]:
         Kind(
             "products", "self_demos", "`n` sampled answers per question of `dataset` from"
             " `model`, with `retrieval`'s documents",
-            defaults={"n": 4, "shard_size": 64},
+            defaults={"n": 4, "shard_size": 64, "strategies": None, "searches": {}},
             docs={"model": "the answering model", "dataset": "a QA dataset",
                   "retrieval": "a retriever, `none` (closed book), or `source` (the"
-                  " dataset's own documents)", "prompt": PROMPT_DOC,
-                  "n": "samples per question",
+                  " dataset's own documents)",
+                  "prompt": PROMPT_DOC + "; with `strategies`, the prompt trained on",
+                  "n": "samples per question (without `strategies`)",
+                  "strategies": f"null (one prompt, `n` samples), `{PAPER}` (the paper's"
+                  " nine over `searches`), or a list of strategies (see Sampling strategies)",
+                  "searches": "`rag` and `no_rag`: the `prompt_search` products of"
+                  f" `strategies: {PAPER}`",
                   "shard_size": "questions per shard (resumed from the work folder)",
                   "generation": "overrides of the top-level `generation`"},
             required=("model", "dataset", "retrieval"),
@@ -361,25 +371,72 @@ def _kinds() -> list[Kind]:
             stage="judge", rule="judge",
         ),
         Kind(
+            "products", "prompt_search", "system prompts found by beam search, scored by a"
+            " `score` judge on the model's answers (the self-demos paper's prompt search)",
+            defaults=PROMPT_SEARCH_DEFAULTS,
+            docs={"model": "the model whose system prompt is searched (it also critiques"
+                  " and rewrites)", "dataset": "a QA dataset: its questions are answered",
+                  "retrieval": "a retriever, `none`, or `source`",
+                  "prompt": "the user turn's template (default `docs_question`, or"
+                  " `question` without retrieval)",
+                  "judge": "a `score` judge: a prompt's score is its answers' mean rating",
+                  "seeds": "templates of the first prompts",
+                  "beam": "prompts kept each step", "steps": "rounds of scoring",
+                  "critique_examples": "a kept prompt's best-rated answers it critiques",
+                  "rewrites": "new prompts per kept prompt",
+                  "rewrite_temperature": "their sampling temperature",
+                  "rewrite_max_new_tokens": "new tokens per rewrite",
+                  "train_questions": "questions each prompt is scored on (a seeded sample)",
+                  "holdout_questions": "other questions every prompt found is scored on"
+                  " last: the output's order",
+                  "critique_prompt": "template of a critique turn", "rewrite_prompt":
+                  "template of the rewrite turn",
+                  "generation": "overrides of the top-level `generation` (answers,"
+                  " critiques)", "seed": "the question sample, every request's seed"},
+            required=("model", "dataset", "judge"),
+            refs={"model": ("models", LANGUAGE_MODELS), "dataset": ("datasets", ("qa",)),
+                  "retrieval": ("retrievers", ()), "judge": ("judges", ("score",))},
+            stage="prompt-search", rule="prompt_search", job="generate", generates=True,
+        ),
+        Kind(
+            "products", "tournament", "each question's best sample by a `pick` judge's"
+            " brackets (9 -> 3 -> 1): the winner (SFT) and the losers (DPO)",
+            defaults=TOURNAMENT_DEFAULTS,
+            docs={"from": "a `self_demos` product", "judge": "a `pick` judge",
+                  "bracket": "candidates per bracket (a bracket of one is a bye)",
+                  "gold": "the gold answer joins as a candidate (strategy `gold`)",
+                  "rejected": "losers that become rejected answers: `all`, or"
+                  " `first_round`",
+                  "docs": "retrieved documents the judge sees (the first `docs`)",
+                  "dev_fraction": "share of the questions held out: the dev split of the"
+                  " products made from it",
+                  "seed": "candidate order, held-out questions (top-level `seed` by default)"},
+            required=("from", "judge"),
+            refs={"from": ("products", ("self_demos",)), "judge": ("judges", ("pick",))},
+            stage="tournament", rule="tournament", job="generate",
+        ),
+        Kind(
             "products", "sft_data", "one right answer per question as TRL prompt-completion"
             " records",
             defaults=SFT_DEFAULTS,
-            docs={"from": "a `judge` product",
-                  "select": "which right sample: `shortest` or `first`",
+            docs={"from": "a `judge` product, or a `tournament` (its winners)",
+                  "select": "which right sample: `shortest` or `first`; or `gold`: the gold"
+                  " answer for every question (RA-IT)",
                   "gold_fallback": "where no sample is right, the gold answer (or `refusal`)",
                   "refusal": "the refusal text of that fallback"},
-            required=("from",), refs={"from": ("products", ("judge",))},
+            required=("from",), refs={"from": ("products", ("judge", "tournament"))},
             stage="sft-data", rule="sft_data",
         ),
         Kind(
             "products", "preference_pairs", "right vs wrong answers as TRL preference records",
             defaults=PAIRS_DEFAULTS,
-            docs={"from": "a `judge` product",
-                  "pairs_per_example": "most pairs per question",
+            docs={"from": "a `judge` product, or a `tournament` (winner vs its rejected"
+                  " losers)",
+                  "pairs_per_example": "most pairs per question (null: all)",
                   "gold_fallback": "where no sample is right, the gold answer (or `refusal`)"
                   " as chosen",
                   "refusal": "the refusal text of that fallback"},
-            required=("from",), refs={"from": ("products", ("judge",))},
+            required=("from",), refs={"from": ("products", ("judge", "tournament"))},
             stage="preference-pairs", rule="preference_pairs",
         ),
         Kind(

@@ -37,6 +37,8 @@ from ragtrain.judges.rules import ABSENT, LABELS, PRESENT
 
 DROP = "drop"
 MAX_CANDIDATES = 9
+# Items per model call (see ModelJudge._ask).
+CHUNK = 64
 MODEL_JUDGE_DEFAULTS: dict[str, Any] = {
     "retries": 5,
     "unparsed": DROP,
@@ -261,14 +263,16 @@ class ModelJudge:
             for conv, seed in zip(conversations, seeds, strict=True)
         ]
         missing = [j for j, key in enumerate(keys) if key not in self.cache.entries]
-        if missing:
+        # In chunks, each cached as it comes: a killed job asks again only for the rest.
+        for start in range(0, len(missing), CHUNK):
+            part = missing[start : start + CHUNK]
             if not hasattr(self.generator, "chat"):
                 self.generator = self.generator()  # loaded on the first reply not cached
             completions = self.generator.chat(
-                [conversations[j] for j in missing], sampling, seeds=[seeds[j] for j in missing]
+                [conversations[j] for j in part], sampling, seeds=[seeds[j] for j in part]
             )
-            self.cache.put({keys[j]: c[0].text for j, c in zip(missing, completions, strict=True)})
-            self.asked += len(missing)
+            self.cache.put({keys[j]: c[0].text for j, c in zip(part, completions, strict=True)})
+            self.asked += len(part)
         return [self.cache.entries[key] for key in keys]
 
 

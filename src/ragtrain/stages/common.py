@@ -37,8 +37,10 @@ def add_judge(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--judge-prompt", help="the judge's Jinja template")
 
 
-def model_judge(args):
-    """The model judge a stage's `--judge` options describe (None: the rules)."""
+def model_judge(args, engines=None):
+    """The model judge a stage's `--judge` options describe (None: the rules). With
+    `engines` (ragtrain.generation.calls.Engines), an engine the stage loads anyway for
+    the same model and settings serves the judge too."""
     if not args.judge:
         return None
     from ragtrain.data.prompts import PromptTemplate
@@ -55,12 +57,27 @@ def model_judge(args):
     return ModelJudge(
         node["kind"],
         node,
-        lambda: load_generator(args.judge_model, settings),
+        (
+            engines.loader(args.judge_model, settings)
+            if engines
+            else lambda: load_generator(args.judge_model, settings)
+        ),
         PromptTemplate(args.judge_prompt),
         Sampling.from_params({**settings, "max_new_tokens": node["max_new_tokens"]}),
         model_fingerprint(args.judge_model),
         RawCache(node.get("cache")),
     )
+
+
+def named_paths(values: list[str] | None, option: str) -> dict[str, str]:
+    """`NAME=PATH` arguments (repeatable options) as a mapping."""
+    found = {}
+    for value in values or []:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"{option}: expected NAME=PATH, got {value!r}")
+        found[name] = path
+    return found
 
 
 def params_json(value: str) -> dict:
@@ -106,13 +123,7 @@ def add_reward_models(p: argparse.ArgumentParser) -> None:
 
 def reward_model_dirs(values: list[str] | None) -> dict[str, str]:
     """`--reward-model NAME=FOLDER` arguments: the reward models the sources name."""
-    dirs = {}
-    for value in values or []:
-        name, sep, folder = value.partition("=")
-        if not sep or not name or not folder:
-            raise ValueError(f"--reward-model: expected NAME=FOLDER, got {value!r}")
-        dirs[name] = folder
-    return dirs
+    return named_paths(values, "--reward-model")
 
 
 def rewards(args: argparse.Namespace, params: dict):

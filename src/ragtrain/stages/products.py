@@ -14,6 +14,7 @@ from ragtrain.stages.common import (
     generation,
     log,
     model_judge,
+    named_paths,
     reward_model_dirs,
     rewards,
 )
@@ -30,14 +31,25 @@ def _examples(path, params: dict) -> list[dict]:
 
 
 def cmd_self_demos(args) -> None:
+    from functools import partial
+    from pathlib import Path
+
+    from ragtrain.core.records import read_jsonl
     from ragtrain.generation.selfdemo import sample_demos
     from ragtrain.generation.shards import generate_in_shards
+    from ragtrain.generation.strategies import filled_strategies, load_strategies
 
     params = merge({**PRODUCT_DEFAULTS["self_demos"], "prompt": "rag"}, args.params)
     params["generation"] = generation(params)
-    inputs = [args.model, args.examples, args.prompt]
+    searches = named_paths(args.search, "--search")
+    inputs = [args.model, args.examples, args.prompt, *args.template, *searches.values()]
+    sample = sample_demos
+    if (strategies := filled_strategies(params)) is not None:
+        templates = {Path(t).stem: t for t in args.template}
+        ranked = {name: read_jsonl(path) for name, path in searches.items()}
+        sample = partial(sample_demos, strategies=load_strategies(strategies, templates, ranked))
     stats = generate_in_shards(
-        sample_demos, _examples(args.examples, params), args.model, args.prompt, params,
+        sample, _examples(args.examples, params), args.model, args.prompt, params,
         args.work, inputs, args.output, args.stats,
     )  # fmt: skip
     log.info("%s: %s", args.stage, stats)
@@ -83,6 +95,11 @@ def _product(args, build) -> None:
 
     judged = read_jsonl(args.input)
     for i, record in enumerate(judged, start=1):
+        if "winner" in record:  # a tournament's result
+            for field in ("id", "prompt", "answers", "rejected"):
+                if field not in record:
+                    raise RecordError(args.input, i, f"no field {field!r} (expected a result)")
+            continue
         for field in ("id", "prompt", "answers", "samples"):
             if field not in record:
                 raise RecordError(args.input, i, f"no field {field!r} (expected judged samples)")
@@ -193,6 +210,18 @@ def register(stages) -> None:
     p.add_argument("--model", required=True, help="model folder")
     p.add_argument("--examples", required=True, help="examples with retrieved docs")
     p.add_argument("--prompt", required=True, help="Jinja template of the user turn")
+    p.add_argument(
+        "--template",
+        action="append",
+        default=[],
+        help="a template the strategies read, named by its file's stem (repeatable)",
+    )
+    p.add_argument(
+        "--search",
+        action="append",
+        metavar="NAME=FILE",
+        help="a prompt search's prompts, best first, that strategies name (repeatable)",
+    )
     p.add_argument("--work", required=True, help="work folder root (shards; resumed)")
     p.add_argument("--output", required=True, help="sample records (JSONL)")
     p.add_argument("--stats", required=True)

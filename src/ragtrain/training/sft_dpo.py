@@ -23,6 +23,8 @@ from ragtrain.core.workdir import finish
 from ragtrain.training.toolkit import (
     ON_RECORDS,
     check_finetune,
+    check_max_steps,
+    check_schedule,
     kept_examples,
     last_checkpoint,
     load_dtype,
@@ -32,6 +34,7 @@ from ragtrain.training.toolkit import (
     record_kwargs,
     save_model,
     shared_work_dir,
+    train_or_finish,
     trainer_metrics,
     training_dtype,
     trl_kwargs,
@@ -41,7 +44,14 @@ log = logging.getLogger(__name__)
 
 TRAIN_DEFAULTS = {
     "sft": {**ON_RECORDS, "learning_rate": 2e-4},
-    "dpo": {**ON_RECORDS, "learning_rate": 5e-5, "beta": 0.1, "loss_type": "sigmoid"},
+    "dpo": {
+        **ON_RECORDS,
+        "learning_rate": 5e-5,
+        "beta": 0.1,
+        "loss_type": "sigmoid",
+        # Weight of an NLL term on the chosen answers (RPO); null: none, plain DPO.
+        "rpo_alpha": None,
+    },
 }
 # The record fields each trainer reads (TRL's conversational or standard formats).
 FIELDS = {"sft": ("prompt", "completion"), "dpo": ("prompt", "chosen", "rejected")}
@@ -89,8 +99,6 @@ def _rows(path: str | Path, kind: str) -> list[dict]:
 
 def trl_config(kind: str, params: dict, output_dir: Path, has_dev: bool, n_train: int, dtype):
     """TRL's SFTConfig or DPOConfig for a node."""
-    from trl import DPOConfig, SFTConfig
-
     common = {
         **trl_kwargs(params, output_dir, dtype),
         **record_kwargs(params, n_train, has_dev),
@@ -98,9 +106,33 @@ def trl_config(kind: str, params: dict, output_dir: Path, has_dev: bool, n_train
         "ddp_find_unused_parameters": False,
     }
     if kind == "sft":
+        from trl import SFTConfig
+
         # Loss on the completion only: the prompt (documents, question) is given.
         return SFTConfig(**common, completion_only_loss=True)
-    return DPOConfig(**common, beta=params["beta"], loss_type=[params["loss_type"]])
+    losses = _dpo_losses(params)
+    from trl import DPOConfig
+
+    return DPOConfig(**common, beta=params["beta"], **losses)
+
+
+def _dpo_losses(params: dict) -> dict:
+    """DPOConfig's losses: the node's `loss_type`, plus with `rpo_alpha` TRL's `sft` loss
+    (the mean NLL of the chosen answers' tokens) at that weight. TRL >= 1.0 has no
+    `rpo_alpha` of its own: RPO's loss is this sum."""
+    check_rpo_alpha(params)
+    alpha = params.get("rpo_alpha")
+    if alpha is None:
+        return {"loss_type": [params["loss_type"]]}
+    return {"loss_type": [params["loss_type"], "sft"], "loss_weights": [1.0, float(alpha)]}
+
+
+def check_rpo_alpha(params: dict) -> None:
+    alpha = params.get("rpo_alpha")
+    if alpha is not None and (
+        not isinstance(alpha, int | float) or isinstance(alpha, bool) or alpha < 0
+    ):
+        raise ValueError(f"rpo_alpha: expected a number >= 0 or null, got {alpha!r}")
 
 
 def _steps_trained():
@@ -135,6 +167,11 @@ def train(
     params = with_defaults(params, TRAIN_DEFAULTS)
     kind = params["kind"]
     check_finetune(params)
+    # Before the model loads: settings TRL's config reads.
+    check_max_steps(params)
+    check_schedule(params)
+    if kind == "dpo":
+        check_rpo_alpha(params)
     train_ds = _dataset(train_path, kind)
     dev_ds = _dataset(dev_path, kind) if dev_path else None
     if len(train_ds) == 0:
@@ -172,7 +209,7 @@ def train(
         log.info("resuming from %s", resume)
     steps = _steps_trained()
     trainer.add_callback(steps)
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    train_metrics = train_or_finish(trainer, resume)
     if steps.first is None:
         log.info("no step left to train: the checkpoint ends at step %d", trainer.state.global_step)
     else:
@@ -181,7 +218,7 @@ def train(
     # The final evaluation goes into the state too, so the curves end at the last step.
     n_dev = len(dev_ds) if dev_ds is not None else 0
     metrics = trainer_metrics(
-        params, kind, result.metrics, dev_metrics, kept, n_dev, trainer, DEV_NAMES
+        params, kind, train_metrics, dev_metrics, kept, n_dev, trainer, DEV_NAMES
     )
 
     trained = _gathered_model(trainer, params, init_dir, work, weights_dtype)

@@ -4,13 +4,15 @@
 - defaults: `COMMON`, the settings every TRL trainer has, and `ON_RECORDS`, those of the
   trainers that learn from a fixed set of records (SFT, DPO, reward models);
 - TRL's arguments: `trl_kwargs` maps a node's settings to the TrainingArguments every
-  trainer sets alike, `record_kwargs` adds the held-out schedule of the record trainers;
-  each trainer adds its own and builds its TRL config;
+  trainer sets alike (the learning-rate schedule by `schedule_kwargs`), `record_kwargs`
+  adds the step budget and held-out schedule of the record trainers; each trainer adds
+  its own and builds its TRL config;
 - model set-up: the training dtype, the dtype to load weights in, the tokenizer, LoRA's
   config, DeepSpeed's config files;
 - a run's life: the node's work folder shared by processes, the newest complete
-  checkpoint to resume from, the model folder's weights (adapter, merged model,
-  tokenizer), the common metrics record, and the curves (`loss.png`).
+  checkpoint to resume from (`train_or_finish` trains on from it), the model folder's
+  weights (adapter, merged model, tokenizer), the common metrics record, and the curves
+  (`loss.png`).
 
 Not for: a trainer's algorithm, its data or its own metrics (those stay in its module),
 nor for defaults outside training (`ragtrain.core.settings` applies every kind's).
@@ -56,6 +58,11 @@ ON_RECORDS = {
     "max_length": 1024,
     # random, or sequential: the data's own order (a curriculum, e.g. easy to hard)
     "sampling": "random",
+    # Optimizer steps in all, overriding epochs; null: the epochs decide.
+    "max_steps": None,
+    # The rate a cosine schedule ends at (transformers' cosine_with_min_lr); null: the
+    # schedule's own end (0 for cosine).
+    "min_learning_rate": None,
 }
 FINETUNE = ("lora", "full")
 
@@ -68,6 +75,46 @@ DEEPSPEED_STAGES = ("zero2", "zero3")
 def check_finetune(params: dict) -> None:
     if params["finetune"] not in FINETUNE:
         raise ValueError(f"finetune: expected 'lora' or 'full', got {params['finetune']!r}")
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_max_steps(params: dict) -> None:
+    """`max_steps`, if the node has it: null or a positive integer."""
+    max_steps = params.get("max_steps")
+    if max_steps is not None and (
+        not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1
+    ):
+        raise ValueError(f"max_steps: expected a positive integer or null, got {max_steps!r}")
+
+
+# The schedules `min_learning_rate` ends: both become transformers' cosine_with_min_lr.
+COSINE = ("cosine", "cosine_with_min_lr")
+
+
+def check_schedule(params: dict) -> None:
+    """`min_learning_rate` (null, or a rate from 0 to `learning_rate`) ends a cosine
+    schedule, and transformers' cosine_with_min_lr needs it."""
+    min_lr, scheduler = params.get("min_learning_rate"), params["lr_scheduler"]
+    if min_lr is None:
+        if scheduler == "cosine_with_min_lr":
+            raise ValueError(
+                "lr_scheduler cosine_with_min_lr needs min_learning_rate (the rate it ends at)"
+            )
+        return
+    if scheduler not in COSINE:
+        raise ValueError(
+            f"min_learning_rate needs lr_scheduler cosine or cosine_with_min_lr (it is the"
+            f" final rate of a cosine schedule), got lr_scheduler {scheduler!r}"
+        )
+    peak = params["learning_rate"]
+    if not _number(min_lr) or min_lr < 0 or (_number(peak) and min_lr > peak):
+        raise ValueError(
+            f"min_learning_rate: expected a number from 0 to learning_rate ({peak!r}),"
+            f" got {min_lr!r}"
+        )
 
 
 # ---------------------------------------------------------------- model set-up
@@ -155,7 +202,7 @@ def trl_kwargs(params: dict, output_dir: Path, dtype) -> dict:
         "per_device_train_batch_size": params["batch_size"],
         "gradient_accumulation_steps": params["grad_accum"],
         "learning_rate": params["learning_rate"],
-        "lr_scheduler_type": params["lr_scheduler"],
+        **schedule_kwargs(params),
         "warmup_steps": params["warmup"],
         "weight_decay": params["weight_decay"],
         "logging_steps": params["logging_steps"],
@@ -178,11 +225,30 @@ def trl_kwargs(params: dict, output_dir: Path, dtype) -> dict:
     return kwargs
 
 
-def record_kwargs(params: dict, n_train: int, has_dev: bool) -> dict:
-    """What the record trainers (ON_RECORDS) add: cut length, data order, held-out set."""
-    steps_per_epoch = max(1, math.ceil(n_train / (params["batch_size"] * params["grad_accum"])))
-    total = steps_per_epoch * params["epochs"]
+def schedule_kwargs(params: dict) -> dict:
+    """The learning-rate schedule's TrainingArguments: the node's `lr_scheduler`, or, with
+    `min_learning_rate`, a cosine annealed to that rate (transformers' cosine_with_min_lr,
+    warm-up included)."""
+    check_schedule(params)
+    min_lr = params.get("min_learning_rate")
+    if min_lr is None:
+        return {"lr_scheduler_type": params["lr_scheduler"]}
     return {
+        "lr_scheduler_type": "cosine_with_min_lr",
+        "lr_scheduler_kwargs": {"min_lr": float(min_lr)},
+    }
+
+
+def record_kwargs(params: dict, n_train: int, has_dev: bool) -> dict:
+    """What the record trainers (ON_RECORDS) add: the step budget, cut length, data order,
+    held-out set."""
+    check_max_steps(params)
+    max_steps = params.get("max_steps")
+    steps_per_epoch = max(1, math.ceil(n_train / (params["batch_size"] * params["grad_accum"])))
+    total = max_steps or steps_per_epoch * params["epochs"]
+    return {
+        # TRL's -1: the epochs decide.
+        "max_steps": max_steps or -1,
         "per_device_eval_batch_size": params["batch_size"],
         # One held-out point just past halfway; the trainer adds the final one.
         "eval_strategy": "steps" if has_dev and total > 1 else "no",
@@ -190,6 +256,34 @@ def record_kwargs(params: dict, n_train: int, has_dev: bool) -> dict:
         "train_sampling_strategy": params["sampling"],
         "max_length": params["max_length"],
     }
+
+
+class _NothingLeft(Exception):
+    """Raised at the start of training from a checkpoint at the last step."""
+
+
+def train_or_finish(trainer, resume: Path | None) -> dict:
+    """Run `trainer.train`, from the checkpoint `resume` if any; return its metrics. From a
+    checkpoint at the last step (a run stopped after training: the Trainer saves a
+    checkpoint there) the Trainer loads the checkpoint and state, but trains no step, and
+    the metrics are {}: resumed at `max_steps` within an epoch, it would train one more."""
+    from transformers import TrainerCallback
+
+    class StopIfDone(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            # Weights, optimizer and state are loaded by now (DeepSpeed's too).
+            if 0 < state.max_steps <= state.global_step:
+                raise _NothingLeft
+
+    stop = StopIfDone()
+    trainer.add_callback(stop)
+    try:
+        return trainer.train(resume_from_checkpoint=str(resume) if resume else None).metrics
+    except _NothingLeft:
+        trainer.is_in_train = False
+        return {}
+    finally:
+        trainer.remove_callback(stop)
 
 
 def kept_examples(trainer, n_given: int, noun: str, path: str | Path) -> int:
@@ -281,7 +375,10 @@ def trainer_metrics(
         "steps": trainer.state.global_step,
         # Training processes (GPUs): the global batch is batch_size x grad_accum x this.
         "processes": trainer.args.world_size,
-        "train_loss": round(train_metrics.get("train_loss", float("nan")), 4),
+        # None: no step trained in this run (resumed from the last step's checkpoint).
+        "train_loss": (
+            round(train_metrics["train_loss"], 4) if "train_loss" in train_metrics else None
+        ),
         "train_runtime_s": round(train_metrics.get("train_runtime", 0.0), 1),
         "train_samples_per_second": round(train_metrics.get("train_samples_per_second", 0.0), 3),
         "trainable_parameters": sum(
