@@ -14,8 +14,9 @@ class Scripted:
         self.throughput = Throughput()
         self.seen = []
 
-    def chat(self, conversations, sampling):
+    def chat(self, conversations, sampling, seeds=None):
         self.seen.extend(conversations)
+        self.seeds = seeds
         self.throughput.add(10 * len(conversations), 1.0)
         return [
             [Completion(self.answers[c[-1]["content"].split("Question: ")[-1]], 5)]
@@ -63,7 +64,7 @@ PARAMS = {
     "model": "m",
     "dataset": "d",
     "retrieval": "bm25",
-    "generation": {"max_new_tokens": 8, "temperature": 0.0, "top_p": 1.0, "top_k": -1},
+    "generation": {"max_new_tokens": 8, "temperature": 0.0, "top_p": 1.0, "top_k": -1, "seed": 4},
 }
 
 
@@ -158,3 +159,18 @@ def test_model_verdicts_replace_the_rules_and_agreement_counts_only_theirs():
     rules_only = judged_rows(predictions, None, None)
     assert agreement(rules_only) == {"label": None, "relevance": None}
     assert [r["label"] for r in rules_only] == ["correct", "incorrect", "refuse"]
+
+
+def test_each_question_is_seeded_by_its_id_whatever_the_order():
+    """Sampled evaluations (the self-demos recipe's temperature 0.5): a question's seed
+    is the same in any order or company, so two models meet the same per-question seeds."""
+    from ragtrain.core.seeds import stable_seed
+
+    generator = Scripted(SCRIPT)
+    evaluate(EXAMPLES, generator, PromptTemplate(ROOT / "resources/prompts/rag.jinja"), PARAMS)
+    forward = dict(zip([ex["id"] for ex in EXAMPLES], generator.seeds, strict=True))
+    evaluate(
+        EXAMPLES[::-1], generator, PromptTemplate(ROOT / "resources/prompts/rag.jinja"), PARAMS
+    )
+    backward = dict(zip([ex["id"] for ex in EXAMPLES[::-1]], generator.seeds, strict=True))
+    assert forward == backward == {ex["id"]: stable_seed(4, ex["id"]) for ex in EXAMPLES}

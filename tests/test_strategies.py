@@ -170,3 +170,13 @@ def test_judges_of_the_wrong_kind_are_refused():
     cfg["products"]["cup"]["judge"] = "score"
     with pytest.raises(ConfigError, match="expected a pick judge, got 'score'"):
         prepare(cfg, prompts_dir=PROMPTS)
+
+
+def test_config_readme_documents_every_strategy_key():
+    import re
+
+    from ragtrain.generation.strategies import STRATEGY_DOCS
+
+    text = (ROOT / "config/README.md").read_text()
+    section = text.split("#### Sampling strategies")[1].split("\n### ")[0]
+    assert set(re.findall(r"^\| `(\w+)` \|", section, re.M)) == set(STRATEGY_DOCS)

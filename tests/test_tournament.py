@@ -46,10 +46,7 @@ class ScriptedPicker:
 
 
 def record(qid, strategies, question=None):
-    samples = [
-        {"text": f"quality {q}", "strategy": name}
-        for name, q in strategies
-    ]
+    samples = [{"text": f"quality {q}", "strategy": name} for name, q in strategies]
     return {
         "id": qid,
         "question": question or f"Question {qid}?",

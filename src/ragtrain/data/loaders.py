@@ -475,7 +475,8 @@ def load_qa(path: str | Path, fmt: str = "auto") -> list[dict[str, Any]]:
 def load_dataset(path: str | Path, params: dict) -> list[dict[str, Any]]:
     """The QA examples a dataset node names, without documents: the questions of a world's
     `split` (a node with `world`), else a QA file in `format`; the first `limit` if set.
-    The documents a file carries stay in `source_docs` (retrieval `source`)."""
+    The documents a file carries stay in `source_docs` (retrieval `source`), the first
+    `source_docs` of them if set."""
     if params.get("world"):
         examples = [
             ex
@@ -486,6 +487,14 @@ def load_dataset(path: str | Path, params: dict) -> list[dict[str, Any]]:
         examples = load_qa(path, params.get("format", "auto"))
     if params.get("limit"):
         examples = examples[: params["limit"]]
+    if params.get("source_docs"):
+        # The first N of the file's own documents (its retriever's top N).
+        examples = [
+            {**ex, "source_docs": ex["source_docs"][: params["source_docs"]]}
+            if "source_docs" in ex
+            else ex
+            for ex in examples
+        ]
     if not examples:
         raise RecordError(path, None, "no examples (check the split or the file)")
     # Retrieval attaches documents later: a dataset starts closed-book.

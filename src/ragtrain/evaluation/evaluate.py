@@ -1,9 +1,16 @@
-"""Evaluation: greedy answers for one (model, dataset, retrieval) node, scored per example."""
+"""Evaluation: answers for one (model, dataset, retrieval) node, scored per example.
+
+Greedy by default. Sampled answers (a `temperature` above 0, as the self-demos paper
+evaluates at 0.5) are seeded per question from the generation seed and the question's
+id: a question's answer depends neither on the others nor on batching, and two models
+evaluated with the same seed draw their answers with the same per-question seeds.
+"""
 
 from __future__ import annotations
 
 import logging
 
+from ragtrain.core.seeds import stable_seed
 from ragtrain.data.prompts import PromptTemplate
 from ragtrain.evaluation.judged import judged_metrics, rules_relevance
 from ragtrain.generation.engine import Generator, Sampling
@@ -19,7 +26,8 @@ def evaluate(
     """Return (prediction records, metrics record)."""
     conversations = [template.conversation(ex) for ex in examples]
     sampling = Sampling.from_params(params["generation"])
-    completions = generator.chat(conversations, sampling) if conversations else []
+    seeds = [stable_seed(params["generation"]["seed"], ex["id"]) for ex in examples]
+    completions = generator.chat(conversations, sampling, seeds) if conversations else []
     predictions, scores = [], []
     for ex, conv, (completion, *_) in zip(examples, conversations, completions, strict=True):
         score = score_example(completion.text, ex["answers"])

@@ -1,4 +1,6 @@
-"""Self-demonstrations: `n` sampled responses per training question, with the RAG prompt.
+"""Self-demonstrations: `n` sampled responses per training question, with the RAG prompt,
+or the samples of several strategies (ragtrain.generation.strategies: system prompts,
+with or without documents, follow-up turns), each marked with its strategy's name.
 
 Generation is written in shards to the node's work folder and resumes where it
 stopped. Every example has its own seed (from the node's seed and the example id), which

@@ -207,14 +207,16 @@ def _kinds() -> list[Kind]:
         ),
         Kind(
             "datasets", "qa", "questions with answers: a world's split or a QA file",
-            defaults={"format": "auto", "limit": None},
+            defaults={"format": "auto", "limit": None, "source_docs": None},
             docs={"world": "a world (with `split`)", "split": "the world's split",
                   "path": "a QA file: JSONL, or a JSON array (ALCE)",
                   "format": "`nq_open`, `flashrag`, `kilt` (also RA-DIT's, with"
                   " `retrieved_support`), `alce` (ASQA, QAMPARI, ELI5), `ragtrain`, or"
                   " `auto` (detected); the documents a file carries are kept for"
                   " `retrieval: source`",
-                  "limit": "keep the first N examples"},
+                  "limit": "keep the first N examples",
+                  "source_docs": "keep the first N of each example's own documents (null:"
+                  " all)"},
             one_of=("world", "path"), refs={"world": ("worlds", ())},
             stage="dataset", rule="dataset",
         ),
