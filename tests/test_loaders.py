@@ -463,9 +463,7 @@ def test_ra_dit_retrieved_support_is_kept_as_source_docs():
 
 def test_a_dataset_keeps_the_first_source_docs_as_the_paper_keeps_four():
     (whole,) = load_dataset(FIXTURES / "qa_radit_tasks.jsonl", {"format": "kilt"})
-    (first,) = load_dataset(
-        FIXTURES / "qa_radit_tasks.jsonl", {"format": "kilt", "source_docs": 1}
-    )
+    (first,) = load_dataset(FIXTURES / "qa_radit_tasks.jsonl", {"format": "kilt", "source_docs": 1})
     assert len(whole["source_docs"]) == 2
     assert first["source_docs"] == whole["source_docs"][:1]
 
