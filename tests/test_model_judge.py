@@ -28,6 +28,7 @@ class Scripted:
 
     def chat(self, conversations, sampling, seeds=None, prefixes=None):
         self.calls.append((sampling.temperature, list(seeds)))
+        self.prefixes = prefixes
         out = []
         for conv in conversations:
             question = conv[-1]["content"].split("Question: ")[1].split("\n")[0]
@@ -147,3 +148,15 @@ def test_judge_node_checks(tmp_path):
     )
     assert check_judge("score", {"unparsed": 3}, PROMPTS / "judge_score.jinja") is None
     assert check_judge("label", {}, tmp_path / "none.jinja").startswith("prompt: no template")
+
+
+def test_a_reply_prefix_is_continued_and_read_with_the_reply(tmp_path):
+    """`reply_prefix`: the model continues "Score: ", so it only has to say the digit."""
+    item = {"id": "1", "question": "Q1", "response": "Kesh"}
+    j, gen = judge("score", {"Q1": ["4"]}, RawCache(tmp_path / "c.jsonl"), reply_prefix="Score: ")
+    (result,) = j.judge([item])
+    assert gen.prefixes == ["Score: "]
+    assert (result["verdict"], result["raw"]) == (4, ["Score: 4"])
+    # The prefix is part of the request: without it the cached reply is not reused.
+    plain, gen2 = judge("score", {"Q1": ["Score: 2"]}, RawCache(tmp_path / "c.jsonl"))
+    assert plain.judge([item])[0]["verdict"] == 2 and gen2.calls

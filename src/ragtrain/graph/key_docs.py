@@ -155,6 +155,8 @@ JUDGE_DOCS = {
     "pattern": "regex over the judge's reply; its first group is the verdict",
     "retries": "fresh samples asked for while the regex does not match",
     "retry_temperature": "sampling temperature of the retries (each seeded by item and try)",
+    "reply_prefix": "the start of every reply, which the model continues (e.g. `Score: `):"
+    " a small model then only has to give the verdict; the regex reads prefix and reply",
     "max_new_tokens": "tokens of each reply",
     "seed": "the retries' samples (top-level `seed` by default)",
     "generation": "overrides of the top-level `generation` (the first try; greedy by default)",

@@ -44,6 +44,9 @@ MODEL_JUDGE_DEFAULTS: dict[str, Any] = {
     "unparsed": DROP,
     "retry_temperature": 0.7,
     "max_new_tokens": 16,
+    # The start of every reply, given to the model to continue (e.g. "Score: "): a small
+    # model then only has to say the verdict. The regex reads the prefix and its reply.
+    "reply_prefix": None,
     "seed": DEFAULT_SEED,
 }
 
@@ -256,9 +259,16 @@ class ModelJudge:
         return results
 
     def _ask(self, conversations: list, sampling, seeds: list[int]) -> list[str]:
+        prefix = self.node["reply_prefix"]
+        # A prefix is part of the request (without one, the keys are those of before).
+        extra = (prefix,) if prefix else ()
         keys = [
             RawCache.key(
-                self.fingerprint, conv, asdict(sampling), seed if sampling.temperature else None
+                self.fingerprint,
+                conv,
+                asdict(sampling),
+                seed if sampling.temperature else None,
+                *extra,
             )
             for conv, seed in zip(conversations, seeds, strict=True)
         ]
@@ -269,9 +279,15 @@ class ModelJudge:
             if not hasattr(self.generator, "chat"):
                 self.generator = self.generator()  # loaded on the first reply not cached
             completions = self.generator.chat(
-                [conversations[j] for j in part], sampling, seeds=[seeds[j] for j in part]
+                [conversations[j] for j in part],
+                sampling,
+                seeds=[seeds[j] for j in part],
+                **({"prefixes": [prefix] * len(part)} if prefix else {}),
             )
-            self.cache.put({keys[j]: c[0].text for j, c in zip(part, completions, strict=True)})
+            # With a prefix the completion is its raw continuation: the reply is both.
+            self.cache.put(
+                {keys[j]: (prefix or "") + c[0].text for j, c in zip(part, completions, strict=True)}
+            )
             self.asked += len(part)
         return [self.cache.entries[key] for key in keys]
 
