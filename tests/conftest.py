@@ -40,6 +40,27 @@ UPSTREAM_NODES = {
 }
 
 
+# An end-to-end run on 2 cores: the small jobs that never start a vLLM engine take one
+# core each, so two run side by side (mostly Python start-up: this shortens the e2e tier,
+# it changes no result). vLLM jobs keep their cores: two engines at once only thrash.
+ONE_CORE_RULES = (
+    "train", "train_biencoder", "train_rl", "prompt_search", "tournament", "judge_by_model",
+    "pseudo_queries", "query_filter", "query_preferences", "reward", "best_of_n",
+    "segment_beam", "evaluate_retrieval", "index", "retrieve",
+)  # fmt: skip
+
+
+def e2e_cores(*more_rules: str) -> tuple[str, ...]:
+    """Snakemake's options for an e2e run: ONE_CORE_RULES and `more_rules` (the test's
+    own that never start vLLM) at one core each. (A second `--set-threads` would replace
+    the first.)"""
+    rules = (*ONE_CORE_RULES, *more_rules)
+    return ("--cores", "2", "--set-threads", *(f"{rule}=1" for rule in rules))
+
+
+E2E_CORES = e2e_cores()
+
+
 def snakemake(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run(
@@ -78,7 +99,7 @@ def tiny_upstream(tiny_model, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-upstream")
     configfile = tmp_path_factory.mktemp("tiny-upstream-config") / "tiny.yaml"
     configfile.write_text(yaml.safe_dump(tiny_config("tiny.yaml", tiny_model)))
-    snakemake("--cores", "2", "--configfile", str(configfile), "--directory", str(folder),
+    snakemake(*E2E_CORES, "--configfile", str(configfile), "--directory", str(folder),
               *TINY_UPSTREAM)  # fmt: skip
     return folder
 

@@ -48,6 +48,8 @@ STAGES = (
     "report",
     "judge-relevance",
     "judge-evaluation",
+    "prompt-search",
+    "tournament",
 )
 
 

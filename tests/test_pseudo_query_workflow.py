@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from ragtrain.graph.dryrun import planned_jobs
-from tests.conftest import ROOT, snakemake
+from tests.conftest import E2E_CORES, ROOT, snakemake
 
 TINY_PQ = yaml.safe_load((ROOT / "tests" / "tiny_pq.yaml").read_text())
 
@@ -29,7 +29,7 @@ def read_jsonl(path: Path) -> list[dict]:
 @pytest.mark.slow
 def test_pseudo_query_recipe_end_to_end(tiny_model, tmp_path):
     configfile = tiny_pq_config(tmp_path, tiny_model)
-    snakemake("--cores", "2", "--configfile", str(configfile), "--directory", str(tmp_path))
+    snakemake(*E2E_CORES, "--configfile", str(configfile), "--directory", str(tmp_path))
     results = tmp_path / "results" / "tiny_pq"
     products = results / "products"
 

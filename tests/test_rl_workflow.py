@@ -11,7 +11,13 @@ import yaml
 
 from ragtrain.graph.config import prepare
 from ragtrain.graph.dryrun import planned_jobs
-from tests.conftest import UPSTREAM_NODES, assert_upstream_up_to_date, snakemake, tiny_config
+from tests.conftest import (
+    E2E_CORES,
+    UPSTREAM_NODES,
+    assert_upstream_up_to_date,
+    snakemake,
+    tiny_config,
+)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -37,7 +43,7 @@ def test_rl_recipe_end_to_end(from_tiny_upstream, tiny_model):
     configfile = tmp_path / "tiny_rl.yaml"
     configfile.write_text(yaml.safe_dump(cfg))
     assert_upstream_up_to_date(tmp_path, configfile)
-    snakemake("--cores", "2", "--configfile", str(configfile), "--directory", str(tmp_path))
+    snakemake(*E2E_CORES, "--configfile", str(configfile), "--directory", str(tmp_path))
     results = tmp_path / "results" / "tiny"
 
     rm = json.loads((results / "models/rm/metrics.json").read_text())

@@ -13,7 +13,13 @@ import yaml
 
 from ragtrain.graph.config import prepare
 from ragtrain.graph.dryrun import planned_jobs
-from tests.conftest import ROOT, assert_upstream_up_to_date, snakemake, tiny_config
+from tests.conftest import (
+    ROOT,
+    assert_upstream_up_to_date,
+    e2e_cores,
+    snakemake,
+    tiny_config,
+)
 
 SHARED = {
     "worlds": ["world"],
@@ -44,10 +50,9 @@ def test_self_demos_recipe_end_to_end(from_tiny_upstream, tiny_model):
     configfile = tmp_path / "tiny_sd.yaml"
     configfile.write_text(yaml.safe_dump(tiny_config("tiny_sd.yaml", tiny_model)))
     assert_upstream_up_to_date(tmp_path, configfile)
-    # One core per job: two of these small jobs (mostly start-up) run side by side.
-    one_core = [f"{rule}=1" for rule in ("prompt_search", "train", "evaluate", "judge_evaluation")]
-    snakemake("--cores", "2", "--set-threads", *one_core, "--configfile", str(configfile),
-              "--directory", str(tmp_path))  # fmt: skip
+    # Its evaluations and their judge run on the HF backend too: one core each.
+    cores = e2e_cores("evaluate", "judge_evaluation")
+    snakemake(*cores, "--configfile", str(configfile), "--directory", str(tmp_path))
     results = tmp_path / "results" / "tiny"
     products = results / "products"
 
