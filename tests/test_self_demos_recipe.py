@@ -49,7 +49,10 @@ def test_self_demos_recipe_end_to_end(from_tiny_upstream, tiny_model):
     tmp_path = from_tiny_upstream
     configfile = tmp_path / "tiny_sd.yaml"
     configfile.write_text(yaml.safe_dump(tiny_config("tiny_sd.yaml", tiny_model)))
-    assert_upstream_up_to_date(tmp_path, configfile)
+    # The upstream it shares: the base model and both splits retrieved.
+    shared = ("results/tiny/models/base", "results/tiny/retrieval/bm25/train/examples.jsonl",
+              "results/tiny/retrieval/bm25/test/stats.json")  # fmt: skip
+    assert_upstream_up_to_date(tmp_path, configfile, shared)
     # Its evaluations and their judge run on the HF backend too: one core each.
     cores = e2e_cores("evaluate", "judge_evaluation")
     snakemake(*cores, "--configfile", str(configfile), "--directory", str(tmp_path))
