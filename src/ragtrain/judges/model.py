@@ -285,9 +285,8 @@ class ModelJudge:
                 **({"prefixes": [prefix] * len(part)} if prefix else {}),
             )
             # With a prefix the completion is its raw continuation: the reply is both.
-            self.cache.put(
-                {keys[j]: (prefix or "") + c[0].text for j, c in zip(part, completions, strict=True)}
-            )
+            replies = [(prefix or "") + c[0].text for c in completions]
+            self.cache.put({keys[j]: r for j, r in zip(part, replies, strict=True)})
             self.asked += len(part)
         return [self.cache.entries[key] for key in keys]
 
