@@ -17,7 +17,7 @@ def cmd_prompt_search(args) -> None:
     from ragtrain.generation.engine import Sampling, load_generator
     from ragtrain.generation.prompt_search import PromptSearch
     from ragtrain.judges.model import RawCache, model_fingerprint
-    from ragtrain.stages.products import _examples
+    from ragtrain.stages.products import dataset_examples
 
     params = merge(PRODUCT_DEFAULTS["prompt_search"], args.params)
     params["generation"] = generation(params)
@@ -43,7 +43,7 @@ def cmd_prompt_search(args) -> None:
         progress=lambda message: log.info("prompt search: %s", message),
     )
     seed_prompts = [PromptTemplate(templates[n]).render({}) for n in params["seeds"]]
-    records, stats = search.run(_examples(args.examples, params), seed_prompts)
+    records, stats = search.run(dataset_examples(args.examples, params), seed_prompts)
     stats["judge"] = args.judge["name"]
     write_jsonl(args.output, records)
     write_json(args.stats, stats)

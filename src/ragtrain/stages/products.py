@@ -20,7 +20,7 @@ from ragtrain.stages.common import (
 )
 
 
-def _examples(path, params: dict) -> list[dict]:
+def dataset_examples(path, params: dict) -> list[dict]:
     """A dataset's examples, with their own documents under `retrieval: source`."""
     from ragtrain.core.records import read_jsonl
     from ragtrain.data.loaders import with_source_docs
@@ -49,7 +49,7 @@ def cmd_self_demos(args) -> None:
         ranked = {name: read_jsonl(path) for name, path in searches.items()}
         sample = partial(sample_demos, strategies=load_strategies(strategies, templates, ranked))
     stats = generate_in_shards(
-        sample, _examples(args.examples, params), args.model, args.prompt, params,
+        sample, dataset_examples(args.examples, params), args.model, args.prompt, params,
         args.work, inputs, args.output, args.stats,
     )  # fmt: skip
     log.info("%s: %s", args.stage, stats)
@@ -189,7 +189,7 @@ def cmd_segment_beam(args) -> None:
     ]
     work = work_dir(args.work, params, inputs)
     records, stats = segment_beam_demos(
-        _examples(args.examples, params),
+        dataset_examples(args.examples, params),
         partial(load_generator, args.model, params["generation"]),
         PromptTemplate(args.prompt),
         params,
