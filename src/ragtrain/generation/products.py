@@ -119,28 +119,34 @@ def preference_pairs(judged: list[dict], params: dict) -> tuple[list[dict], dict
             good = chosen[made % len(chosen)]
             if good == bad or normalize_answer(good) == normalize_answer(bad):
                 continue
-            records.append(
-                {
-                    "id": f"{r['id']}/{made}",
-                    "example_id": r["id"],
-                    "prompt": r["prompt"],
-                    "chosen": _assistant(good),
-                    "rejected": _assistant(bad),
-                    "source": source,
-                    "kind": kind,
-                }
-            )
+            records.append(_pair(r, made, good, bad, source, kind))
             counts[f"{kind}/{source}"] += 1
             made += 1
         without_pair += not made
-    stats = {
+    # pairs: kind (answer: correct vs wrong; refusal: refusal vs made-up) / source of chosen
+    return records, _pair_stats(records, counts, without_pair)
+
+
+def _pair(r: dict, k: int, good: str, bad: str, source: str, kind: str) -> dict:
+    """The k-th preference record of question `r`."""
+    return {
+        "id": f"{r['id']}/{k}",
+        "example_id": r["id"],
+        "prompt": r["prompt"],
+        "chosen": _assistant(good),
+        "rejected": _assistant(bad),
+        "source": source,
+        "kind": kind,
+    }
+
+
+def _pair_stats(records: list[dict], counts: Counter, without_pair: int) -> dict:
+    return {
         "n": len(records),
-        # kind (answer: correct vs wrong; refusal: refusal vs made-up) / source of chosen
         "pairs": dict(sorted(counts.items())),
         "questions_with_pairs": len({r["example_id"] for r in records}),
         "questions_without_pair": without_pair,
     }
-    return records, stats
 
 
 def tournament_pairs(results: list[dict], params: dict) -> tuple[list[dict], dict]:
@@ -158,27 +164,12 @@ def tournament_pairs(results: list[dict], params: dict) -> tuple[list[dict], dic
             if key in seen or (cap is not None and made == cap):
                 continue
             seen.add(key)
-            records.append(
-                {
-                    "id": f"{r['id']}/{made}",
-                    "example_id": r["id"],
-                    "prompt": r["prompt"],
-                    "chosen": _assistant(good),
-                    "rejected": _assistant(loser["text"]),
-                    "source": f"winner/{r['winner']['strategy']}",
-                    "kind": f"beat/{loser['strategy']}",
-                }
-            )
+            source, kind = f"winner/{r['winner']['strategy']}", f"beat/{loser['strategy']}"
+            records.append(_pair(r, made, good, loser["text"], source, kind))
             counts[f"round {loser['round']} loser"] += 1
             made += 1
         without_pair += not made
-    stats = {
-        "n": len(records),
-        "pairs": dict(sorted(counts.items())),
-        "questions_with_pairs": len({r["example_id"] for r in records}),
-        "questions_without_pair": without_pair,
-    }
-    return records, stats
+    return records, _pair_stats(records, counts, without_pair)
 
 
 def by_split(records: list[dict], judged: list[dict], key: str) -> tuple[list[dict], list[dict]]:

@@ -173,12 +173,9 @@ class PromptSearch:
             sampling,
             [stable_seed(self.params["seed"], "rewrite", step, p) for p in kept],
         )
-        return [
-            (parse_rewrite(t), parent)
-            for parent, outs in zip(kept, texts, strict=True)
-            for t in outs
-            if parse_rewrite(t)
-        ]
+        pairs = zip(kept, texts, strict=True)
+        parsed = [(parse_rewrite(t), parent) for parent, outs in pairs for t in outs]
+        return [(prompt, parent) for prompt, parent in parsed if prompt]
 
     def run(self, examples: list[dict], seed_prompts: list[str]) -> tuple[list[dict], dict]:
         """(prompt records best first, stats)."""
