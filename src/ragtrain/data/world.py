@@ -11,6 +11,16 @@ appears nowhere in the corpus.
 Birth years (1930-1985) and founding years (1990-2023) never overlap and populations are
 written with thousands separators, so no passage that mentions an entity whose year is
 withheld states that year by accident.
+
+ALCE-shaped questions (`alce`: split -> count) imitate ASQA, QAMPARI and ELI5, a third
+of each per split, each with five documents (`source_docs`: its gold passages, then
+near-namesakes of the entities involved, passages that mention them, any others,
+shuffled). ASQA-like: sub-questions (`qa_pairs`) whose facts span two passages;
+QAMPARI-like: a list question answered by every passage stating the fact, distractors
+included, 2 to 4 of them (`answer_groups`); ELI5-like: a long-form question with three
+`claims`, each stated by one passage. `reference` is a teacher answer citing, ALCE style,
+the position of the passage that states each sentence: "... in Ostrivale [4]." They use a
+random stream of their own, so a world without them is exactly what it was before.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ragtrain.core.records import write_json, write_jsonl
+from ragtrain.core.seeds import stable_seed
 
 # single letters repeated so that clusters and diphthongs stay occasional (pronounceable)
 ONSETS = tuple("bdfgklmnprstvz") * 3 + ("br", "dr", "kr", "st", "th", "sh", "tr", "gr")
@@ -98,6 +109,22 @@ MULTI = {
 WITHHELD = {"person": "birth_year", "organisation": "founding_year"}
 WITHHELD_RATE = 0.2  # share of people / organisations whose year the corpus never states
 TYPES = ("single", "multihop", "unanswerable")
+ALCE_TYPES = ("asqa", "qampari", "eli5")
+ALCE_DOCS = 5  # documents per ALCE-shaped question, as ALCE gives its models
+# kind of the answers -> relation -> list question (QAMPARI-like), on the relation's value
+LIST = {
+    "person": {
+        "birthplace": "Who was born in {}?",
+        "employer": "Who works for {}?",
+        "profession": "Who works as {}?",
+    },
+    "organisation": {
+        "headquarters": "Which organisations are headquartered in {}?",
+        "founder": "Which organisations were founded by {}?",
+        "industry": "Which organisations work in {}?",
+    },
+    "city": {"river": "Which cities lie on the river {}?", "country": "Which cities are in {}?"},
+}
 
 
 @dataclass(frozen=True)
@@ -114,6 +141,7 @@ class WorldConfig:
     )
     multihop_rate: float = 0.2
     unanswerable_rate: float = 0.15
+    alce: dict[str, int] = field(default_factory=dict)  # split -> ALCE-shaped questions
 
     def __post_init__(self):
         for name in ("people", "organisations", "places"):
@@ -124,12 +152,20 @@ class WorldConfig:
         rates = (self.multihop_rate, self.unanswerable_rate)
         if not all(0 <= r <= 1 for r in rates) or sum(rates) > 1:
             raise ValueError(f"rates must lie in [0, 1] and sum to at most 1, got {rates}")
-        for split, n in self.questions.items():
-            # datasets name splits in the config (datasets.<name>.split)
-            if not re.fullmatch(r"[A-Za-z0-9_-]+", split):
-                raise ValueError(f"bad split name {split!r}")
-            if not isinstance(n, int) or n < 0:
-                raise ValueError(f"split {split!r}: question count must be an int >= 0, got {n!r}")
+        for key in ("questions", "alce"):
+            for split, n in getattr(self, key).items():
+                # datasets name splits in the config (datasets.<name>.split)
+                if not re.fullmatch(r"[A-Za-z0-9_-]+", split):
+                    raise ValueError(f"{key}: bad split name {split!r}")
+                if not isinstance(n, int) or n < 0:
+                    raise ValueError(
+                        f"{key}: split {split!r}: question count must be an int >= 0, got {n!r}"
+                    )
+        if both := sorted(set(self.questions) & set(self.alce)):
+            raise ValueError(
+                f"alce: split {both[0]!r} is also in questions; a split holds one kind of"
+                " question, so give the ALCE-shaped ones a split of their own"
+            )
 
     @classmethod
     def from_dict(cls, d: dict) -> WorldConfig:
@@ -333,7 +369,7 @@ def generate_world(cfg: WorldConfig) -> World:
         "organisation": lambda n: _org(n, rng, cities, people),
     }
     key_fact = {"city": "population", "person": "birth_year", "organisation": "founding_year"}
-    distractors = []
+    distractors, namesake_of = [], {}
     for _ in range(cfg.distractors):
         ns = rng.choice(real)
         name, fact = names.fresh(names.variant(ns)), key_fact[ns["kind"]]
@@ -341,6 +377,7 @@ def generate_world(cfg: WorldConfig) -> World:
         while d[fact] == ns[fact]:  # a namesake must not share the headline fact
             d = makers[ns["kind"]](name)
         distractors.append(d)
+        namesake_of[name] = ns["name"]
 
     # shuffled so that neither position nor id tells a distractor from a real entity
     docs = [(e, False) for e in real] + [(d, True) for d in distractors]
@@ -357,6 +394,12 @@ def generate_world(cfg: WorldConfig) -> World:
             pid[e["name"]] = doc_id
     blob = "\n".join(f"{p['title']}\n{p['text']}" for p in passages)
     splits = _questions(cfg, rng, names, real, pid, blob)
+    if cfg.alce:
+        # after everything else, on a stream of its own: the rest of the world is unchanged
+        namesakes: dict[str, list[str]] = {}
+        for doc_id in distractor_ids:
+            namesakes.setdefault(pid[namesake_of[entities[doc_id]["name"]]], []).append(doc_id)
+        splits |= _alce_questions(cfg, passages, entities, pid, namesakes)
     return World(passages=passages, splits=splits, distractor_ids=distractor_ids, entities=entities)
 
 
@@ -423,17 +466,259 @@ def _questions(
     return splits
 
 
-def world_stats(world: World) -> dict:
-    """Passage counts, and question counts per split and per type."""
+def _alce_questions(
+    cfg: WorldConfig,
+    passages: list[dict],
+    entities: dict[str, dict],
+    pid: dict[str, str],
+    namesakes: dict[str, list[str]],
+) -> dict[str, list[dict]]:
+    """The ALCE-shaped splits, a third of each shape per split, no question asked twice;
+    `namesakes` maps a real entity's passage to its near-namesakes' passages."""
+    rng = random.Random(stable_seed(cfg.seed, "alce"))
+    pools: dict[str, list[dict]] = {"asqa": [], "qampari": _qampari(entities, pid), "eli5": []}
+    for doc_id in pid.values():
+        pools["asqa"] += _asqa(entities[doc_id], entities, pid)
+        pools["eli5"].append(_eli5(entities[doc_id], entities, pid))
+    plan = {}
+    for split, total in cfg.alce.items():
+        plan[split] = [ALCE_TYPES[k % len(ALCE_TYPES)] for k in range(total)]
+        rng.shuffle(plan[split])
+    for t in ALCE_TYPES:
+        need, have = sum(shapes.count(t) for shapes in plan.values()), len(pools[t])
+        if need > have or (need and len(passages) < ALCE_DOCS):
+            raise ValueError(
+                f"world too small: {need} distinct {t} (ALCE-shaped) questions requested across"
+                f" splits but only {have} exist, with {len(passages)} passages for"
+                f" {ALCE_DOCS} documents each (people={cfg.people}, organisations="
+                f"{cfg.organisations}, places={cfg.places}); enlarge the world or ask for fewer"
+            )
+
+    for pool in pools.values():
+        rng.shuffle(pool)
+    by_id = {p["id"]: p for p in passages}
+    mentions: dict[str, list[str]] = {}
+
+    def mentioning(name: str) -> list[str]:
+        if name not in mentions:
+            mentions[name] = [p["id"] for p in passages if name in p["text"]]
+        return mentions[name]
+
     splits = {}
+    for split, shapes in plan.items():
+        splits[split] = []
+        for i, t in enumerate(shapes):
+            draft = pools[t].pop()
+            # fillers: near-namesakes of the entities involved, then passages naming them,
+            # then any others; none states a gold fact (only an entity's passage does, and
+            # a list question's gold is every passage that states its fact)
+            chosen = list(draft["gold"])
+            names = [entities[d]["name"] for d in draft["involved"]]
+            tiers = (
+                [d for e_id in draft["involved"] for d in namesakes.get(e_id, [])],
+                [d for name in names for d in mentioning(name)],
+                list(by_id),
+            )
+            for tier in tiers:
+                left = [d for d in dict.fromkeys(tier) if d not in chosen]
+                chosen += rng.sample(left, min(ALCE_DOCS - len(chosen), len(left)))
+            rng.shuffle(chosen)
+            splits[split].append({"id": f"{split}-{i:05d}", **_alce_record(draft, chosen, by_id)})
+    return splits
+
+
+def _alce_record(draft: dict, docs: list[str], by_id: dict[str, dict]) -> dict:
+    """A draft with its documents in order, and a teacher answer citing their positions."""
+    pos = {d: k + 1 for k, d in enumerate(docs)}
+    fields = draft["fields"]
+    if draft["type"] == "qampari":
+        items = sorted(draft["statements"], key=lambda s: pos[s[1]])
+        reference = ", ".join(f"{name} [{pos[d]}]" for name, d in items) + "."
+        answers = [group[0] for group in fields["answer_groups"]]
+    else:
+        reference = " ".join(f"{text} [{pos[d]}]." for text, d in draft["statements"])
+        if draft["type"] == "asqa":
+            answers = [a for pair in fields["qa_pairs"] for a in pair["short_answers"]]
+        else:
+            answers = fields["claims"]
+    return {
+        "question": draft["question"],
+        "answers": list(dict.fromkeys(answers)),
+        "docs": [],
+        "source_docs": [dict(by_id[d]) for d in docs],
+        "gold_doc_ids": draft["gold"],
+        **fields,
+        "reference": reference,
+        "meta": draft["meta"],
+    }
+
+
+def _draft(
+    shape: str,
+    question: str,
+    statements: list[tuple[str, str]],
+    meta: dict,
+    involved: list[str] | None = None,
+    **fields,
+) -> dict:
+    """An ALCE-shaped question before its documents: `statements` are the teacher answer's
+    sentences (a list question's items) with the passage that states each."""
+    gold = list(dict.fromkeys(d for _, d in statements))
+    extra = {"answers_from": "claims"} if shape == "eli5" else {}
+    return {
+        "type": shape,
+        "question": question,
+        "statements": statements,
+        "gold": gold,
+        "involved": involved or gold,
+        "fields": fields,
+        "meta": {"type": shape, "task": shape, **meta, **extra},
+    }
+
+
+def _asqa(e: dict, entities: dict[str, dict], pid: dict[str, str]) -> list[dict]:
+    """Questions with sub-questions (`qa_pairs`) whose answers lie in two passages."""
+    n, own = e["name"], pid[e["name"]]
+    single = SINGLE[e["kind"]]
+    if e["kind"] == "person":
+        org, city = entities[pid[e["employer"]]], entities[pid[e["birthplace"]]]
+        o, c, hq = org["name"], city["name"], org["headquarters"]
+        work = [
+            {"question": single["profession"].format(n), "short_answers": [e["profession"]]},
+            {"question": single["employer"].format(n), "short_answers": [o]},
+            {"question": MULTI["employer_headquarters"][1].format(n), "short_answers": [hq]},
+        ]
+        country, river = city["country"], city["river"]
+        on_river = f"On which river lies the city where {n} was born?"
+        origin = [
+            {"question": single["birthplace"].format(n), "short_answers": [c]},
+            {"question": MULTI["birthplace_country"][1].format(n), "short_answers": [country]},
+            {"question": on_river, "short_answers": [river]},
+        ]
+        return [
+            _draft(
+                "asqa",
+                f"What is known about {n}'s work?",
+                [
+                    (f"{n} works as {_a(e['profession'])} for {o}", own),
+                    (f"{o} is headquartered in {hq}", pid[o]),
+                ],
+                {"relation": "work", "entity": n, "bridge": o},
+                qa_pairs=work,
+            ),
+            _draft(
+                "asqa",
+                f"Where does {n} come from?",
+                [
+                    (f"{n} was born in {c}", own),
+                    (f"{c} is a city in {country} on the river {river}", pid[c]),
+                ],
+                {"relation": "origin", "entity": n, "bridge": c},
+                qa_pairs=origin,
+            ),
+        ]
+    if e["kind"] == "organisation":
+        founder = entities[pid[e["founder"]]]
+        f, born = founder["name"], founder["birthplace"]
+        year = e.get("founding_year")  # absent where withheld
+        pairs = [{"question": single["founder"].format(n), "short_answers": [f]}]
+        if year:
+            pairs.append({"question": single["founding_year"].format(n), "short_answers": [year]})
+        pairs.append(
+            {"question": MULTI["founder_birthplace"][1].format(n), "short_answers": [born]}
+        )
+        statements = [
+            (f"{n} was founded by {f}" + (f" in {year}" if year else ""), own),
+            (f"{f} was born in {born}", pid[f]),
+        ]
+        meta = {"relation": "founding", "entity": n, "bridge": f}
+        question = f"What is known about the founding of {n}?"
+        return [_draft("asqa", question, statements, meta, qa_pairs=pairs)]
+    return []
+
+
+def _eli5(e: dict, entities: dict[str, dict], pid: dict[str, str]) -> dict:
+    """A long-form question with three claims, each stated by one passage (one of them by a
+    second passage, bar a city no organisation has its headquarters in)."""
+    n, own = e["name"], pid[e["name"]]
+    if e["kind"] == "person":
+        org = entities[pid[e["employer"]]]
+        question, relation = f"Describe {n}'s background.", "background"
+        claims = [
+            (f"{n} was born in {e['birthplace']}", own),
+            (f"{n} works as {_a(e['profession'])} for {org['name']}", own),
+            (f"{org['name']} is headquartered in {org['headquarters']}", pid[org["name"]]),
+        ]
+    elif e["kind"] == "organisation":
+        f = e["founder"]
+        question, relation = f"What should I know about {n}?", "overview"
+        claims = [
+            (f"{n} works in {e['industry']}", own),
+            (f"{n} was founded by {f}", own),
+            (f"{f} was born in {entities[pid[f]]['birthplace']}", pid[f]),
+        ]
+    else:
+        question, relation = f"Tell me about {n}.", "overview"
+        claims = [
+            (f"{n} is a city in {e['country']}", own),
+            (f"{n} lies on the river {e['river']}", own),
+        ]
+        based = [d for d in pid.values() if entities[d].get("headquarters") == n]
+        if based:
+            claims.append((f"{entities[based[0]]['name']} is headquartered in {n}", based[0]))
+        else:
+            claims.append((f"About {e['population']} people live in {n}", own))
+    meta = {"relation": relation, "entity": n}
+    return _draft("eli5", question, claims, meta, claims=[f"{c}." for c, _ in claims])
+
+
+def _qampari(entities: dict[str, dict], pid: dict[str, str]) -> list[dict]:
+    """List questions answered by every passage (distractors too) that states one fact, where
+    2 to 4 passages do, so that all of them fit among the documents."""
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for doc_id, e in entities.items():
+        for rel in LIST[e["kind"]]:
+            if rel in e:
+                groups.setdefault((e["kind"], rel, e[rel]), []).append(doc_id)
+    drafts = []
+    for (kind, rel, value), docs in groups.items():
+        if not 2 <= len(docs) <= ALCE_DOCS - 1:
+            continue
+        names = [entities[d]["name"] for d in docs]
+        shown = _a(value) if rel == "profession" else value
+        about = [pid[value]] if value in pid else []  # the value is itself an entity
+        meta = {"relation": rel, "value": value, "kind": kind}
+        if about:
+            meta["entity"] = value
+        drafts.append(
+            _draft(
+                "qampari",
+                LIST[kind][rel].format(shown),
+                list(zip(names, docs, strict=True)),
+                meta,
+                involved=[*docs, *about],
+                answer_groups=[[name] for name in names],
+            )
+        )
+    return drafts
+
+
+def world_stats(world: World) -> dict:
+    """Passage counts, and question counts per split and per type (an ALCE split counts
+    asqa / qampari / eli5, and only a world with ALCE questions counts those types)."""
+    splits, types = {}, list(TYPES)
     for split, examples in world.splits.items():
-        counts = {t: sum(ex["meta"]["type"] == t for ex in examples) for t in TYPES}
+        alce = any(ex["meta"]["type"] in ALCE_TYPES for ex in examples)
+        kinds = ALCE_TYPES if alce else TYPES
+        if alce and types == list(TYPES):
+            types += ALCE_TYPES
+        counts = {t: sum(ex["meta"]["type"] == t for ex in examples) for t in kinds}
         splits[split] = {"total": len(examples), **counts}
     return {
         "passages": len(world.passages),
         "distractor_passages": len(world.distractor_ids),
         "questions": sum(s["total"] for s in splits.values()),
-        "types": {t: sum(s[t] for s in splits.values()) for t in TYPES},
+        "types": {t: sum(s.get(t, 0) for s in splits.values()) for t in types},
         "splits": splits,
     }
 
