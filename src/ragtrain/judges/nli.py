@@ -361,3 +361,53 @@ def _positive_int(params: dict, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"NLI scorer: {key} must be an int >= 1, got {value!r}")
     return value
+
+
+class LazyScorer:
+    """`load_nli(params)`, loaded on the first `scores` call: a stage whose rewards are
+    all resumed from its work folder never loads the model."""
+
+    def __init__(self, params: dict):
+        self.params = params
+        self.scorer: NLIScorer | None = None
+
+    def scores(self, premises: list[str], hypotheses: list[str]) -> list[float]:
+        if self.scorer is None:
+            keys = (*NLI_DEFAULTS, "scorer", "path", "trust_remote_code")
+            self.scorer = load_nli({k: v for k, v in self.params.items() if k in keys})
+        return self.scorer.scores(premises, hypotheses)
+
+
+class Entailment:
+    """Yes/no entailment from a scorer at a `threshold`, each (premise, hypothesis) pair
+    scored once per run: rewards and metrics ask the same pairs again and again (a
+    partial answer's earlier sentences, a sentence's citations one by one).
+
+    Callers that know the pairs they will ask list them to `prefetch` first, so that the
+    scorer sees them in full batches; `entails` then reads the cache (and scores a pair
+    it has not seen on its own)."""
+
+    def __init__(self, scorer, threshold: float = 0.5):
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"NLI threshold must lie in [0, 1], got {threshold!r}")
+        self.scorer = scorer  # anything with scores(premises, hypotheses) -> [0, 1] list
+        self.threshold = threshold
+        self.probabilities: dict[tuple[str, str], float] = {}
+        self.calls = 0  # pairs sent to the scorer (cache misses)
+
+    def prefetch(self, pairs) -> None:
+        todo = list(dict.fromkeys(p for p in pairs if p not in self.probabilities))
+        if todo:
+            scores = self.scorer.scores([p for p, _ in todo], [h for _, h in todo])
+            self.calls += len(todo)
+            self.probabilities.update(zip(todo, scores, strict=True))
+
+    def probability(self, premise: str, hypothesis: str) -> float:
+        self.prefetch([(premise, hypothesis)])
+        return self.probabilities[(premise, hypothesis)]
+
+    def entails(self, premise: str, hypothesis: str) -> bool:
+        return self.probability(premise, hypothesis) >= self.threshold
+
+    def stats(self) -> dict:
+        return {"nli_pairs": len(self.probabilities), "nli_calls": self.calls}

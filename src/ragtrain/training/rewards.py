@@ -14,6 +14,16 @@ Sources are configured as a list, e.g.
       - {kind: reward_model, model: rm, weight: 0.5}
 
 and combined by weight. A later source kind only has to implement `score`.
+
+The citation sources of Huang et al. 2024 ("Training Language Models to Generate Text
+with Citations via Fine-grained Rewards") ask an NLI judge (`nli`, a judges node):
+
+      - {kind: citation_recall, nli: nli}         # +-0.2 at each sentence's end
+      - {kind: citation_precision, nli: nli}      # +-0.2 at each of its first 3 citations
+      - {kind: alce_correctness, nli: nli}        # +-0.2 per gold item, at the end
+
+Any source may take `holistic: true`: its values summed at the end of the response (the
+paper's holistic baseline, one reward in place of fine-grained ones).
 """
 
 from __future__ import annotations
@@ -21,11 +31,29 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ragtrain.core.records import RecordError
+from ragtrain.data.citations import (
+    ALCE_KINDS,
+    Citation,
+    Segment,
+    alce_kind,
+    premise,
+    remove_citations,
+    segments,
+)
 from ragtrain.generation.judge import is_right
 from ragtrain.judges.rules import label
+from ragtrain.metrics.alce import (
+    AT_MOST_CITATIONS,
+    exact_presence,
+    normalize_answer,
+    qampari_items,
+)
+
+if TYPE_CHECKING:
+    from ragtrain.judges.nli import Entailment
 
 Placed = list[tuple[int, float]]
 
@@ -110,10 +138,258 @@ class RewardModelScore:
         return [[(len(text), v)] for text, v in zip(responses, values, strict=True)]
 
 
+# --- Citation rewards (Huang et al. 2024) -------------------------------------------
+# A sentence is judged by its first three cited documents (ALCE's and the paper's limit).
+CITED_DOCS = AT_MOST_CITATIONS
+Pair = tuple[str, str]  # (premise, hypothesis)
+
+
+def cited_docs(segment: Segment, n_docs: int, limit: int = CITED_DOCS) -> list[int] | None:
+    """The documents a sentence is judged by: the first `limit` it cites, each once; None
+    when it cites none, or cites a document that does not exist (even past `limit`): a
+    wrong citation, never an index error."""
+    if not segment.citations or any(not 1 <= c.doc <= n_docs for c in segment.citations):
+        return None
+    return segment.docs[:limit]
+
+
+def _pair(docs: list[dict], cited: list[int] | None, hypothesis: str) -> Pair | None:
+    text = premise(docs, cited or [])
+    return None if text is None else (text, hypothesis)
+
+
+def supported(
+    entailment: Entailment, docs: list[dict], cited: list[int] | None, hypothesis: str
+) -> bool:
+    """Whether the documents `cited` (1-based) jointly entail a sentence's hypothesis;
+    False for none (None, or an empty list)."""
+    pair = _pair(docs, cited, hypothesis)
+    return pair is not None and entailment.entails(*pair)
+
+
+def _sentences(example: dict, text: str) -> list[Segment]:
+    """The statements of a response (list items for a QAMPARI-shaped example)."""
+    return segments(text, alce_kind(example), example.get("question", ""))
+
+
+def _example_id(example: dict) -> str:
+    return repr(example.get("id", "?"))
+
+
+class NLISource:
+    """A source that asks an NLI judge. `pairs` lists the (premise, hypothesis) pairs a
+    response needs: all responses' pairs are scored in one `prefetch` (full batches)
+    before `place` reads the verdicts (`entails`, from the cache)."""
+
+    name = ""
+
+    def __init__(self, entailment: Entailment | None):
+        self.entailment = entailment
+
+    def pairs(self, example: dict, text: str) -> list[Pair]:
+        raise NotImplementedError
+
+    def place(self, example: dict, text: str) -> Placed:
+        raise NotImplementedError
+
+    def score(self, examples, responses):
+        if self.entailment is not None:
+            both = zip(examples, responses, strict=True)
+            self.entailment.prefetch([p for e, text in both for p in self.pairs(e, text)])
+        return [self.place(e, text) for e, text in zip(examples, responses, strict=True)]
+
+
+class CitationRecall(NLISource):
+    """At each sentence's end: `right` if its cited documents (the first three) jointly
+    entail it (citations stripped), else `wrong`; a sentence without citations, or citing
+    a document that does not exist, is `wrong`."""
+
+    name = "citation_recall"
+    settings = ("nli", "right", "wrong")
+
+    def __init__(self, entailment: Entailment, right: float = 0.2, wrong: float = -0.2):
+        super().__init__(entailment)
+        self.right, self.wrong = right, wrong
+
+    def pairs(self, example, text):
+        docs = example.get("docs") or []
+        found = (
+            _pair(docs, cited_docs(s, len(docs)), s.hypothesis) for s in _sentences(example, text)
+        )
+        return [p for p in found if p]
+
+    def place(self, example, text):
+        docs = example.get("docs") or []
+        return [
+            (s.end, self.right if self._supported(docs, s) else self.wrong)
+            for s in _sentences(example, text)
+        ]
+
+    def _supported(self, docs, sentence: Segment) -> bool:
+        return supported(
+            self.entailment, docs, cited_docs(sentence, len(docs)), sentence.hypothesis
+        )
+
+
+class CitationPrecision(NLISource):
+    """At each citation (the offset just past its number), for a sentence's first
+    `max_citations` cited documents (a repeated document counts at its first citation):
+    `wrong` if the sentence is not entailed by them jointly (or cites a document that
+    does not exist); else `right` for a citation that alone entails it, `wrong` for one
+    that does not and whose removal leaves the sentence entailed (irrelevant), `right`
+    otherwise (it helps the others). Citations past the first `max_citations` documents,
+    and repeats, get nothing."""
+
+    name = "citation_precision"
+    settings = ("nli", "right", "wrong", "max_citations")
+
+    def __init__(
+        self,
+        entailment: Entailment,
+        right: float = 0.2,
+        wrong: float = -0.2,
+        max_citations: int = CITED_DOCS,
+    ):
+        if not isinstance(max_citations, int) or max_citations < 1:
+            raise ValueError(f"{self.name}: max_citations must be >= 1, got {max_citations!r}")
+        super().__init__(entailment)
+        self.right, self.wrong, self.max_citations = right, wrong, max_citations
+
+    @staticmethod
+    def _premises(cited: list[int]) -> list[list[int]]:
+        """The document sets asked about: all together, each alone, all but each."""
+        alone = [[d] for d in cited]
+        others = [[x for x in cited if x != d] for d in cited] if len(cited) > 1 else []
+        return [cited, *alone, *others]
+
+    def pairs(self, example, text):
+        docs = example.get("docs") or []
+        out = []
+        for s in _sentences(example, text):
+            cited = cited_docs(s, len(docs), self.max_citations)
+            out += [_pair(docs, c, s.hypothesis) for c in self._premises(cited or [])]
+        return [p for p in out if p]
+
+    def place(self, example, text):
+        docs = example.get("docs") or []
+        out: Placed = []
+        for s in _sentences(example, text):
+            cited = cited_docs(s, len(docs), self.max_citations)
+            joint = supported(self.entailment, docs, cited, s.hypothesis)
+            for c in self._firsts(s):
+                ok = joint and self._needed(docs, cited, c.doc, s.hypothesis)
+                out.append((c.end, self.right if ok else self.wrong))
+        return out
+
+    def _firsts(self, sentence: Segment) -> list[Citation]:
+        """The first citation of each document the sentence cites, up to max_citations."""
+        first: dict[int, Citation] = {}
+        for c in sentence.citations:
+            first.setdefault(c.doc, c)
+        return list(first.values())[: self.max_citations]
+
+    def _needed(self, docs, cited: list[int], doc: int, hypothesis: str) -> bool:
+        """Of a jointly entailed sentence: `doc` entails it alone, or the rest do not."""
+        rest = [d for d in cited if d != doc]
+        return supported(self.entailment, docs, [doc], hypothesis) or not supported(
+            self.entailment, docs, rest, hypothesis
+        )
+
+
+# Where an ALCE example keeps its gold items, by dataset.
+GOLD_FIELDS = {"asqa": "qa_pairs", "qampari": "answer_groups", "eli5": "claims"}
+
+
+class AlceCorrectness(NLISource):
+    """ALCE correctness at the end of the response, `per_item` per gold item found minus
+    `per_item` per item missed, on the response without citations:
+
+    - ASQA: a `qa_pairs` entry is found if one of its short answers appears (normalised)
+      in the response;
+    - QAMPARI: an `answer_groups` entry is found if one of its aliases equals a
+      comma-separated item (normalised); missed: `qampari_target` minus the found, at
+      least 0;
+    - ELI5: a `claims` entry is found if the response entails it (the NLI judge).
+
+    `dataset: auto` picks per example by its fields; `asqa|qampari|eli5` forces one."""
+
+    name = "alce_correctness"
+    settings = ("nli", "dataset", "per_item", "qampari_target")
+
+    def __init__(
+        self,
+        entailment: Entailment | None = None,
+        dataset: str = "auto",
+        per_item: float = 0.2,
+        qampari_target: int = 5,
+    ):
+        _check_dataset(dataset, f"{self.name}.dataset")
+        if entailment is None and dataset in ("auto", "eli5"):
+            raise ValueError(f"{self.name} ({dataset}): needs an NLI judge (`nli`)")
+        super().__init__(entailment)
+        self.dataset, self.per_item, self.qampari_target = dataset, per_item, qampari_target
+
+    def _gold(self, example: dict) -> tuple[str, list]:
+        """The example's ALCE kind and its gold items; ValueError if they are missing."""
+        kind = alce_kind(example) if self.dataset == "auto" else self.dataset
+        if kind is None:
+            raise ValueError(
+                f"{self.name} (auto): example {_example_id(example)} has none of"
+                f" {sorted(GOLD_FIELDS.values())}"
+            )
+        items = example.get(GOLD_FIELDS[kind])
+        if not items:
+            raise ValueError(
+                f"{self.name} ({kind}): example {_example_id(example)} has no {GOLD_FIELDS[kind]}"
+            )
+        return kind, items
+
+    def pairs(self, example, text):
+        kind, items = self._gold(example)
+        return [(remove_citations(text), claim) for claim in items] if kind == "eli5" else []
+
+    def place(self, example, text):
+        kind, items = self._gold(example)
+        answer = remove_citations(text)
+        if kind == "asqa":
+            found = sum(exact_presence(qa.get("short_answers", []), answer) for qa in items)
+            missed = len(items) - found
+        elif kind == "qampari":
+            said = set(qampari_items(answer))
+            found = sum(any(normalize_answer(a) in said for a in group) for group in items)
+            missed = max(self.qampari_target - found, 0)
+        else:
+            found = sum(self.entailment.entails(answer, claim) for claim in items)
+            missed = len(items) - found
+        return [(len(text), self.per_item * found - self.per_item * missed)]
+
+
+class Holistic:
+    """A source's values summed at the end of the response (`holistic: true`)."""
+
+    def __init__(self, source: RewardSource):
+        self.source, self.name = source, source.name
+
+    def score(self, examples, responses):
+        placed = self.source.score(examples, responses)
+        return [[(len(text), total(p))] for text, p in zip(responses, placed, strict=True)]
+
+
 # The reward sources a `rewards` list can name, by kind: a new source is a class above
 # (a `name`, its `settings`, a `score`) added here.
-SOURCES = {s.name: s for s in (Correctness, LengthPenalty, FormatPenalty, RewardModelScore)}
-# kind -> (settings it takes, besides `kind` and `weight`)
+SOURCES = {
+    s.name: s
+    for s in (
+        Correctness,
+        LengthPenalty,
+        FormatPenalty,
+        RewardModelScore,
+        CitationRecall,
+        CitationPrecision,
+        AlceCorrectness,
+    )
+}
+# kind -> (settings it takes, besides `kind`, `weight` and `holistic`)
 SOURCE_SETTINGS = {name: source.settings for name, source in SOURCES.items()}
 
 
@@ -128,7 +404,7 @@ def check_specs(specs, key: str) -> None:
             raise ValueError(
                 f"{where}.kind: expected one of {sorted(SOURCE_SETTINGS)}, got {kind!r}"
             )
-        allowed = {"kind", "weight", *SOURCE_SETTINGS[spec["kind"]]}
+        allowed = {"kind", "weight", "holistic", *SOURCE_SETTINGS[spec["kind"]]}
         unknown = sorted(set(spec) - allowed)
         if unknown:
             raise ValueError(f"{where}: unknown setting {unknown[0]!r} (takes {sorted(allowed)})")
@@ -138,6 +414,34 @@ def check_specs(specs, key: str) -> None:
             raise ValueError(f"{where}.pattern: a format source needs a pattern")
         if not isinstance(spec.get("weight", 1.0), int | float):
             raise ValueError(f"{where}.weight: expected a number, got {spec['weight']!r}")
+        if not isinstance(spec.get("holistic", False), bool):
+            raise ValueError(f"{where}.holistic: expected true or false, got {spec['holistic']!r}")
+        _check_nli(spec, where)
+
+
+def _needs_nli(spec: dict) -> bool:
+    """Whether a source asks an NLI judge (alce_correctness: where ELI5 examples may come)."""
+    if spec["kind"] == "alce_correctness":
+        return spec.get("dataset", "auto") in ("auto", "eli5")
+    return "nli" in SOURCE_SETTINGS[spec["kind"]]
+
+
+def _check_dataset(dataset, where: str) -> None:
+    if dataset not in ("auto", *ALCE_KINDS):
+        raise ValueError(f"{where}: expected auto or one of {list(ALCE_KINDS)}, got {dataset!r}")
+
+
+def _check_nli(spec: dict, where: str) -> None:
+    if spec["kind"] == "alce_correctness":
+        _check_dataset(spec.get("dataset", "auto"), f"{where}.dataset")
+    if "nli" in spec and (not isinstance(spec["nli"], str) or not spec["nli"]):
+        raise ValueError(f"{where}.nli: expected the name of an NLI judge, got {spec['nli']!r}")
+    if _needs_nli(spec) and "nli" not in spec:
+        why = f" (dataset {spec.get('dataset', 'auto')}: ELI5 claims are judged by entailment)"
+        raise ValueError(
+            f"{where}.nli: a {spec['kind']} source names an NLI judge"
+            + (why if spec["kind"] == "alce_correctness" else "")
+        )
 
 
 def reward_models(specs: list[dict]) -> list[str]:
@@ -145,22 +449,28 @@ def reward_models(specs: list[dict]) -> list[str]:
     return [s["model"] for s in specs if s["kind"] == "reward_model"]
 
 
+def nli_judges(specs: list[dict]) -> list[str]:
+    """The NLI judge names the sources use, each once (rule inputs)."""
+    return list(dict.fromkeys(s["nli"] for s in specs if s.get("nli")))
+
+
 class Rewards:
     """Weighted sources as one: `score` concatenates their placed values, weighted."""
 
-    def __init__(self, specs: list[dict], model_dirs: dict[str, str] | None = None):
+    def __init__(
+        self,
+        specs: list[dict],
+        model_dirs: dict[str, str] | None = None,
+        nli: dict[str, Entailment] | None = None,
+    ):
+        """`model_dirs`: reward model name -> its folder; `nli`: NLI judge name -> its
+        `Entailment` (ragtrain.judges.nli), for the sources that name one."""
         check_specs(specs, "rewards")
         self.sources: list[tuple[RewardSource, float]] = []
-        for spec in specs:
-            settings = {k: v for k, v in spec.items() if k not in ("kind", "weight")}
-            kind = spec["kind"]
-            if kind == "reward_model":
-                model = settings.pop("model")
-                if not model_dirs or model not in model_dirs:
-                    raise ValueError(f"rewards: no folder given for reward model {model!r}")
-                source = RewardModelScore(model_dirs[model], **settings)
-            else:
-                source = SOURCES[kind](**settings)
+        for i, spec in enumerate(specs):
+            source = _build(spec, f"rewards[{i}]", model_dirs or {}, nli or {})
+            if spec.get("holistic"):
+                source = Holistic(source)
             self.sources.append((source, float(spec.get("weight", 1.0))))
 
     @classmethod
@@ -181,14 +491,16 @@ class Rewards:
         return names
 
     def per_source(self, examples, responses) -> dict[str, list[Placed]]:
-        """Each source's weighted values per response."""
-        return {
-            name: [
-                [(offset, weight * value) for offset, value in placed]
-                for placed in source.score(examples, responses)
-            ]
-            for name, (source, weight) in zip(self.names, self.sources, strict=True)
-        }
+        """Each source's weighted values per response. A source's ValueError (an example
+        it cannot score) is raised naming the source: `rewards[i]: ...`."""
+        out = {}
+        for i, (name, (source, weight)) in enumerate(zip(self.names, self.sources, strict=True)):
+            try:
+                placed_lists = source.score(examples, responses)
+            except ValueError as e:
+                raise ValueError(f"rewards[{i}]: {e}") from e
+            out[name] = [[(offset, weight * value) for offset, value in p] for p in placed_lists]
+        return out
 
     def score(self, examples, responses) -> list[Placed]:
         """All sources' weighted values per response, in offset order."""
@@ -203,6 +515,23 @@ class Rewards:
             name: [total(p) for p in placed]
             for name, placed in self.per_source(examples, responses).items()
         }
+
+
+def _build(spec: dict, where: str, model_dirs: dict, nli: dict) -> RewardSource:
+    """One source from its (checked) spec; named reward models and NLI judges resolved."""
+    settings = {k: v for k, v in spec.items() if k not in ("kind", "weight", "holistic")}
+    kind = spec["kind"]
+    if kind == "reward_model":
+        model = settings.pop("model")
+        if model not in model_dirs:
+            raise ValueError(f"rewards: no folder given for reward model {model!r}")
+        return RewardModelScore(model_dirs[model], **settings)
+    if "nli" in settings:
+        judge = settings.pop("nli")
+        if judge not in nli:
+            raise ValueError(f"{where}.nli: no NLI judge {judge!r} given (have {sorted(nli)})")
+        settings["entailment"] = nli[judge]
+    return SOURCES[kind](**settings)
 
 
 def combine(per_source: dict[str, list[Placed]], n: int) -> list[Placed]:
