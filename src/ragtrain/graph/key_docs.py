@@ -61,6 +61,10 @@ TRAINER_DOCS = {
     "seed": "data order and adapter initialisation (top-level `seed` by default)",
     "deepspeed": "`zero2` or `zero3`: a DeepSpeed config of `resources/deepspeed/` (needs the"
     " deepspeed package)",
+    "quantization": "(sft and dpo only) QLoRA: the frozen base loaded `4bit` (NF4, double"
+    " quantization, computing in `dtype`) or `8bit` by bitsandbytes (a CUDA GPU and the `gpu`"
+    " extra), under `finetune: lora`, not `deepspeed: zero3`; the adapter is merged onto the"
+    " unquantized base, so the saved model is a plain one in `dtype`; null: not quantized",
 }
 RL_DOCS = {
     **{k: TRAINER_DOCS[k] for k in ("init", "finetune", "lora", "learning_rate", "seed")},
@@ -148,6 +152,10 @@ PPO_DOCS = {
     "generation_batch_size": "prompts per generate call",
     "eval_every": "iterations between dev evaluations (the best is kept)",
     "save_every": "iterations between checkpoints",
+    "quantization": "QLoRA: the frozen init model under the adapters loaded `4bit` (NF4, double"
+    " quantization, computing in `dtype`) or `8bit` by bitsandbytes (a CUDA GPU and the `gpu`"
+    " extra); the policy is merged onto the unquantized model, so the saved model is a plain"
+    " one in `dtype`; null: not quantized",
 }
 
 JUDGE_DOCS = {

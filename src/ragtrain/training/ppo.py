@@ -11,7 +11,9 @@ One iteration:
 4. `ppo_epochs` passes over the rollouts in minibatches: clipped policy loss, clipped
    value loss, optional entropy bonus, gradient accumulation.
 
-The policy is a LoRA adapter on the init model. The value function is either a second
+The policy is a LoRA adapter on the init model (`quantization`: on a 4-bit or 8-bit
+quantized init model, QLoRA; the saved policy is merged onto the unquantized one). The
+value function is either a second
 LoRA adapter with a scalar head (`value_model: separate`, the published setting) or a
 scalar head on the policy's trunk (`shared`, one forward pass). Several processes
 (`accelerate launch`) each roll out their share of the prompts; gradients are averaged
@@ -49,6 +51,7 @@ from ragtrain.training.ppo_math import (
 from ragtrain.training.ppo_model import ActorCritic, Batch
 from ragtrain.training.rewards import Rewards, combine, place_rewards, token_char_ends, total
 from ragtrain.training.toolkit import (
+    check_quantization,
     last_checkpoint,
     load_tokenizer,
     plot_curves,
@@ -62,6 +65,9 @@ PPO_DEFAULTS = {
     # LoRA without dropout: dropout would make the policy differ between the rollout's
     # log-probs and the update's, so the ratio would not start at 1.
     "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": "all-linear"},
+    # QLoRA: the frozen init model quantized under the adapters, `4bit` (NF4) or `8bit`
+    # (bitsandbytes, on a GPU); null: not quantized.
+    "quantization": None,
     # separate: a second LoRA adapter with a scalar head; shared: a head on the policy.
     "value_model": "separate",
     "iterations": 20,
@@ -113,6 +119,7 @@ def check(params: dict) -> None:
             f"minibatch_size ({params['minibatch_size']}) must be a multiple of "
             f"grad_accum ({params['grad_accum']})"
         )
+    check_quantization(params)
 
 
 class PPOTrainer:
@@ -501,7 +508,15 @@ def train_ppo(
         with atomic_dir(out_dir) as tmp:
             if trainer.ac.separate:
                 model.delete_adapter("value")
-            save_model(model, trainer.tokenizer, tmp, trainer.dtype, init_dir, adapter=True)
+            save_model(
+                model,
+                trainer.tokenizer,
+                tmp,
+                trainer.dtype,
+                init_dir,
+                adapter=True,
+                quantized=trainer.ac.quantized,
+            )
             save_file(
                 {k: v.detach().cpu() for k, v in trainer.ac.value_head.state_dict().items()},
                 str(tmp / "adapter" / "value_head.safetensors"),
@@ -542,6 +557,7 @@ def _metrics(p, state, train_examples, dev_examples, runtime, trainer) -> dict:
         "kind": "ppo",
         "init": p.get("init"),
         "finetune": "lora",
+        **({"quantization": p["quantization"]} if p.get("quantization") else {}),
         "value_model": p["value_model"],
         "n_train": len(train_examples),
         "n_dev": len(dev_examples),

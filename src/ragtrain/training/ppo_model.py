@@ -1,6 +1,7 @@
 """PPO's policy and value model (`ActorCritic`) and its batches of rollouts (`Batch`).
 
-The policy is a LoRA adapter on the init model; the value function is a scalar head on
+The policy is a LoRA adapter on the init model (with `quantization`, on the init model
+quantized by bitsandbytes: QLoRA); the value function is a scalar head on
 either a second LoRA adapter (`separate`) or the policy's own trunk (`shared`); the
 reference is the init model itself, i.e. the same model with its adapters disabled, so
 it costs no copy. `ragtrain.training.ppo` trains them.
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from ragtrain.core.security import folder_trusts_remote_code
 from ragtrain.training.ppo_math import entropy_from_logits
-from ragtrain.training.toolkit import lora_config
+from ragtrain.training.toolkit import lora_config, quantization_kwargs
 
 
 class ActorCritic:
@@ -25,8 +26,16 @@ class ActorCritic:
         from peft import get_peft_model
         from transformers import AutoModelForCausalLM
 
+        # {} unless quantized; else checked before the load (a CUDA GPU, bitsandbytes).
+        quantized = quantization_kwargs(params, dtype)
+        self.quantized = bool(quantized)
         base = AutoModelForCausalLM.from_pretrained(
-            init_dir, dtype=dtype, trust_remote_code=folder_trusts_remote_code(init_dir)
+            init_dir,
+            dtype=dtype,
+            trust_remote_code=folder_trusts_remote_code(init_dir),
+            # bitsandbytes places the quantized weights at load: on this process's GPU.
+            **({"device_map": device} if quantized else {}),
+            **quantized,
         )
         config = lora_config(params["lora"])
         self.model = get_peft_model(
@@ -40,7 +49,9 @@ class ActorCritic:
         # A zero head starts every value at 0: the first advantages are the returns.
         torch.nn.init.zeros_(self.value_head.weight)
         torch.nn.init.zeros_(self.value_head.bias)
-        self.model.to(device).eval()
+        if not self.quantized:  # a quantized base and its adapters are on `device` already
+            self.model.to(device)
+        self.model.eval()
         self.value_head.to(device)
         self._use("default")
 

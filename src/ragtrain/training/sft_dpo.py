@@ -1,12 +1,14 @@
-"""Training: SFT and DPO with TRL, LoRA (PEFT) by default or full fine-tuning.
+"""Training: SFT and DPO with TRL, LoRA (PEFT) by default or full fine-tuning; with
+`quantization`, LoRA on a 4-bit or 8-bit frozen base (QLoRA, on a GPU).
 
 A model starts from its `init` model's folder and writes `results/<run>/models/<name>/`:
 the merged weights and tokenizer (what evaluation loads), `adapter/` (LoRA only),
 `trainer_state.json`, `metrics.json` and `loss.png`. Checkpoints go to the node's work
 folder, so an interrupted run resumes from the last one; the model folder appears,
-complete, only at the end. What it shares with the other trainers (TRL's arguments,
-defaults, dtype, LoRA, checkpoints, the model folder, curves) is in
-`ragtrain.training.toolkit`.
+complete, only at the end; a quantized base's adapter is merged onto the init model
+loaded unquantized, so the folder is a plain model either way. What it shares with the
+other trainers (TRL's arguments, defaults, dtype, LoRA, checkpoints, the model folder,
+curves) is in `ragtrain.training.toolkit`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ragtrain.training.toolkit import (
     load_tokenizer,
     lora_config,
     plot_curves,
+    quantization_kwargs,
     record_kwargs,
     save_model,
     shared_work_dir,
@@ -42,10 +45,13 @@ from ragtrain.training.toolkit import (
 
 log = logging.getLogger(__name__)
 
+# QLoRA: the frozen base quantized under LoRA, `4bit` (NF4) or `8bit`; null: not quantized.
+QUANTIZATION_DEFAULT = {"quantization": None}
 TRAIN_DEFAULTS = {
-    "sft": {**ON_RECORDS, "learning_rate": 2e-4},
+    "sft": {**ON_RECORDS, **QUANTIZATION_DEFAULT, "learning_rate": 2e-4},
     "dpo": {
         **ON_RECORDS,
+        **QUANTIZATION_DEFAULT,
         "learning_rate": 5e-5,
         "beta": 0.1,
         "loss_type": "sigmoid",
@@ -172,6 +178,10 @@ def train(
     check_schedule(params)
     if kind == "dpo":
         check_rpo_alpha(params)
+    dtype = training_dtype(params["dtype"])
+    # {} unless quantized; else checked here, before anything loads (LoRA, no ZeRO-3, a
+    # CUDA GPU, bitsandbytes).
+    quantized = quantization_kwargs(params, dtype)
     train_ds = _dataset(train_path, kind)
     dev_ds = _dataset(dev_path, kind) if dev_path else None
     if len(train_ds) == 0:
@@ -181,13 +191,14 @@ def train(
     inputs = [init_dir, train_path, *([dev_path] if dev_path else [])]
     work = shared_work_dir(work_root, params, inputs)
 
-    dtype = training_dtype(params["dtype"])
     trust = folder_trusts_remote_code(init_dir)
     tokenizer = load_tokenizer(init_dir)
     weights_dtype = load_dtype(params["finetune"], dtype)
     model = AutoModelForCausalLM.from_pretrained(
-        init_dir, dtype=weights_dtype, trust_remote_code=trust
+        init_dir, dtype=weights_dtype, trust_remote_code=trust, **quantized
     )
+    if quantized:
+        model = _prepared_for_kbit(model, params)
     peft_config = None
     if params["finetune"] == "lora":
         peft_config = lora_config(params["lora"])
@@ -220,11 +231,21 @@ def train(
     metrics = trainer_metrics(
         params, kind, train_metrics, dev_metrics, kept, n_dev, trainer, DEV_NAMES
     )
+    if quantized:
+        metrics["quantization"] = params["quantization"]
 
     trained = _gathered_model(trainer, params, init_dir, work, weights_dtype)
     if trainer.is_world_process_zero():
         with atomic_dir(out_dir) as tmp:
-            save_model(trained, tokenizer, tmp, dtype, init_dir, adapter=peft_config is not None)
+            save_model(
+                trained,
+                tokenizer,
+                tmp,
+                dtype,
+                init_dir,
+                adapter=peft_config is not None,
+                quantized=bool(quantized),
+            )
             trainer.state.save_to_json(str(tmp / "trainer_state.json"))
             write_json(tmp / "metrics.json", metrics)
             title = f"{metrics['model']} ({kind.upper()})"
@@ -232,6 +253,18 @@ def train(
         finish(work)
         log.info("metrics: %s", metrics)
     return metrics
+
+
+def _prepared_for_kbit(model, params: dict):
+    """A quantized base made ready for LoRA training (PEFT's prepare_model_for_kbit_training):
+    its weights frozen, the unquantized ones (norms, embeddings, head) in float32, and with
+    `gradient_checkpointing` the inputs' gradients on. TRL 1.x does not do it itself; its
+    trainers add the LoRA adapter (`peft_config`) to the model this returns."""
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=params["gradient_checkpointing"]
+    )
 
 
 def _gathered_model(trainer, params: dict, init_dir, work: Path, weights_dtype):

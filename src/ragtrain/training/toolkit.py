@@ -8,11 +8,11 @@
   adds the step budget and held-out schedule of the record trainers; each trainer adds
   its own and builds its TRL config;
 - model set-up: the training dtype, the dtype to load weights in, the tokenizer, LoRA's
-  config, DeepSpeed's config files;
+  config, DeepSpeed's config files, a quantized (QLoRA) base's load arguments;
 - a run's life: the node's work folder shared by processes, the newest complete
   checkpoint to resume from (`train_or_finish` trains on from it), the model folder's
-  weights (adapter, merged model, tokenizer), the common metrics record, and the curves
-  (`loss.png`).
+  weights (adapter, merged model, tokenizer; a quantized base's adapter merged onto the
+  unquantized init model), the common metrics record, and the curves (`loss.png`).
 
 Not for: a trainer's algorithm, its data or its own metrics (those stay in its module),
 nor for defaults outside training (`ragtrain.core.settings` applies every kind's).
@@ -188,6 +188,69 @@ def deepspeed_config(name: str) -> Path:
     return path
 
 
+# The `quantization` of a frozen base under LoRA (QLoRA): bitsandbytes' 4-bit NF4 or
+# 8-bit weights; null: the base in its load dtype.
+QUANTIZATION = ("4bit", "8bit")
+
+
+def check_quantization(params: dict) -> None:
+    """`quantization`'s checks that need no GPU, so a misconfigured node fails early: a
+    known value, LoRA (a quantized base cannot be fully fine-tuned), and no ZeRO-3."""
+    quantization = params.get("quantization")
+    if quantization is None:
+        return
+    if quantization not in QUANTIZATION:
+        raise ValueError(f"quantization: expected null, '4bit' or '8bit', got {quantization!r}")
+    finetune = params.get("finetune", "lora")
+    if finetune != "lora":
+        raise ValueError(
+            f"quantization: {quantization} needs finetune: lora (a quantized base cannot be"
+            f" fully fine-tuned), got finetune: {finetune!r}"
+        )
+    if params.get("deepspeed") == "zero3":
+        raise ValueError(
+            f"quantization: {quantization} is not supported with deepspeed: zero3 (use zero2,"
+            " or no DeepSpeed)"
+        )
+
+
+def quantization_kwargs(params: dict, dtype) -> dict:
+    """The `from_pretrained` arguments that load a node's base quantized: {} for null; for
+    `4bit` QLoRA's NF4 with double quantization, computing in `dtype`; for `8bit`
+    LLM.int8(). Checked before anything loads: LoRA, no ZeRO-3, a CUDA GPU and the
+    bitsandbytes package. bitsandbytes places the weights on the current GPU (the
+    process's own, which accelerate sets)."""
+    check_quantization(params)
+    quantization = params.get("quantization")
+    if quantization is None:
+        return {}
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"quantization: {quantization} needs a CUDA GPU (bitsandbytes' kernels); none"
+            " is visible"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError(
+            f"quantization: {quantization} needs the bitsandbytes package: pip install -e '.[gpu]'"
+        )
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    else:
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    return {"quantization_config": config}
+
+
 # ---------------------------------------------------------------- TRL's arguments
 
 
@@ -337,19 +400,48 @@ def last_checkpoint(
 # ---------------------------------------------------------------- the model folder
 
 
-def save_model(model, tokenizer, folder: Path, dtype, init_dir: str | Path, adapter: bool):
+def save_model(
+    model,
+    tokenizer,
+    folder: Path,
+    dtype,
+    init_dir: str | Path,
+    adapter: bool,
+    quantized: bool = False,
+):
     """Write a trained model into `folder` as evaluation loads it: `adapter/` first (with
     `adapter`: a PEFT model), then the weights merged and cast to `dtype`, the tokenizer,
-    and the init model's trust setting. Returns the merged model. The first process
-    alone calls it, inside `atomic_dir`."""
+    and the init model's trust setting. Returns the merged model. With `quantized` (a
+    LoRA adapter on a quantized base) the adapter is merged onto the init model loaded
+    unquantized (`merge_onto_init`), never into the quantized weights: the folder is a
+    plain model. The first process alone calls it, inside `atomic_dir`."""
+    if quantized and not adapter:
+        raise ValueError("quantization: a quantized base is trained with LoRA only")
     if adapter:
         model.save_pretrained(folder / "adapter")
-        model = model.merge_and_unload()
+        if quantized:
+            model = merge_onto_init(init_dir, folder / "adapter", dtype)
+        else:
+            model = model.merge_and_unload()
     model = model.to(dtype)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     inherit_model_meta(init_dir, folder)
     return model
+
+
+def merge_onto_init(init_dir: str | Path, adapter_dir: str | Path, dtype):
+    """The init model, loaded unquantized in `dtype` (on the CPU), with the LoRA adapter
+    saved in `adapter_dir` merged into its weights: how a model trained on a quantized
+    base (QLoRA) is saved as a plain, full-precision model."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(
+        init_dir, dtype=dtype, trust_remote_code=folder_trusts_remote_code(init_dir)
+    )
+    # An adapter is weights (safetensors) and a config: no code of its own.
+    return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
 
 
 def model_record(params: dict, kind: str, n_train: int, n_dev: int) -> dict:
