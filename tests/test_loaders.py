@@ -740,7 +740,7 @@ def test_config_source_retrieval_in_evaluate_and_self_demos():
                 evaluate=[{"models": ["base"], "datasets": ["test"], "retrieval": ["source"]}]
             ),
             "evaluate[0].retrieval",
-            "is a world's split: it has no documents of its own",
+            "is a world's question split: it has no documents of its own",
         ),
         (
             lambda cfg: cfg["retrievers"].update(source=cfg["retrievers"]["bm25"]),

@@ -21,7 +21,7 @@ from ragtrain.graph.kinds import (
 from ragtrain.graph.cluster import JOB_KEYS, job_resources, launch_args
 from ragtrain.judges.rules import RULES
 from ragtrain.metrics.paired import RESAMPLES
-from ragtrain.training.rewards import reward_models
+from ragtrain.training.rewards import nli_judges, reward_models
 
 PROMPTS = Path(workflow.basedir) / "resources" / "prompts"
 
@@ -196,6 +196,11 @@ def examples_path(dataset, retrieval):
     return f"{RESULTS}/retrieval/{retrieval}/{dataset}/examples.jsonl"
 
 
+def eval_nli(w):
+    """The NLI judge of an evaluation's citation and claim metrics (none: not scored)."""
+    return [evaluation(w)["nli"]] if evaluation(w).get("nli") else []
+
+
 def eval_examples(w):
     return examples_path(w.dataset, w.retrieval)
 
@@ -255,16 +260,46 @@ def trained_models():
     )
 
 
-def reward_model_dirs(node):
-    """The folders of the reward models a node's `rewards` sources name."""
-    return [model_dir(m) for m in reward_models(node.get("rewards", []))]
+def nli_node(name):
+    """An NLI judge's node for its stage, with the folder of its model as `path`."""
+    node = CFG["judges"][name]
+    return {
+        **node,
+        "path": model_dir(node["model"]) if node.get("model") else node["path"],
+    }
 
 
-def reward_model_args(node):
+def nli_dirs(names):
+    """The folders of the NLI judges' models that are nodes of this config."""
+    return [
+        model_dir(CFG["judges"][n]["model"])
+        for n in names
+        if CFG["judges"][n].get("model")
+    ]
+
+
+def nli_args(names):
+    nodes = {n: nli_node(n) for n in names}
+    return f"--nli {shlex.quote(json.dumps(nodes, sort_keys=True))}" if nodes else ""
+
+
+def reward_inputs(node):
+    """The folders a node's `rewards` sources read: reward models, NLI judges' models."""
+    specs = node.get("rewards", [])
+    return [model_dir(m) for m in reward_models(specs)] + nli_dirs(nli_judges(specs))
+
+
+def reward_args(node):
+    specs = node.get("rewards", [])
     return " ".join(
-        f"--reward-model {shlex.quote(f'{m}={model_dir(m)}')}"
-        for m in reward_models(node.get("rewards", []))
-    )
+        [
+            *(
+                f"--reward-model {shlex.quote(f'{m}={model_dir(m)}')}"
+                for m in reward_models(specs)
+            ),
+            nli_args(nli_judges(specs)),
+        ]
+    ).strip()
 
 
 def retriever_models():

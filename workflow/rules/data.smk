@@ -9,7 +9,11 @@ rule world:
     conda:
         "../../envs/data.yaml"
     params:
-        node=lambda w: node("worlds", w.world),
+        # Without ALCE questions a world's settings are what they were before `alce`
+        # existed: worlds built then are not rerun.
+        node=lambda w: node(
+            "worlds", w.world, drop=() if CFG["worlds"][w.world]["alce"] else ("alce",)
+        ),
     shell:
         "python -m ragtrain world --params {params.node:q} --corpus {output.corpus:q}"
         " --questions {output.questions:q} --stats {output.stats:q}"

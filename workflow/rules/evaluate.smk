@@ -3,6 +3,7 @@ rule evaluate:
         model=lambda w: model_dir(w.model),
         examples=eval_examples,
         prompt=eval_prompt,
+        nli=lambda w: nli_dirs(eval_nli(w)),
     output:
         predictions=f"{RESULTS}/eval/{{model}}/{{dataset}}/{{retrieval}}/predictions.jsonl",
         metrics=f"{RESULTS}/eval/{{model}}/{{dataset}}/{{retrieval}}/metrics.json",
@@ -25,9 +26,10 @@ rule evaluate:
             },
             sort_keys=True,
         ),
+        nli=lambda w: nli_args(eval_nli(w)),
     shell:
         "python -m ragtrain evaluate --params {params.node:q} --model {input.model:q}"
-        " --examples {input.examples:q} --prompt {input.prompt:q}"
+        " --examples {input.examples:q} --prompt {input.prompt:q} {params.nli}"
         " --predictions {output.predictions:q} --metrics {output.metrics:q} > {log:q} 2>&1"
 
 

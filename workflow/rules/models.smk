@@ -89,7 +89,7 @@ rule train_rl:
             CFG["models"][w.model]["dataset"], CFG["models"][w.model]["retrieval"]
         ),
         prompt=lambda w: prompt_path(CFG["models"][w.model]["prompt"]),
-        reward_models=lambda w: reward_model_dirs(CFG["models"][w.model]),
+        reward_inputs=lambda w: reward_inputs(CFG["models"][w.model]),
     output:
         directory(f"{RESULTS}/models/{{model}}"),
     log:
@@ -105,8 +105,8 @@ rule train_rl:
         node=lambda w: node("models", w.model),
         work=lambda w: work_root("models", w.model),
         launch=launch,
-        reward_models=lambda w: reward_model_args(CFG["models"][w.model]),
+        reward_args=lambda w: reward_args(CFG["models"][w.model]),
     shell:
         "python -m ragtrain.launch {params.launch} -- train-rl --params {params.node:q} --init {input.init:q}"
-        " --examples {input.examples:q} --prompt {input.prompt:q} {params.reward_models}"
+        " --examples {input.examples:q} --prompt {input.prompt:q} {params.reward_args}"
         " --work {params.work:q} --threads {threads} --output {output:q} > {log:q} 2>&1"

@@ -332,10 +332,35 @@ rule reward:
         " --stats {output.stats:q} > {log:q} 2>&1"
 
 
+# Distillation data: the teacher's answers a dataset carries, on the recipe's prompt.
+rule reference_sft:
+    input:
+        examples=lambda w: examples_path(product(w)["dataset"], product(w)["retrieval"]),
+        prompt=lambda w: prompt_path(product(w)["prompt"]),
+    output:
+        train=product_file("{product}", "train.jsonl"),
+        dev=product_file("{product}", "dev.jsonl"),
+        stats=product_file("{product}", "stats.json"),
+    log:
+        f"{LOGS}/products/{{product}}.log",
+    wildcard_constraints:
+        product=names("products", "reference_sft"),
+    conda:
+        "../../envs/data.yaml"
+    resources:
+        **node_resources("products"),
+    params:
+        node=lambda w: node("products", w.product),
+    shell:
+        "python -m ragtrain reference-sft --params {params.node:q}"
+        " --examples {input.examples:q} --prompt {input.prompt:q} --train {output.train:q}"
+        " --dev {output.dev:q} --stats {output.stats:q} > {log:q} 2>&1"
+
+
 rule best_of_n:
     input:
         samples=lambda w: product_file(product(w)["from"], "data.jsonl"),
-        reward_models=lambda w: reward_model_dirs(product(w)),
+        reward_inputs=lambda w: reward_inputs(product(w)),
     output:
         train=product_file("{product}", "train.jsonl"),
         dev=product_file("{product}", "dev.jsonl"),
@@ -352,10 +377,10 @@ rule best_of_n:
     params:
         node=lambda w: node("products", w.product),
         work=lambda w: work_root("products", w.product),
-        reward_models=lambda w: reward_model_args(product(w)),
+        reward_args=lambda w: reward_args(product(w)),
     shell:
         "python -m ragtrain best-of-n --params {params.node:q} --input {input.samples:q}"
-        " {params.reward_models} --work {params.work:q} --train {output.train:q}"
+        " {params.reward_args} --work {params.work:q} --train {output.train:q}"
         " --dev {output.dev:q} --stats {output.stats:q} > {log:q} 2>&1"
 
 
@@ -364,7 +389,7 @@ rule segment_beam:
         model=lambda w: model_dir(product(w)["model"]),
         examples=lambda w: examples_path(product(w)["dataset"], product(w)["retrieval"]),
         prompt=lambda w: prompt_path(product(w)["prompt"]),
-        reward_models=lambda w: reward_model_dirs(product(w)),
+        reward_inputs=lambda w: reward_inputs(product(w)),
     output:
         train=product_file("{product}", "train.jsonl"),
         dev=product_file("{product}", "dev.jsonl"),
@@ -382,9 +407,9 @@ rule segment_beam:
     params:
         node=lambda w: node("products", w.product),
         work=lambda w: work_root("products", w.product),
-        reward_models=lambda w: reward_model_args(product(w)),
+        reward_args=lambda w: reward_args(product(w)),
     shell:
         "python -m ragtrain segment-beam --params {params.node:q} --model {input.model:q}"
-        " --examples {input.examples:q} --prompt {input.prompt:q} {params.reward_models}"
+        " --examples {input.examples:q} --prompt {input.prompt:q} {params.reward_args}"
         " --work {params.work:q} --train {output.train:q} --dev {output.dev:q}"
         " --stats {output.stats:q} > {log:q} 2>&1"

@@ -11,19 +11,27 @@ from __future__ import annotations
 import logging
 
 from ragtrain.core.seeds import stable_seed
+from ragtrain.data.citations import ALCE_KINDS, alce_kind
 from ragtrain.data.prompts import PromptTemplate
 from ragtrain.evaluation.judged import judged_metrics, rules_relevance
 from ragtrain.generation.engine import Generator, Sampling
 from ragtrain.judges.rules import label
+from ragtrain.metrics.alce import aggregate_alce, mauve_texts, nli_pairs, score_alce
 from ragtrain.metrics.qa import aggregate, score_example
 
 log = logging.getLogger(__name__)
 
 
 def evaluate(
-    examples: list[dict], generator: Generator, template: PromptTemplate, params: dict
+    examples: list[dict],
+    generator: Generator,
+    template: PromptTemplate,
+    params: dict,
+    entailment=None,
 ) -> tuple[list[dict], dict]:
-    """Return (prediction records, metrics record)."""
+    """Return (prediction records, metrics record). ALCE-shaped examples (ASQA, QAMPARI,
+    ELI5 alike) are scored by the ALCE metrics too; `entailment` (an NLI judge,
+    ragtrain.judges.nli.Entailment) adds those that need one (citations, claims)."""
     conversations = [template.conversation(ex) for ex in examples]
     sampling = Sampling.from_params(params["generation"])
     seeds = [stable_seed(params["generation"]["seed"], ex["id"]) for ex in examples]
@@ -50,6 +58,10 @@ def evaluate(
                 "meta": ex.get("meta", {}),
             }
         )
+    alce = alce_metrics(examples, [p["prediction"] for p in predictions], entailment)
+    if alce is not None:
+        for prediction, scores in zip(predictions, alce.pop("scores"), strict=True):
+            prediction["alce"] = scores
     # Per question type (single / multihop / unanswerable in the synthetic data).
     by_type: dict[str, list[dict]] = {}
     for ex, score in zip(examples, scores, strict=True):
@@ -65,8 +77,35 @@ def evaluate(
         ),
         "judges": {"label": "rules", "relevance": "rules"},
         "by_type": {kind: aggregate(group) for kind, group in sorted(by_type.items())},
+        **({"alce": alce} if alce is not None else {}),
         "generated_tokens": generator.throughput.tokens,
         "tokens_per_second": round(generator.throughput.tokens_per_second, 1),
     }
     log.info("metrics: %s", metrics)
     return predictions, metrics
+
+
+def alce_metrics(examples: list[dict], texts: list[str], entailment=None) -> dict | None:
+    """The ALCE family over the ALCE-shaped examples (None if there are none): per
+    example (`scores`, None for the others), over all and per ALCE dataset shape. The NLI
+    pairs of every answer go to the judge in one batched call first."""
+    shaped = [i for i, ex in enumerate(examples) if alce_kind(ex)]
+    if not shaped:
+        return None
+    if entailment is not None:
+        entailment.prefetch(pair for i in shaped for pair in nli_pairs(examples[i], texts[i]))
+    scores: list[dict | None] = [None] * len(examples)
+    for i in shaped:
+        scores[i] = score_alce(examples[i], texts[i], entailment)
+    kept = [scores[i] for i in shaped]
+    by_kind = {
+        kind: aggregate_alce([s for s in kept if s["kind"] == kind])
+        for kind in ALCE_KINDS
+        if any(s["kind"] == kind for s in kept)
+    }
+    return {
+        "all": aggregate_alce(kept, [mauve_texts(examples[i], texts[i]) for i in shaped]),
+        **by_kind,
+        "nli": entailment.stats() if entailment is not None else None,
+        "scores": scores,
+    }

@@ -150,15 +150,19 @@ def judge_stats(records: list[dict]) -> dict:
 
 
 def prompt_records(
-    path: str | Path, template, dev_fraction: float, seed: int
+    path: str | Path, template, dev_fraction: float, seed: int, source_docs: bool = False
 ) -> tuple[list[dict], list[dict]]:
     """The examples of `path` (each with `id` and `answers`) with their prompt rendered by
     `template` (a PromptTemplate), as (train, dev): the dev share held out by `dev_ids`,
-    as RL stages sample from the train prompts and score the dev ones."""
+    as RL stages sample from the train prompts and score the dev ones. With
+    `source_docs`, each example's own documents are its `docs` (retrieval `source`)."""
     records = []
     for lineno, record in iter_jsonl(path):
         require(record, "id", str, path, lineno)
         require(record, "answers", list, path, lineno)
+        if source_docs:
+            require(record, "source_docs", list, path, lineno)
+            record = {**record, "docs": record["source_docs"]}
         records.append({**record, "prompt": template.conversation(record)})
     held = dev_ids([r["id"] for r in records], dev_fraction, seed)
     return [r for r in records if r["id"] not in held], [r for r in records if r["id"] in held]

@@ -176,3 +176,38 @@ def by_split(records: list[dict], judged: list[dict], key: str) -> tuple[list[di
     """(train, dev) records by their question's split in the judged samples."""
     dev = {r["id"] for r in judged if r.get("split") == "dev"}
     return [r for r in records if r[key] not in dev], [r for r in records if r[key] in dev]
+
+
+REFERENCE_SFT_DEFAULTS = {"retrieval": "source", "dev_fraction": 0.15, "seed": 13}
+
+
+def reference_sft(examples: list[dict], template, params: dict) -> tuple[list[dict], dict]:
+    """Distillation data: each example's `reference` (a teacher's answer, ALCE's `output`)
+    as the completion of its prompt (`template` over the question and its documents);
+    (SFT records with their split, stats). Examples without a reference are dropped and
+    counted; none with one is an error naming the field."""
+    from ragtrain.generation.judge import dev_ids
+
+    params = {**REFERENCE_SFT_DEFAULTS, **params}
+    kept = [ex for ex in examples if str(ex.get("reference") or "").strip()]
+    if not kept:
+        raise ValueError(
+            f"reference_sft: none of the {len(examples)} examples has a `reference` (a"
+            " teacher's answer: ALCE `output`, or the world's ALCE-shaped questions)"
+        )
+    held = dev_ids([ex["id"] for ex in kept], params["dev_fraction"], params["seed"])
+    records = [
+        {
+            "id": ex["id"],
+            "prompt": template.conversation(ex),
+            "completion": _assistant(ex["reference"].strip()),
+            "split": "dev" if ex["id"] in held else "train",
+        }
+        for ex in kept
+    ]
+    stats = {
+        "n_examples": len(examples),
+        "n_kept": len(records),
+        "n_without_reference": len(examples) - len(records),
+    }
+    return records, stats

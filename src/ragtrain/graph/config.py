@@ -48,6 +48,7 @@ from ragtrain.judges.model import JUDGE_KINDS, check_judge
 from ragtrain.judges.rules import RULES
 from ragtrain.recipes import RECIPES
 from ragtrain.training.rewards import check_specs, reward_models
+from ragtrain.training.toolkit import check_quantization
 
 __all__ = ["ConfigError", "check_keys", "prepare"]
 
@@ -120,6 +121,7 @@ def _filled(config: dict, section: str, name: str, node: dict, kind, source, see
         filled.setdefault("prompt", _default_prompt(filled["retrieval"]))
     if kind.name in ("self_demos", "segment_beam"):
         filled.setdefault("retrieval", NO_RETRIEVAL)
+    if kind.name in ("self_demos", "segment_beam", "reference_sft"):
         filled.setdefault("prompt", _default_prompt(filled["retrieval"]))
     if kind.name == "self_demos":
         problem = check_strategies(filled["strategies"], filled["searches"])
@@ -155,10 +157,20 @@ def _check_rewards(config: dict) -> None:
                 raise ConfigError(where, reason) from None
             for i, model in enumerate(reward_models(node["rewards"])):
                 _reward_model(config, f"{key}[{i}].model", model)
+            for i, spec in enumerate(node["rewards"]):
+                if spec.get("nli"):
+                    _nli_judge(config, f"{key}[{i}].nli", spec["nli"])
         if section == "products":
             for name, node in config[section].items():
                 if node["kind"] == "reward":
                     _reward_model(config, f"products.{name}.model", node["model"])
+
+
+def _nli_judge(config: dict, key: str, name) -> None:
+    found = config["judges"].get(name)
+    if found is None or found["kind"] != "nli":
+        known = ", ".join(sorted(n for n, j in config["judges"].items() if j["kind"] == "nli"))
+        raise ConfigError(key, f"expected an nli judge (known: {known or 'none'}), got {name!r}")
 
 
 def _check_language_models(config: dict) -> None:
@@ -199,18 +211,16 @@ def _refs(value) -> list:
     return list(value) if isinstance(value, list) else [value]
 
 
-def _check_source(config: dict, key: str, node: dict, dataset: str) -> None:
-    """`retrieval: source` needs a dataset with documents of its own, and a stage that
-    reads them."""
-    if node.get("kind") in RL_MODELS:
-        raise ConfigError(
-            key, f"a {node['kind']} model takes a retriever or `none`, not `source` (not wired)"
-        )
-    if (config["datasets"].get(dataset) or {}).get("world"):
+def _check_source(config: dict, key: str, dataset: str) -> None:
+    """`retrieval: source` needs a dataset with documents of its own."""
+    found = config["datasets"].get(dataset) or {}
+    # A world's ALCE-shaped splits carry their documents; its other questions do not.
+    alce = (config["worlds"].get(found.get("world")) or {}).get("alce") or {}
+    if found.get("world") and found.get("split") not in alce:
         raise ConfigError(
             key,
-            f"dataset {dataset!r} is a world's split: it has no documents of its own"
-            " for retrieval `source`",
+            f"dataset {dataset!r} is a world's question split: it has no documents of its"
+            " own for retrieval `source` (a world's `alce` splits have)",
         )
 
 
@@ -232,7 +242,7 @@ def _check_references(config: dict) -> None:
                         continue  # closed book
                     if target == "retrievers" and ref == SOURCE_RETRIEVAL:
                         key = f"{section}.{name}.{field}"
-                        _check_source(config, key, node, node.get("dataset"))
+                        _check_source(config, key, node.get("dataset"))
                         continue  # the dataset's own documents
                     known = ", ".join(sorted(config[target])) or "none"
                     raise ConfigError(
@@ -273,7 +283,8 @@ def _check_references(config: dict) -> None:
     # A world-backed QA dataset needs its split to exist in that world.
     for name, node in config["datasets"].items():
         if node.get("world") is not None and node["kind"] == "qa":
-            splits = config["worlds"][node["world"]]["questions"]
+            world = config["worlds"][node["world"]]
+            splits = [*world["questions"], *(world.get("alce") or {})]
             if node["split"] not in splits:
                 raise ConfigError(
                     f"datasets.{name}.split",
@@ -328,10 +339,10 @@ def _check_tasks(config: dict) -> None:
                     f" not {node['corpus']!r}",
                 )
     for name, node in config["products"].items():
-        if node["kind"] in ("self_demos", "segment_beam", "prompt_search"):
-            _dataset_kind(config, f"products.{name}.dataset", node["dataset"], "qa")
-        elif node.get("dataset"):
-            _dataset_kind(config, f"products.{name}.dataset", node["dataset"], "beir")
+        if node.get("dataset"):
+            # The dataset kind its kind's reference names (a QA set, or a BEIR task).
+            wanted = KINDS[("products", node["kind"])].refs["dataset"][1]
+            _dataset_kind(config, f"products.{name}.dataset", node["dataset"], wanted[0])
     for name, node in config["models"].items():
         if node["kind"] in RL_MODELS:
             _dataset_kind(config, f"models.{name}.dataset", node["dataset"], "qa")
@@ -430,7 +441,7 @@ def _expand_evaluate(config: dict, prompts_dir: Path | None) -> list[dict]:
                     f"evaluate[{i}].retrieval", f"unknown retriever {ref!r} (known: {known})"
                 )
             for dataset in entry["datasets"] if ref == SOURCE_RETRIEVAL else []:
-                _check_source(config, f"evaluate[{i}].retrieval", {}, dataset)
+                _check_source(config, f"evaluate[{i}].retrieval", dataset)
         if prompts_dir is not None:
             for field in ("prompt", "closed_book_prompt"):
                 if not (prompts_dir / f"{entry[field]}.jinja").is_file():
@@ -440,6 +451,8 @@ def _expand_evaluate(config: dict, prompts_dir: Path | None) -> list[dict]:
                     )
         generation = merge(config["generation"], entry.get("generation") or {})
         judges = _evaluation_judges(config, entry, i)
+        if entry.get("nli"):
+            _nli_judge(config, f"evaluate[{i}].nli", entry["nli"])
         for model in entry["models"]:
             for dataset in entry["datasets"]:
                 for retrieval in entry["retrieval"]:
@@ -463,6 +476,7 @@ def _expand_evaluate(config: dict, prompts_dir: Path | None) -> list[dict]:
                         "prompt": prompt,
                         "generation": generation,
                         **({"judges": judges} if judges else {}),
+                        **({"nli": entry["nli"]} if entry.get("nli") else {}),
                         **({"resources": entry["resources"]} if entry.get("resources") else {}),
                     }
     return list(nodes.values())
@@ -544,6 +558,10 @@ def _check_launch(config: dict) -> None:
         if node.get("deepspeed") and node["deepspeed"] not in stages:
             allowed = f"one of {list(stages)}" if stages else "no DeepSpeed config"
             raise ConfigError(f"models.{name}.deepspeed", f"a {kind} model takes {allowed}")
+        try:
+            check_quantization(node)
+        except ValueError as e:
+            raise ConfigError(f"models.{name}.quantization", str(e).partition(": ")[2]) from None
         if (node.get("resources") or {}).get("nodes", 1) > 1 and kind not in LAUNCHED_KINDS:
             raise ConfigError(
                 f"models.{name}.resources.nodes",

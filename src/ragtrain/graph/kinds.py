@@ -22,7 +22,7 @@ from ragtrain.core.settings import merge
 from ragtrain.data.beir import WORLD_TASK_DEFAULTS
 from ragtrain.data.world import WorldConfig
 from ragtrain.generation.judge import JUDGE_DEFAULTS
-from ragtrain.generation.products import PAIRS_DEFAULTS, SFT_DEFAULTS
+from ragtrain.generation.products import PAIRS_DEFAULTS, REFERENCE_SFT_DEFAULTS, SFT_DEFAULTS
 from ragtrain.generation.prompt_search import PROMPT_SEARCH_DEFAULTS
 from ragtrain.generation.pseudo_query import (
     PREFERENCE_DEFAULTS,
@@ -46,6 +46,7 @@ from ragtrain.graph.key_docs import (
     WORLD_DOCS,
 )
 from ragtrain.judges.model import JUDGE_KINDS, MODEL_JUDGE_DEFAULTS
+from ragtrain.judges.nli import NLI_DEFAULTS
 from ragtrain.judges.rules import RULES
 from ragtrain.retrieval.index import BM25_DEFAULTS
 from ragtrain.retrieval.lossnet import LOSSNET_DEFAULTS
@@ -154,7 +155,7 @@ INHERITED = {
     REMOTE_CODE: "a trained model inherits it from the model it starts from (init): set it there"
 }
 SAMPLES = ("self_demos", "judge", "reward")
-SFT_PRODUCTS = ("sft_data", "query_sft_data", "best_of_n", "segment_beam")
+SFT_PRODUCTS = ("sft_data", "query_sft_data", "best_of_n", "segment_beam", "reference_sft")
 PAIR_PRODUCTS = ("preference_pairs", "query_preferences")
 QUERY_PRODUCTS = ("pseudo_queries", "query_filter", "query_preferences")
 LANGUAGE_MODELS = ("base", "sft", "dpo", "ppo", "grpo", "rloo")
@@ -177,7 +178,11 @@ def _kinds() -> list[Kind]:
         Kind(
             "worlds", "world", "a synthetic fictional world: passages and questions",
             defaults=asdict(WorldConfig()),
-            docs=WORLD_DOCS, stage="world", rule="world",
+            docs={**WORLD_DOCS,
+                  "alce": "ALCE-shaped questions per split (ASQA / QAMPARI / ELI5-like, a third"
+                  " each, 5 `source_docs` and a cited `reference` each); splits apart from"
+                  " `questions`' own"},
+            stage="world", rule="world",
         ),
         Kind(
             "corpora", "corpus", "a passage collection: a world's, or a corpus JSONL file",
@@ -276,7 +281,9 @@ def _kinds() -> list[Kind]:
             required=("init", "data"),
             refs={**trained, "data": ("products", PAIR_PRODUCTS)},
             stage="train-reward-model", rule="train_reward_model", job="train",
-            launched=True, deepspeed=("zero2",), refused=INHERITED,
+            launched=True, deepspeed=("zero2",),
+            refused={**INHERITED, "quantization": "sft, dpo and ppo models take it; a reward"
+                     " model loads its init model unquantized"},
         ),
         Kind(
             "models", "ppo", "PPO with per-token rewards (ours): LoRA policy, value head,"
@@ -538,6 +545,18 @@ def _kinds() -> list[Kind]:
             stage="best-of-n", rule="best_of_n",
         ),
         Kind(
+            "products", "reference_sft", "distillation data: each question's `reference`"
+            " (a teacher's answer, ALCE `output`) as the completion of its prompt",
+            defaults=REFERENCE_SFT_DEFAULTS,
+            docs={"dataset": "a QA dataset whose examples carry `reference`",
+                  "retrieval": "`source` (default: the dataset's own documents, which the"
+                  " reference cites), a retriever, or `none`",
+                  "prompt": PROMPT_DOC, **SPLIT_DOCS},
+            required=("dataset",),
+            refs={"dataset": ("datasets", ("qa",)), "retrieval": ("retrievers", ())},
+            stage="reference-sft", rule="reference_sft",
+        ),
+        Kind(
             "products", "segment_beam", "answers grown sentence by sentence, the `beam` best"
             " kept by `rewards` (fine-grained rejection sampling)",
             defaults={**SEGMENT_BEAM_DEFAULTS, "rewards": [{"kind": "correctness"}]},
@@ -548,6 +567,9 @@ def _kinds() -> list[Kind]:
                   "beam": "partial answers kept", "samples_per_beam": "next sentences each",
                   "max_segments": "most sentences",
                   "segment_stop": "where a segment ends (kept in the text)",
+                  "per_dataset": "`segment_stop` / `max_segments` per ALCE shape (`asqa`,"
+                  " `qampari`, `eli5`), e.g. QAMPARI's list items: `{qampari: {segment_stop:"
+                  " [\",\"], max_segments: 10}}`",
                   **SAMPLING_DOCS, "max_new_tokens": "new tokens per segment",
                   "shard_size": "questions per shard (resumed)",
                   "generation": "backend and engine settings over the top-level `generation`",
@@ -556,6 +578,23 @@ def _kinds() -> list[Kind]:
             refs={"model": ("models", LANGUAGE_MODELS), "dataset": ("datasets", ("qa",)),
                   "retrieval": ("retrievers", ())},
             stage="segment-beam", rule="segment_beam", job="generate", generates=True,
+        ),
+        Kind(
+            "judges", "nli", "an NLI model: does a premise entail a hypothesis (P >="
+            " `threshold`); used by citation rewards and evaluations (`nli`)",
+            defaults={"scorer": "llm", "threshold": 0.5, **NLI_DEFAULTS},
+            docs={"model": "a language model node (`scorer: llm`)",
+                  "path": "a local NLI model folder (`classifier`, `seq2seq`, or `llm`)",
+                  "scorer": "`classifier` (MNLI-style), `seq2seq` (TRUE-style T5) or `llm`"
+                  " (P(Yes) of a causal LM)",
+                  "threshold": "P(entailed) at or above this is entailment",
+                  "batch_size": "pairs per forward pass",
+                  "max_length": "tokens per pair (the premise is cut to fit)",
+                  "dtype": "`auto`: float32 on CPU, bfloat16 on GPU",
+                  "entailment_index": "classifier: the entailment label (null: from"
+                  " id2label)",
+                  "template": "llm: the yes/no prompt, a name in resources/prompts/"},
+            one_of=("model", "path"), refs={"model": ("models", LANGUAGE_MODELS)},
         ),
         Kind(
             "judges", RULES, "the string rules: answer contained, refusal phrases; documents"

@@ -112,12 +112,22 @@ def add_stage(
 
 
 def add_reward_models(p: argparse.ArgumentParser) -> None:
-    """`--reward-model NAME=FOLDER`: the trained reward models a stage's `rewards` name."""
+    """`--reward-model NAME=FOLDER` and `--nli`: what a stage's `rewards` sources read."""
     p.add_argument(
         "--reward-model",
         action="append",
         metavar="NAME=FOLDER",
         help="a trained reward model the `rewards` sources name (repeatable)",
+    )
+    add_nli(p, "the NLI judges the `rewards` sources name")
+
+
+def add_nli(p: argparse.ArgumentParser, help_: str) -> None:
+    p.add_argument(
+        "--nli",
+        type=params_json,
+        default={},
+        help=f"{help_}: JSON {{name: judge node with `path`, its model's folder}}",
     )
 
 
@@ -126,11 +136,31 @@ def reward_model_dirs(values: list[str] | None) -> dict[str, str]:
     return named_paths(values, "--reward-model")
 
 
+def reward_input_dirs(args: argparse.Namespace) -> list[str]:
+    """The folders the rewards read (a work folder's fingerprint covers them)."""
+    nli = [node["path"] for node in (args.nli or {}).values()]
+    return [*reward_model_dirs(args.reward_model).values(), *nli]
+
+
+def entailments(nodes: dict) -> dict:
+    """`--nli` judges as `Entailment`s (ragtrain.judges.nli), each model loaded when it
+    is first asked."""
+    from ragtrain.judges.nli import Entailment, LazyScorer
+
+    return {
+        name: Entailment(LazyScorer(node), node.get("threshold", 0.5))
+        for name, node in (nodes or {}).items()
+    }
+
+
 def rewards(args: argparse.Namespace, params: dict):
-    """The reward sources of `params["rewards"]`, with the reward models given."""
+    """The reward sources of `params["rewards"]`, with the reward models and NLI judges
+    given."""
     from ragtrain.training.rewards import Rewards
 
-    return Rewards(params["rewards"], reward_model_dirs(args.reward_model))
+    return Rewards(
+        params["rewards"], reward_model_dirs(args.reward_model), nli=entailments(args.nli)
+    )
 
 
 def set_threads(threads: int) -> None:

@@ -8,7 +8,7 @@ from ragtrain.core.records import write_json, write_jsonl
 from ragtrain.core.seeds import DEFAULT_SEED
 from ragtrain.graph.kinds import NO_RETRIEVAL, SOURCE_RETRIEVAL
 from ragtrain.metrics.paired import RESAMPLES
-from ragtrain.stages.common import add_stage, generation
+from ragtrain.stages.common import add_nli, add_stage, entailments, generation
 
 
 def cmd_evaluate(args) -> None:
@@ -34,7 +34,8 @@ def cmd_evaluate(args) -> None:
         examples = [{**ex, "docs": []} for ex in examples]
     template = PromptTemplate(args.prompt)
     generator = load_generator(args.model, params["generation"])
-    predictions, metrics = evaluate(examples, generator, template, params)
+    entailment = entailments(args.nli).get(params.get("nli"))
+    predictions, metrics = evaluate(examples, generator, template, params, entailment)
     # Metrics last: their presence means the predictions are complete.
     write_jsonl(args.predictions, predictions)
     write_json(args.metrics, metrics)
@@ -77,13 +78,14 @@ def register(stages) -> None:
         stages,
         "evaluate",
         cmd_evaluate,
-        "greedy RAG answers for a dataset, scored (EM, F1, refusals)",
+        "greedy RAG answers for a dataset, scored (EM, F1, refusals; ALCE metrics)",
     )
     p.add_argument("--model", required=True, help="model folder")
     p.add_argument("--examples", required=True)
     p.add_argument("--prompt", required=True, help="Jinja template of the user turn")
     p.add_argument("--predictions", required=True)
     p.add_argument("--metrics", required=True)
+    add_nli(p, "the NLI judge (`nli`) of the ALCE citation and claim metrics")
 
     p = add_stage(
         stages,

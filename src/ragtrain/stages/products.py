@@ -15,7 +15,7 @@ from ragtrain.stages.common import (
     log,
     model_judge,
     named_paths,
-    reward_model_dirs,
+    reward_input_dirs,
     rewards,
 )
 
@@ -158,14 +158,23 @@ def _write_sft_product(args, records: list[dict], stats: dict) -> None:
     log.info("%s: %d train, %d dev; %s", args.stage, len(train), len(dev), stats)
 
 
+def cmd_reference_sft(args) -> None:
+    from ragtrain.data.prompts import PromptTemplate
+    from ragtrain.generation.products import reference_sft
+
+    params = merge(PRODUCT_DEFAULTS["reference_sft"], args.params)
+    examples = dataset_examples(args.examples, params)
+    records, stats = reference_sft(examples, PromptTemplate(args.prompt), params)
+    _write_sft_product(args, records, stats)
+
+
 def cmd_best_of_n(args) -> None:
     from ragtrain.core.records import read_jsonl
     from ragtrain.core.workdir import finish, work_dir
     from ragtrain.training.rejection import best_of_n
 
     params = merge(PRODUCT_DEFAULTS["best_of_n"], args.params)
-    reward_dirs = list(reward_model_dirs(args.reward_model).values())
-    work = work_dir(args.work, params, [args.input, *reward_dirs])
+    work = work_dir(args.work, params, [args.input, *reward_input_dirs(args)])
     records, stats = best_of_n(read_jsonl(args.input), rewards(args, params), params, work)
     _write_sft_product(args, records, stats)
     finish(work)
@@ -185,7 +194,7 @@ def cmd_segment_beam(args) -> None:
         args.model,
         args.examples,
         args.prompt,
-        *reward_model_dirs(args.reward_model).values(),
+        *reward_input_dirs(args),
     ]
     work = work_dir(args.work, params, inputs)
     records, stats = segment_beam_demos(
@@ -250,6 +259,18 @@ def register(stages) -> None:
         p.add_argument("--train", required=True, help="output train split (JSONL)")
         p.add_argument("--dev", required=True, help="output held-out split (JSONL)")
         p.add_argument("--stats", required=True)
+
+    p = add_stage(
+        stages,
+        "reference-sft",
+        cmd_reference_sft,
+        "SFT data: each question's reference answer (a teacher's) on its prompt",
+    )
+    p.add_argument("--examples", required=True, help="questions with their documents (JSONL)")
+    p.add_argument("--prompt", required=True, help="Jinja template of the user turn")
+    p.add_argument("--train", required=True)
+    p.add_argument("--dev", required=True)
+    p.add_argument("--stats", required=True)
 
     p = add_stage(stages, "reward", cmd_reward, "score every sample of a generation product")
     p.add_argument("--input", required=True, help="sample records (self-demos, judged)")

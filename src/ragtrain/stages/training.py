@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ragtrain.core.settings import merge
-from ragtrain.graph.kinds import MODEL_DEFAULTS
+from ragtrain.graph.kinds import MODEL_DEFAULTS, SOURCE_RETRIEVAL
 from ragtrain.stages.common import (
     add_reward_models,
     add_stage,
+    entailments,
     log,
+    reward_input_dirs,
     reward_model_dirs,
     rewards,
     set_threads,
@@ -52,20 +54,32 @@ def cmd_train_rl(args) -> None:
         raise ValueError(f"--params: 'kind' must be ppo, grpo or rloo, got {kind!r}")
     params = merge(MODEL_DEFAULTS[kind], {"name": Path(args.output).name, **args.params})
     train, dev = prompt_records(
-        args.examples, PromptTemplate(args.prompt), params["dev_fraction"], params["seed"]
+        args.examples,
+        PromptTemplate(args.prompt),
+        params["dev_fraction"],
+        params["seed"],
+        source_docs=params.get("retrieval") == SOURCE_RETRIEVAL,
     )
-    dirs = reward_model_dirs(args.reward_model)
     if kind == "ppo":
         from ragtrain.training.ppo import train_ppo
 
-        inputs = [args.init, args.examples, args.prompt, *dirs.values()]
+        inputs = [args.init, args.examples, args.prompt, *reward_input_dirs(args)]
         work = work_dir(args.work, params, inputs)
         metrics = train_ppo(params, args.init, train, dev, rewards(args, params), args.output, work)
         finish(work)
     else:
         from ragtrain.training.group_rl import train_group_rl
 
-        metrics = train_group_rl(params, args.init, train, args.output, args.work, dirs, dev)
+        metrics = train_group_rl(
+            params,
+            args.init,
+            train,
+            args.output,
+            args.work,
+            reward_model_dirs(args.reward_model),
+            dev,
+            entailments(args.nli),
+        )
     log.info("metrics: %s", metrics)
 
 

@@ -208,10 +208,11 @@ def train_group_rl(
     work_root: str | Path,
     reward_model_dirs: dict[str, str] | None = None,
     dev_examples: list[dict] | None = None,
+    nli: dict | None = None,
 ) -> dict:
     """Train one model node with GRPO or RLOO (`params['kind']`) on `examples`, records
     `{id, prompt: [chat messages], answers, ...}` (what the reward sources read); return
-    its metrics record."""
+    its metrics record. `nli`: the NLI judges the sources name, as `Entailment`s."""
     import torch
     from transformers import AutoModelForCausalLM, TrainerState
     from trl import GRPOTrainer, RLOOTrainer
@@ -222,7 +223,7 @@ def train_group_rl(
     if not examples:
         raise ValueError("no training examples")
     dev_examples = list(dev_examples or [])
-    rewards = Rewards(params["rewards"], reward_model_dirs)
+    rewards = Rewards(params["rewards"], reward_model_dirs, nli=nli)
     train_ds = _dataset(examples)
 
     dtype = training_dtype(params["dtype"])

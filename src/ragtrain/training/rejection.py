@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from ragtrain.core.records import RecordError, read_jsonl, write_jsonl
 from ragtrain.core.seeds import stable_seed
+from ragtrain.data.citations import alce_kind
 from ragtrain.data.prompts import PromptTemplate
 from ragtrain.generation.engine import Completion, Generator, Sampling, Throughput
 from ragtrain.generation.judge import JUDGE_DEFAULTS, dev_ids
@@ -54,6 +55,9 @@ SEGMENT_BEAM_DEFAULTS = {
     "max_segments": 5,
     # A segment ends with one of these (kept in the text): a sentence or a line.
     "segment_stop": [". ", "? ", "! ", "\n"],
+    # Per ALCE dataset shape (asqa, qampari, eli5: ragtrain.data.citations.alce_kind),
+    # its own `segment_stop` / `max_segments`: a QAMPARI answer grows an item at a time.
+    "per_dataset": {},
     "max_new_tokens": 32,  # per segment
     "temperature": 0.7,
     "top_p": 1.0,
@@ -247,6 +251,8 @@ class _Search:
     example: dict  # with `prompt`: its conversation (what reward models score)
     seed: int
     beam: list[_Candidate]
+    sampling: Sampling  # its segment stops
+    max_segments: int
     finished: list[_Candidate] = field(default_factory=list)
     generated: int = 0  # tokens generated for this example, pruned candidates included
     made: int = 0
@@ -269,14 +275,23 @@ def _ends_answer(completion: Completion, stop: tuple[str, ...]) -> bool:
     return not any(completion.text.endswith(s) for s in stop)
 
 
-def _segment_sampling(params: dict) -> Sampling:
+def _segment_sampling(params: dict, stop) -> Sampling:
     return Sampling(
         max_new_tokens=params["max_new_tokens"],
         temperature=params["temperature"],
         top_p=params["top_p"],
         top_k=params["top_k"],
         n=params["samples_per_beam"],
-        stop=tuple(params["segment_stop"]),
+        stop=tuple(stop),
+    )
+
+
+def _shape_settings(example: dict, params: dict) -> tuple[list[str], int]:
+    """(segment stops, most segments) for an example: its ALCE shape's, else the node's."""
+    over = (params.get("per_dataset") or {}).get(alce_kind(example) or "", {})
+    return (
+        over.get("segment_stop", params["segment_stop"]),
+        over.get("max_segments", params["max_segments"]),
     )
 
 
@@ -288,29 +303,41 @@ def _beam_search(
     params: dict,
 ) -> list[dict]:
     """One result per example: its chosen answer (`text`, empty if none) and its search."""
-    sampling = _segment_sampling(params)
-    stop = sampling.stop
     searches = []
     for ex in examples:
-        conversation = template.conversation(ex)
+        stop, max_segments = _shape_settings(ex, params)
         searches.append(
-            _Search({**ex, "prompt": conversation}, stable_seed(params["seed"], ex["id"]), [])
+            _Search(
+                {**ex, "prompt": template.conversation(ex)},
+                stable_seed(params["seed"], ex["id"]),
+                [_Candidate("")],
+                _segment_sampling(params, stop),
+                max_segments,
+            )
         )
-        searches[-1].beam.append(_Candidate(""))
-    for step in range(params["max_segments"]):
+    for step in range(max((s.max_segments for s in searches), default=0)):
         # (search, beam entry, its seed: the example's, the step's and the entry's)
         active = [
-            (s, c, stable_seed(s.seed, step, k)) for s in searches for k, c in enumerate(s.beam)
+            (s, c, stable_seed(s.seed, step, k))
+            for s in searches
+            if step < s.max_segments
+            for k, c in enumerate(s.beam)
         ]
         if not active:
             break
         prefixes = [_prompt_prefix(c.text) for _, c, _ in active]
-        completions = generator.chat(
-            [s.example["prompt"] for s, _, _ in active],
-            sampling,
-            [seed for _, _, seed in active],
-            prefixes,
-        )
+        # One generation call per set of segment stops (one unless shapes differ).
+        completions: list = [None] * len(active)
+        for sampling in dict.fromkeys(s.sampling for s, _, _ in active):
+            at = [i for i, (s, _, _) in enumerate(active) if s.sampling == sampling]
+            outs = generator.chat(
+                [active[i][0].example["prompt"] for i in at],
+                sampling,
+                [active[i][2] for i in at],
+                [prefixes[i] for i in at],
+            )
+            for i, out in zip(at, outs, strict=True):
+                completions[i] = out
         # Every continuation of every example, scored in one reward call.
         new: list[tuple[_Search, _Candidate, bool]] = []
         for (search, parent, _), prefix, outs in zip(active, prefixes, completions, strict=True):
@@ -325,7 +352,7 @@ def _beam_search(
                     text, parent.tokens + c.num_tokens, parent.segments + 1, order=search.made
                 )
                 search.made += 1
-                new.append((search, candidate, _ends_answer(c, stop)))
+                new.append((search, candidate, _ends_answer(c, search.sampling.stop)))
         totals, per = _score(
             rewards, [s.example for s, _, _ in new], [c.text.strip() for _, c, _ in new]
         )
@@ -333,7 +360,8 @@ def _beam_search(
             candidate.reward = totals[i]
             candidate.by_source = {name: values[i] for name, values in per.items()}
         for search in searches:
-            search.beam = []
+            if step < search.max_segments:
+                search.beam = []
         for search, candidate, done in new:
             (search.finished if done else search.beam).append(candidate)
         for search in searches:
