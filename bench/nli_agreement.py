@@ -15,6 +15,12 @@ pairs allow. Prints accuracy at threshold 0.5, balanced accuracy and ROC AUC per
 
     python bench/nli_agreement.py [--pairs 200] [--seed 13] [--batch-size 8] [--threads 2]
         [--model HF_FOLDER] [--classifier HF_FOLDER] [--seq2seq HF_FOLDER] [--json out.json]
+        [--citations]
+
+`--citations` takes the pairs citation rewards ask instead: the world's ALCE-shaped
+teacher answers, each statement against its cited documents and against another
+document of its question; the best threshold column is what an `nli` judge's
+`threshold` would be set to.
 """
 
 from __future__ import annotations
@@ -90,6 +96,42 @@ def nli_pairs(n_pairs: int, seed: int) -> list[dict]:
     return pairs
 
 
+def citation_pairs(n_pairs: int, seed: int) -> list[dict]:
+    """The pairs citation rewards ask: each statement of a world's ALCE teacher answers
+    (`--citations`) against the documents it cites (entailed) and against one other
+    document of its question (not, nearly always: a namesake's passage may share a
+    fact), with premises written as the rewards write them."""
+    from ragtrain.data.citations import alce_kind, premise, segments
+
+    split = {"cite": max(n_pairs, 30)}
+    world = generate_world(WorldConfig(seed=seed, questions={}, alce=split))
+    rng = random.Random(seed)
+    pairs = []
+    for ex in world.splits["cite"]:
+        docs = ex["source_docs"]
+        for seg in segments(ex["reference"], alce_kind(ex), ex["question"]):
+            other = rng.choice([k for k in range(1, len(docs) + 1) if k not in seg.docs])
+            draw = len(pairs) // 2
+            for cited, label in ((seg.docs, 1), ([other], 0)):
+                pairs.append({"premise": premise(docs, cited), "hypothesis": seg.hypothesis,
+                              "value": "", "attribute": ex["meta"]["type"], "label": label,
+                              "draw": draw})  # fmt: skip
+    return pairs[: 2 * (n_pairs // 2)]
+
+
+def best_threshold(labels: list[int], scores: list[float]) -> tuple[float, float]:
+    """(threshold, balanced accuracy) of the cut between sorted scores that balances
+    best: what a `threshold` for an NLI judge would be set to."""
+    pos = sum(labels)
+    neg = len(labels) - pos
+    best = (0.5, 0.0)
+    for cut in sorted(set(scores)):
+        tpr = sum(s >= cut and y for s, y in zip(scores, labels, strict=True)) / pos
+        tnr = sum(s < cut and not y for s, y in zip(scores, labels, strict=True)) / neg
+        best = max(best, (cut, (tpr + tnr) / 2), key=lambda b: b[1])
+    return best
+
+
 def auc(labels: list[int], scores: list[float]) -> float:
     """ROC AUC: sklearn's where installed, else the rank (Mann-Whitney) statistic."""
     try:
@@ -133,8 +175,11 @@ def metrics(pairs: list[dict], scores: list[float]) -> dict:
         y: sum(s for s, lab in zip(scores, labels, strict=True) if lab == y) / max(n, 1)
         for y, n in ((1, pos), (0, neg))
     }
+    threshold, balanced = best_threshold(labels, scores)
     return {
         "accuracy": (tp + tn) / len(labels),
+        "best_threshold": threshold,
+        "balanced_at_best": balanced,
         "balanced_accuracy": (tp / pos + tn / neg) / 2,
         "auc": auc(labels, scores),
         "paired_accuracy": paired(pairs, scores),
@@ -181,6 +226,11 @@ def main() -> None:
     )
     parser.add_argument("--classifier", default=None, help="an NLI classifier's HF folder")
     parser.add_argument("--seq2seq", default=None, help="a TRUE-style T5's HF folder")
+    parser.add_argument(
+        "--citations",
+        action="store_true",
+        help="pairs from ALCE-shaped teacher answers (cited vs other document) instead",
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
 
@@ -189,12 +239,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    pairs = nli_pairs(args.pairs, args.seed)
+    pairs = (citation_pairs if args.citations else nli_pairs)(args.pairs, args.seed)
     labels = [p["label"] for p in pairs]
     common = {"batch_size": args.batch_size, "max_length": args.max_length}
     rows = []
-    match = [float(p["value"] in p["premise"]) for p in pairs]
-    rows.append(("string match (reference)", "value in passage", metrics(pairs, match)))
+    if not args.citations:
+        match = [float(p["value"] in p["premise"]) for p in pairs]
+        rows.append(("string match (reference)", "value in passage", metrics(pairs, match)))
     llm = args.model or str(smollm2(Path(args.cache)))
     runs = [
         ("llm", llm, args.model or "SmolLM2-135M-Instruct (wheel GGUF, float32)"),
@@ -213,16 +264,18 @@ def main() -> None:
         f"threshold 0.5, batch {args.batch_size}, {torch.get_num_threads()} threads\n"
     )
     print("| scorer | model | acc@0.5 | balanced acc | AUC | paired | mean P entailed / not "
-          "| load s | score s |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| best threshold (balanced acc) | load s | score s |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for kind, name, m in rows:
         if m is None:
-            print(f"| {kind} | {name} | - | - | - | - | - | - | - |")
+            print(f"| {kind} | {name} | - | - | - | - | - | - | - | - |")
             continue
         times = f"{m['load_s']:.1f} | {m['score_s']:.1f}" if "load_s" in m else "- | -"
+        best = f"{m['best_threshold']:.3f} ({m['balanced_at_best']:.3f})"
         values = (m["accuracy"], m["balanced_accuracy"], m["auc"], m["paired_accuracy"])
         means = f"{m['mean_entailed']:.3f} / {m['mean_not_entailed']:.3f}"
-        print(f"| {kind} | {name} | {' | '.join(f'{v:.3f}' for v in values)} | {means} | {times} |")
+        cells = " | ".join(f"{v:.3f}" for v in values)
+        print(f"| {kind} | {name} | {cells} | {means} | {best} | {times} |")
     print(f"\ntotal {total_s:.1f} s (world, model conversion if not cached, loads, scoring)")
     if args.json:
         out = [

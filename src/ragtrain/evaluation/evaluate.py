@@ -60,8 +60,8 @@ def evaluate(
         )
     alce = alce_metrics(examples, [p["prediction"] for p in predictions], entailment)
     if alce is not None:
-        for prediction, scores in zip(predictions, alce.pop("scores"), strict=True):
-            prediction["alce"] = scores
+        for prediction, alce_scores in zip(predictions, alce.pop("scores"), strict=True):
+            prediction["alce"] = alce_scores
     # Per question type (single / multihop / unanswerable in the synthetic data).
     by_type: dict[str, list[dict]] = {}
     for ex, score in zip(examples, scores, strict=True):

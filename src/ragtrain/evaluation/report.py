@@ -283,7 +283,9 @@ def write_summary(
     retrievers: list[dict] | None = None,
     paired: list[dict] | None = None,
     resamples: int = RESAMPLES,
+    alce: list[str] | None = None,
 ) -> None:
+    """summary.md; `alce`: the ALCE section's lines (ragtrain.evaluation.alce_report)."""
     retrieval_rows = []
     for file in sorted(retrieval_files):
         stats = read_json(file)
@@ -336,6 +338,7 @@ def write_summary(
             _markdown_table(paired, PAIRED_COLUMNS),
             "",
         ]
+    text += alce or []
     if retrievers:
         text += [
             "## Retrievers",

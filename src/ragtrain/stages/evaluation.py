@@ -42,6 +42,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_report(args) -> None:
+    from ragtrain.evaluation.alce_report import alce_section
     from ragtrain.evaluation.report import (
         load_retrieval_rows,
         load_rows,
@@ -70,6 +71,7 @@ def cmd_report(args) -> None:
         retrievers,
         paired,
         args.resamples,
+        alce_section(args.metrics, args.seed, args.resamples),
     )
 
 
