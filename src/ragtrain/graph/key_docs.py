@@ -150,7 +150,7 @@ PPO_DOCS = {
     "whiten_rewards": "scale the token rewards to unit variance",
     "holistic": "put the whole reward on the last token",
     "generation_batch_size": "prompts per generate call",
-    "eval_every": "iterations between dev evaluations (the best is kept)",
+    "eval_every": "iterations between dev evaluations (the best is kept; a tie: the later)",
     "save_every": "iterations between checkpoints",
     "quantization": "QLoRA: the frozen init model under the adapters loaded `4bit` (NF4, double"
     " quantization, computing in `dtype`) or `8bit` by bitsandbytes (a CUDA GPU and the `gpu`"

@@ -448,7 +448,10 @@ def train_ppo(
         reward = trainer.dev_reward(dev_examples)
         state["log_history"].append({"iteration": iteration, "dev_reward": round(reward, 4)})
         log.info("iteration %d: mean dev reward %.4f", iteration, reward)
-        if state["best_dev_reward"] is None or reward > state["best_dev_reward"]:
+        best = state["best_dev_reward"]
+        # A tie goes to the later checkpoint: trained longer, no worse on dev (the init
+        # model stays only if every trained checkpoint does worse).
+        if best is None or reward > best or (reward == best and iteration > 0):
             state["best_dev_reward"], state["best_iteration"] = reward, iteration
             if acc.is_main_process:
                 # written whole, then renamed: a kill mid-write leaves the old best
