@@ -40,6 +40,7 @@ STAGES = (
     "reward",
     "best-of-n",
     "segment-beam",
+    "reference-sft",
     "pseudo-queries",
     "query-filter",
     "query-sft-data",
