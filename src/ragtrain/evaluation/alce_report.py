@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ragtrain.core.records import read_json, read_jsonl
-from ragtrain.metrics.paired import RESAMPLES, paired_bootstrap
+from ragtrain.evaluation.report import markdown_table, paired_rows
+from ragtrain.metrics.paired import RESAMPLES
 
 # Per shape, the columns its papers report (ALCE, Huang et al. 2024).
 SHAPE_COLUMNS = {
@@ -24,20 +25,6 @@ SHAPE_COLUMNS = {
 # The correctness score of one answer, by its shape: what `correct` pools in the pairs.
 CORRECT = {"asqa": "str_em", "qampari": "qampari_rec_top5", "eli5": "claims_nli"}
 PAIRED = ("correct", "citation_rec", "citation_prec")
-
-
-def _fmt(value, column: str) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.1f}" if column == "length" else f"{value:.3f}"
-    return str(value)
-
-
-def _table(rows: list[dict], columns: list[str]) -> list[str]:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(row.get(c), c) for c in columns) + " |" for row in rows]
-    return lines
 
 
 def _evaluations(metric_files: list[str]) -> list[tuple[dict, Path]]:
@@ -85,7 +72,8 @@ def alce_section(metric_files: list[str], seed: int, resamples: int = RESAMPLES)
             if shape in m["alce"]
         ]
         if rows:
-            text += [f"### {shape}", "", *_table(rows, ["model", "dataset", "n", *columns]), ""]
+            table = markdown_table(rows, ["model", "dataset", "n", *columns])
+            text += [f"### {shape}", "", table, ""]
     paired = alce_paired(evaluations, seed, resamples)
     if paired:
         text += [
@@ -97,7 +85,7 @@ def alce_section(metric_files: list[str], seed: int, resamples: int = RESAMPLES)
             f" interval ({resamples} resamples, seeded). An interval that spans 0 is no"
             " evidence of a difference.",
             "",
-            *_table(paired, ["dataset", "a", "b", "metric", "n", "a - b", "95% interval"]),
+            markdown_table(paired, ["dataset", "a", "b", "metric", "n", "a - b", "95% interval"]),
             "",
         ]
     return text
@@ -111,34 +99,4 @@ def alce_paired(
         scores = {p["id"]: per_example(p) for p in read_jsonl(predictions) if p.get("alce")}
         key = (metrics["dataset"], metrics["retrieval"])
         groups.setdefault(key, []).append((metrics["model"], scores))
-    rows = []
-    for (dataset, _), models in sorted(groups.items()):
-        models.sort(key=lambda m: m[0])
-        for i, (name_a, a) in enumerate(models):
-            for name_b, b in models[i + 1 :]:
-                for metric in PAIRED:
-                    shared = sorted(
-                        q
-                        for q in a.keys() & b.keys()
-                        if a[q][metric] is not None and b[q][metric] is not None
-                    )
-                    if not shared:
-                        continue
-                    result = paired_bootstrap(
-                        [a[q][metric] for q in shared],
-                        [b[q][metric] for q in shared],
-                        resamples=resamples,
-                        seed=seed,
-                    )
-                    rows.append(
-                        {
-                            "dataset": dataset,
-                            "a": name_a,
-                            "b": name_b,
-                            "metric": metric,
-                            "n": result["n"],
-                            "a - b": f"{result['diff']:+.3f}",
-                            "95% interval": f"[{result['low']:+.3f}, {result['high']:+.3f}]",
-                        }
-                    )
-    return rows
+    return paired_rows(groups, PAIRED, seed, resamples)

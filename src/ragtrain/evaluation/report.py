@@ -39,11 +39,11 @@ def _fmt(value, column: str) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.1f}" if column == "tokens_per_second" else f"{value:.3f}"
+        return f"{value:.1f}" if column in ("tokens_per_second", "length") else f"{value:.3f}"
     return str(value)
 
 
-def _markdown_table(rows: list[dict], columns: list[str]) -> str:
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_fmt(row.get(c), c) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
@@ -78,15 +78,31 @@ def paired_differences(
         groups.setdefault((metrics["dataset"], metrics["retrieval"]), []).append(
             (metrics["model"], scores)
         )
+    return paired_rows(groups, PAIRED_METRICS, seed, resamples)
+
+
+def paired_rows(
+    groups: dict[tuple[str, str], list[tuple[str, dict[str, dict]]]],
+    metrics: tuple[str, ...],
+    seed: int,
+    resamples: int = RESAMPLES,
+) -> list[dict]:
+    """For each (dataset, retrieval) group of (model, {question id: per-example scores}),
+    every pair of models and metric: the paired bootstrap difference over the questions
+    both have a score for (a score of None is left out)."""
     rows = []
     for (dataset, retrieval), models in sorted(groups.items()):
         models.sort(key=lambda m: m[0])
         for i, (name_a, a) in enumerate(models):
             for name_b, b in models[i + 1 :]:
-                shared = sorted(a.keys() & b.keys())
-                if not shared:
-                    continue
-                for metric in PAIRED_METRICS:
+                for metric in metrics:
+                    shared = sorted(
+                        q
+                        for q in a.keys() & b.keys()
+                        if a[q][metric] is not None and b[q][metric] is not None
+                    )
+                    if not shared:
+                        continue
                     result = paired_bootstrap(
                         [a[q][metric] for q in shared],
                         [b[q][metric] for q in shared],
@@ -314,7 +330,7 @@ def write_summary(
             " refusals among questions whose documents hold the answer. Retrieval `none` is"
             " the closed-book contrast.",
             "",
-            _markdown_table(rows, COLUMNS),
+            markdown_table(rows, COLUMNS),
             "",
             "## Errors by cause",
             "",
@@ -323,7 +339,7 @@ def write_summary(
             " the generator), `both` (neither), `retrieval_miss` (not in the documents, yet"
             " answered right), `neither` (both right).",
             "",
-            _markdown_table([{**r, **r["errors"]} for r in rows if "errors" in r], ERROR_COLUMNS),
+            markdown_table([{**r, **r["errors"]} for r in rows if "errors" in r], ERROR_COLUMNS),
             "",
         ]
     if paired:
@@ -335,7 +351,7 @@ def write_summary(
             f" bootstrap 95% interval ({resamples} resamples of the questions, seeded). An"
             " interval that spans 0 is no evidence of a difference.",
             "",
-            _markdown_table(paired, PAIRED_COLUMNS),
+            markdown_table(paired, PAIRED_COLUMNS),
             "",
         ]
     text += alce or []
@@ -348,7 +364,7 @@ def write_summary(
             " a trained retriever learnt from; untrained ones have none. A ColBERT reranks"
             " its candidates retriever's top 100.",
             "",
-            _markdown_table(retrievers, RETRIEVER_COLUMNS),
+            markdown_table(retrievers, RETRIEVER_COLUMNS),
             "",
         ]
     typed = [
@@ -366,7 +382,7 @@ def write_summary(
         text += [
             "## By question type",
             "",
-            _markdown_table(typed, ["model", "dataset", "retrieval", "type", "n", *PLOTTED]),
+            markdown_table(typed, ["model", "dataset", "retrieval", "type", "n", *PLOTTED]),
             "",
         ]
     if retrieval_rows:
@@ -377,14 +393,14 @@ def write_summary(
             " passages; gold recall@k: share of the gold passages retrieved"
             " (a multi-hop question has two).",
             "",
-            _markdown_table(
+            markdown_table(
                 retrieval_rows, ["retriever", "dataset", "k", "answer_recall", "gold_recall", "n"]
             ),
             "",
         ]
     products = _product_rows(product_files or [])
     if products:
-        text += ["## Training data", "", _markdown_table(products, ["product", "contents"]), ""]
+        text += ["## Training data", "", markdown_table(products, ["product", "contents"]), ""]
     wins = _win_share_rows(product_files or [])
     if wins:
         text += [
@@ -394,7 +410,7 @@ def write_summary(
             " resolved), candidates entered, and wins per candidate entered (a strategy"
             " sampled three times enters three).",
             "",
-            _markdown_table(wins, ["tournament", "strategy", "wins", "share", "candidates",
+            markdown_table(wins, ["tournament", "strategy", "wins", "share", "candidates",
                                    "wins_per_candidate"]),
             "",
         ]  # fmt: skip
@@ -410,7 +426,7 @@ def write_summary(
             " (`dev_reward`) training, and the last KL to the init model. Curves:"
             " `training.png` (reward and KL for RL), and `loss.png` in each model's folder.",
             "",
-            _markdown_table(training, TRAINING_COLUMNS),
+            markdown_table(training, TRAINING_COLUMNS),
             "",
         ]
     with atomic_path(path) as tmp:
