@@ -51,6 +51,11 @@ STAGES = (
     "judge-evaluation",
     "prompt-search",
     "tournament",
+    "doc-preferences",
+    "query-augment",
+    "pre-aligned-sft",
+    "train-reranker",
+    "rerank",
 )
 
 

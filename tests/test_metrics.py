@@ -164,6 +164,7 @@ def test_aggregate_mixed():
         "em": 0.3333,
         "f1": 0.4667,  # (1 + 0.4 + 0) / 3
         "accuracy": 0.6667,
+        "hits@1": 0.6667,  # DPA-RAG's name for accuracy
         "refusal_rate": 0.4,
         "correct_refusal": 0.5,
         "refused_answerable": 0.3333,

@@ -12,6 +12,7 @@ from snakemake.utils import validate
 from ragtrain.graph.config import ConfigError, check_keys, prepare, templates_read
 from ragtrain.generation.strategies import searches_of
 from ragtrain.graph.kinds import (
+    INDEXED_RETRIEVERS,
     LLM_KINDS,
     NO_RETRIEVAL,
     RETRIEVER_MODELS,
@@ -152,6 +153,8 @@ def dataset_input(w):
     source = CFG["datasets"][w.dataset]
     if source.get("world"):
         return f"{RESULTS}/worlds/{source['world']}/questions.jsonl"
+    if source.get("from"):
+        return product_file(source["from"], "examples.jsonl")
     return source["path"]
 
 
@@ -186,6 +189,23 @@ def index_input(w):
 
 def model_dir(name):
     return f"{RESULTS}/models/{name}"
+
+
+def reranker_data(model):
+    """A reranker's records: its doc_preferences product's train and dev splits, or a
+    DPA-RAG file."""
+    node = CFG["models"][model]
+    if node.get("data"):
+        return [
+            product_file(node["data"], f"{split}.jsonl") for split in ("train", "dev")
+        ]
+    return [node["path"]]
+
+
+def reranker_input(retriever):
+    """A rerank retriever's trained reranker (none: the untrained encoder)."""
+    name = CFG["retrievers"][retriever].get("reranker")
+    return [model_dir(name)] if name else []
 
 
 def examples_path(dataset, retrieval):
@@ -306,6 +326,10 @@ def retriever_models():
     return sorted(n for n, m in CFG["models"].items() if m["kind"] in RETRIEVER_MODELS)
 
 
+def reranker_models():
+    return sorted(n for n, m in CFG["models"].items() if m["kind"] == "reranker")
+
+
 def rankers(colbert):
     """A constraint matching the evaluated rankers that are (or are not) ColBERT models."""
     chosen = {
@@ -419,8 +443,17 @@ def relevance_file(judge, dataset, retrieval):
 
 
 def retrieval_stats():
+    """The retrieval of every evaluation, and every rerank retriever on every evaluated
+    dataset: the report sets each against its first stage."""
     pairs = {
         (r, d) for _, d, r in EVALUATIONS if r not in (NO_RETRIEVAL, SOURCE_RETRIEVAL)
+    }
+    datasets = {d for _, d, _ in EVALUATIONS}
+    pairs |= {
+        (r, d)
+        for r, node in CFG["retrievers"].items()
+        if node["kind"] == "rerank"
+        for d in datasets
     }
     return [f"{RESULTS}/retrieval/{r}/{d}/stats.json" for r, d in sorted(pairs)]
 

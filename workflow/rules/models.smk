@@ -82,6 +82,33 @@ use rule train_biencoder as train_colbert with:
         "../../envs/colbert.yaml"
 
 
+rule train_reranker:
+    input:
+        data=lambda w: reranker_data(w.model),
+    output:
+        directory(f"{RESULTS}/models/{{model}}"),
+    log:
+        f"{LOGS}/models/{{model}}.log",
+    wildcard_constraints:
+        model=names("models", "reranker"),
+    conda:
+        "../../envs/train.yaml"
+    threads: 2
+    resources:
+        **node_resources("models"),
+    params:
+        node=lambda w: node("models", w.model),
+        # a doc_preferences product's folder, or a DPA-RAG file
+        source=lambda w, input: (
+            f"--data {shlex.quote(str(Path(input.data[0]).parent))}"
+            if CFG["models"][w.model].get("data")
+            else f"--path {shlex.quote(input.data[0])}"
+        ),
+    shell:
+        "python -m ragtrain train-reranker --params {params.node:q} {params.source}"
+        " --threads {threads} --output {output:q} > {log:q} 2>&1"
+
+
 rule train_rl:
     input:
         init=lambda w: model_dir(CFG["models"][w.model]["init"]),

@@ -413,3 +413,91 @@ rule segment_beam:
         " --examples {input.examples:q} --prompt {input.prompt:q} {params.reward_args}"
         " --work {params.work:q} --train {output.train:q} --dev {output.dev:q}"
         " --stats {output.stats:q} > {log:q} 2>&1"
+
+
+# DPA-RAG's preference knowledge: answers without and with each document, labelled.
+rule doc_preferences:
+    input:
+        model=lambda w: model_dir(product(w)["model"]),
+        examples=lambda w: examples_path(product(w)["dataset"], product(w)["retrieval"]),
+        prompt=lambda w: prompt_path(product(w)["prompt"]),
+        closed_book_prompt=lambda w: prompt_path(product(w)["closed_book_prompt"]),
+    output:
+        labels=product_file("{product}", "labels.jsonl"),
+        train=product_file("{product}", "train.jsonl"),
+        dev=product_file("{product}", "dev.jsonl"),
+        stats=product_file("{product}", "stats.json"),
+    log:
+        f"{LOGS}/products/{{product}}.log",
+    wildcard_constraints:
+        product=names("products", "doc_preferences"),
+    conda:
+        "../../envs/generate.yaml"
+    threads: 4
+    resources:
+        **node_resources("products"),
+    params:
+        node=lambda w: node("products", w.product),
+        work=lambda w: work_root("products", w.product),
+    shell:
+        "python -m ragtrain doc-preferences --params {params.node:q} --model {input.model:q}"
+        " --examples {input.examples:q} --prompt {input.prompt:q}"
+        " --closed-book-prompt {input.closed_book_prompt:q} --work {params.work:q}"
+        " --labels {output.labels:q} --train {output.train:q} --dev {output.dev:q}"
+        " --stats {output.stats:q} > {log:q} 2>&1"
+
+
+# DPA-RAG's query augmentation: rewrites per strategy, filtered by an NLI judge.
+rule query_augment:
+    input:
+        model=lambda w: model_dir(product(w)["model"]),
+        examples=lambda w: f"{RESULTS}/data/{product(w)['dataset']}/examples.jsonl",
+        templates=lambda w: [prompt_path(f"augment_{s}") for s in product(w)["augment"]],
+        nli=lambda w: nli_dirs([product(w)["nli"]] if product(w).get("nli") else []),
+    output:
+        rewrites=product_file("{product}", "rewrites.jsonl"),
+        examples=product_file("{product}", "examples.jsonl"),
+        stats=product_file("{product}", "stats.json"),
+    log:
+        f"{LOGS}/products/{{product}}.log",
+    wildcard_constraints:
+        product=names("products", "query_augment"),
+    conda:
+        "../../envs/generate.yaml"
+    threads: 4
+    resources:
+        **node_resources("products"),
+    params:
+        node=lambda w: node("products", w.product),
+        work=lambda w: work_root("products", w.product),
+        templates=lambda w, input: named_args("--template", input.templates),
+        nli=lambda w: nli_args([product(w)["nli"]] if product(w).get("nli") else []),
+    shell:
+        "python -m ragtrain query-augment --params {params.node:q} --model {input.model:q}"
+        " --examples {input.examples:q} {params.templates} {params.nli}"
+        " --work {params.work:q} --rewrites {output.rewrites:q}"
+        " --examples-out {output.examples:q} --stats {output.stats:q} > {log:q} 2>&1"
+
+
+rule pre_aligned_sft:
+    input:
+        labels=lambda w: product_file(product(w)["from"], "labels.jsonl"),
+        prompt=lambda w: prompt_path(product(w)["prompt"]),
+    output:
+        train=product_file("{product}", "train.jsonl"),
+        dev=product_file("{product}", "dev.jsonl"),
+        stats=product_file("{product}", "stats.json"),
+    log:
+        f"{LOGS}/products/{{product}}.log",
+    wildcard_constraints:
+        product=names("products", "pre_aligned_sft"),
+    conda:
+        "../../envs/data.yaml"
+    resources:
+        **node_resources("products"),
+    params:
+        node=lambda w: node("products", w.product),
+    shell:
+        "python -m ragtrain pre-aligned-sft --params {params.node:q} --labels {input.labels:q}"
+        " --prompt {input.prompt:q} --train {output.train:q} --dev {output.dev:q}"
+        " --stats {output.stats:q} > {log:q} 2>&1"

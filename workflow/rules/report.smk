@@ -6,6 +6,7 @@ rule report:
         products=product_stats(),
         retrieval_metrics=retrieval_metrics(),
         retrievers=[model_dir(m) for m in retriever_models()],
+        rerankers=[model_dir(m) for m in reranker_models()],
     output:
         summary=report(
             f"{RESULTS}/report/summary.md",
@@ -40,5 +41,5 @@ rule report:
         " --resamples {params.resamples} --metrics {input.metrics:q}"
         " --retrieval {input.retrieval:q} --models {input.models:q}"
         " --products {input.products:q} --retrieval-metrics {input.retrieval_metrics:q}"
-        " --retrievers {input.retrievers:q} --summary {output.summary:q} --table {output.table:q}"
+        " --retrievers {input.retrievers:q} --rerankers {input.rerankers:q} --summary {output.summary:q} --table {output.table:q}"
         " --plot {output.plot:q} --training-plot {output.training:q} > {log:q} 2>&1"

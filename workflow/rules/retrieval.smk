@@ -24,6 +24,8 @@ rule retrieve:
         stats=f"{RESULTS}/retrieval/{{retriever}}/{{dataset}}/stats.json",
     log:
         f"{LOGS}/retrieve/{{retriever}}/{{dataset}}.log",
+    wildcard_constraints:
+        retriever=names("retrievers", *INDEXED_RETRIEVERS),
     conda:
         "../../envs/data.yaml"
     threads: 2
@@ -33,3 +35,30 @@ rule retrieve:
         "python -m ragtrain retrieve --params {params.node:q} --index {input.index:q}"
         " --examples {input.examples:q} --output {output.examples:q}"
         " --stats {output.stats:q} > {log:q} 2>&1"
+
+
+# A first stage's top n reordered by a reranker (trained, or untrained: none named).
+rule rerank:
+    input:
+        index=lambda w: f"{RESULTS}/index/{CFG['retrievers'][w.retriever]['first']}",
+        examples=f"{RESULTS}/data/{{dataset}}/examples.jsonl",
+        reranker=lambda w: reranker_input(w.retriever),
+    output:
+        examples=f"{RESULTS}/retrieval/{{retriever}}/{{dataset}}/examples.jsonl",
+        stats=f"{RESULTS}/retrieval/{{retriever}}/{{dataset}}/stats.json",
+    log:
+        f"{LOGS}/retrieve/{{retriever}}/{{dataset}}.log",
+    wildcard_constraints:
+        retriever=names("retrievers", "rerank"),
+    conda:
+        "../../envs/data.yaml"
+    threads: 2
+    params:
+        node=lambda w: node("retrievers", w.retriever),
+        reranker=lambda w, input: (
+            f"--reranker {shlex.quote(input.reranker[0])}" if input.reranker else ""
+        ),
+    shell:
+        "python -m ragtrain rerank --params {params.node:q} --index {input.index:q}"
+        " {params.reranker} --examples {input.examples:q} --output {output.examples:q}"
+        " --stats {output.stats:q} --threads {threads} > {log:q} 2>&1"

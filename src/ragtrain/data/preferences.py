@@ -94,6 +94,16 @@ def _from_dpa_rag(record: dict, at: Where) -> dict[str, Any]:
     label = labelled.get("label")
     if label not in (1, 2):
         raise at.error(f"record {rid!r}: classification.label should be 1 or 2, got {label!r}")
+    rank_list = _passages(record, "rank_list", at, rid)
+    seen: set[tuple[str, str]] = set()
+    for i, doc in enumerate(rank_list):
+        key = (doc["title"], doc["text"])
+        if key in seen:
+            raise at.error(
+                f"record {rid!r}: rank_list[{i}] names a document already ranked above it"
+                " (a ranking lists each document once)"
+            )
+        seen.add(key)
     return {
         "id": rid,
         "query": query,
@@ -104,7 +114,7 @@ def _from_dpa_rag(record: dict, at: Where) -> dict[str, Any]:
             "label": label,
             "relevant": label == 1,
         },
-        "rank_list": _passages(record, "rank_list", at, rid),
+        "rank_list": rank_list,
     }
 
 

@@ -20,6 +20,7 @@ COLUMNS = [
     "em",
     "f1",
     "accuracy",
+    "hits@1",
     "precision",
     "recall",
     "pr_f1",
@@ -165,6 +166,69 @@ def load_retrieval_rows(metric_files: list[str], model_dirs: list[str]) -> list[
     return sorted(rows, key=lambda r: (r["dataset"], r["split"], r["retriever"]))
 
 
+RERANK_COLUMNS = ["retriever", "reranker", "dataset", "first_stage", "k", "first_stage_recall",
+                  "reranked_recall", "reranked - first", "95% interval", "candidates",
+                  "candidates_recall"]  # fmt: skip
+
+
+RERANKER_COLUMNS = ["model", "losses", "weighting", "steps", "train_records", "dev_records",
+                    "precision_before", "precision", "recall_before", "recall", "f1_before",
+                    "f1", "mean_weights"]  # fmt: skip
+
+
+def reranker_section(model_dirs: list[str]) -> list[str]:
+    """The trained rerankers: the aligned class's precision / recall / F1 on held-out
+    records before and after training, and the losses' mean weights."""
+    rows = []
+    for folder in sorted(model_dirs):
+        m = read_json(Path(folder) / "metrics.json")
+        before, after = m.get("dev_before") or {}, m.get("dev") or {}
+        weights = ", ".join(f"{k} {v:.2f}" for k, v in (m.get("mean_weights") or {}).items())
+        rows.append(
+            {
+                "model": Path(folder).name,
+                "losses": " + ".join(m["losses"]),
+                "weighting": m["weighting"],
+                "steps": m.get("steps"),
+                "train_records": m.get("train_records"),
+                "dev_records": m.get("dev_records"),
+                **{f"{k}_before": before.get(k) for k in ("precision", "recall", "f1")},
+                **{k: after.get(k) for k in ("precision", "recall", "f1")},
+                "mean_weights": weights or "-",
+            }
+        )
+    if not rows:
+        return []
+    return [
+        "## Rerankers",
+        "",
+        "Held-out reranker records: precision, recall and F1 of the aligned class (the"
+        " documents that help the model) before and after training; the losses' weights"
+        " averaged over the steps (MGDA's change each step: weights.png in the model's folder).",
+        "",
+        markdown_table(rows, RERANKER_COLUMNS),
+        "",
+    ]
+
+
+def _rerank_row(retriever: str, dataset: str, stats: dict) -> dict:
+    k, n = stats["k"], stats["candidates"]
+    diff = stats.get("reranked_minus_first_stage") or {}
+    return {
+        "retriever": retriever,
+        "reranker": stats.get("reranker") or "none",
+        "dataset": dataset,
+        "first_stage": stats["first_stage"],
+        "k": k,
+        "first_stage_recall": stats.get(f"first_stage_answer_recall@{k}"),
+        "reranked_recall": stats.get(f"answer_recall@{k}"),
+        "reranked - first": f"{diff['diff']:+.3f}" if diff else "-",
+        "95% interval": f"[{diff['low']:+.3f}, {diff['high']:+.3f}]" if diff else "-",
+        "candidates": n,
+        "candidates_recall": stats.get(f"answer_recall@{n}"),
+    }
+
+
 def _num(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -227,6 +291,26 @@ def _query_product(stats: dict) -> str | None:
             f" {stats['candidates_per_question']['mean']:g} candidates each;"
             f" {b['n']} brackets: {b['parsed_first_try']} parsed at the first try,"
             f" {b['parsed_after_retry']} after retries, {b['unparsed']} not"
+        )
+    if "reranker_records" in stats:  # doc_preferences
+        shares = ", ".join(f"{k} {v}" for k, v in stats["labels"].items())
+        rec = stats["reranker_records"]
+        return (
+            f"{stats['n_documents']} documents of {stats['n_questions']} questions labelled:"
+            f" {shares}; closed-book accuracy {_num(stats['closed_book_accuracy'])};"
+            f" {stats['n_train']} train + {stats['n_dev']} dev reranker records"
+            f" ({rec['ranking_pairs']} ranking pairs, {rec['with_contrastive']} with both"
+            " positives and negatives)"
+        )
+    if "by_strategy" in stats:  # query_augment
+        parts = ", ".join(
+            f"{name} {s['kept']}/{s['generated']}" for name, s in stats["by_strategy"].items()
+        )
+        return f"{stats['n_kept']} rewrites kept of {stats['n_questions']} questions: {parts}"
+    if "helpful_documents" in stats:  # pre_aligned_sft
+        return (
+            f"{stats['n_train']} train + {stats['n_dev']} dev pre-aligned examples;"
+            f" {stats['helpful_documents']} of {stats['documents']} documents marked helpful"
         )
     if "n_used" in stats:
         return (
@@ -300,9 +384,11 @@ def write_summary(
     paired: list[dict] | None = None,
     resamples: int = RESAMPLES,
     alce: list[str] | None = None,
+    rerankers: list[str] | None = None,
 ) -> None:
-    """summary.md; `alce`: the ALCE section's lines (ragtrain.evaluation.alce_report)."""
-    retrieval_rows = []
+    """summary.md; `alce`: the ALCE section's lines (ragtrain.evaluation.alce_report);
+    `rerankers`: the trained rerankers' (`reranker_section`)."""
+    retrieval_rows, reranked = [], []
     for file in sorted(retrieval_files):
         stats = read_json(file)
         parts = Path(file).parts  # .../retrieval/<retriever>/<dataset>/stats.json
@@ -317,6 +403,8 @@ def write_summary(
                 "n": stats["n"],
             }
         )
+        if stats.get("kind") == "rerank":
+            reranked.append(_rerank_row(parts[-3], parts[-2], stats))
     text = [f"# ragtrain report: run `{run}`", ""]
     if rows:
         text += [
@@ -398,6 +486,19 @@ def write_summary(
             ),
             "",
         ]
+    if reranked:
+        text += [
+            "## Reranking",
+            "",
+            "Each rerank retriever's top k against its first stage's own top k on the same"
+            " questions: answer recall@k, the paired difference with a bootstrap 95% interval"
+            " over questions, and the recall of all n candidates (what reranking can reach)."
+            " `reranker` none: the untrained encoder with a fresh head.",
+            "",
+            markdown_table(reranked, RERANK_COLUMNS),
+            "",
+        ]
+    text += rerankers or []
     products = _product_rows(product_files or [])
     if products:
         text += ["## Training data", "", markdown_table(products, ["product", "contents"]), ""]

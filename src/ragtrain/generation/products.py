@@ -178,36 +178,53 @@ def by_split(records: list[dict], judged: list[dict], key: str) -> tuple[list[di
     return [r for r in records if r[key] not in dev], [r for r in records if r[key] in dev]
 
 
-REFERENCE_SFT_DEFAULTS = {"retrieval": "source", "dev_fraction": 0.15, "seed": 13}
+REFERENCE_SFT_DEFAULTS = {"retrieval": "source", "target": "reference", "dev_fraction": 0.15,
+                          "seed": 13}  # fmt: skip
+TARGETS = ("reference", "answer")
+
+
+def _target(example: dict, target: str) -> str:
+    if target == "answer":
+        return example["answers"][0] if example["answers"] else ""
+    return str(example.get("reference") or "").strip()
 
 
 def reference_sft(examples: list[dict], template, params: dict) -> tuple[list[dict], dict]:
-    """Distillation data: each example's `reference` (a teacher's answer, ALCE's `output`)
-    as the completion of its prompt (`template` over the question and its documents);
-    (SFT records with their split, stats). Examples without a reference are dropped and
-    counted; none with one is an error naming the field."""
+    """Distillation data: each example's `reference` (a teacher's answer, ALCE's `output`),
+    or with `target: answer` its first gold answer, as the completion of its prompt
+    (`template` over the question and its documents); (SFT records with their split,
+    stats). Examples without one are dropped and counted; none with one is an error
+    naming the field."""
+    from ragtrain.generation.doc_preferences import original_id
     from ragtrain.generation.judge import dev_ids
 
     params = {**REFERENCE_SFT_DEFAULTS, **params}
-    kept = [ex for ex in examples if str(ex.get("reference") or "").strip()]
+    if params["target"] not in TARGETS:
+        raise ValueError(f"target: expected one of {', '.join(TARGETS)}, got {params['target']!r}")
+    kept = [ex for ex in examples if _target(ex, params["target"])]
     if not kept:
-        raise ValueError(
-            f"reference_sft: none of the {len(examples)} examples has a `reference` (a"
-            " teacher's answer: ALCE `output`, or the world's ALCE-shaped questions)"
+        what = (
+            "a `reference` (a teacher's answer: ALCE `output`, or the world's ALCE-shaped"
+            " questions)"
+            if params["target"] == "reference"
+            else "a gold answer"
         )
-    held = dev_ids([ex["id"] for ex in kept], params["dev_fraction"], params["seed"])
+        raise ValueError(f"reference_sft: none of the {len(examples)} examples has {what}")
+    # An augmented question (ragtrain.generation.query_augment) goes where its original does.
+    originals = sorted({original_id(ex) for ex in kept})
+    held = dev_ids(originals, params["dev_fraction"], params["seed"])
     records = [
         {
             "id": ex["id"],
             "prompt": template.conversation(ex),
-            "completion": _assistant(ex["reference"].strip()),
-            "split": "dev" if ex["id"] in held else "train",
+            "completion": _assistant(_target(ex, params["target"])),
+            "split": "dev" if original_id(ex) in held else "train",
         }
         for ex in kept
     ]
     stats = {
         "n_examples": len(examples),
         "n_kept": len(records),
-        "n_without_reference": len(examples) - len(records),
+        f"n_without_{params['target']}": len(examples) - len(records),
     }
     return records, stats

@@ -156,3 +156,31 @@ def _strategy_samples(
                 }
             )
     return drawn
+
+
+def answer_sets(
+    calls: list[tuple[str, list[dict], str | Path]],
+    load_generator: Callable[[], Generator],
+    params: dict,
+    work: Path,
+) -> tuple[dict[str, dict[str, str]], dict]:
+    """One answer per item for several sets of items, each `(name, items, template)`,
+    with one engine (loaded only if a shard is missing) and each set's shards under
+    `work/<name>`; ({name: {item id: answer}}, {name: stats})."""
+    generator: Generator | None = None
+
+    def load_once() -> Generator:
+        nonlocal generator
+        generator = generator or load_generator()
+        return generator
+
+    answers, stats = {}, {}
+    for name, items, template in calls:
+        (work / name).mkdir(parents=True, exist_ok=True)
+        records, call_stats = sample_demos(
+            items, load_once, PromptTemplate(template), {**params, "n": 1}, work / name, desc=name
+        )
+        answers[name] = {r["id"]: r["samples"][0]["text"] for r in records}
+        kept = ("n_examples", "tokens_per_second", "resumed_shards")
+        stats[name] = {k: call_stats[k] for k in kept}
+    return answers, stats

@@ -17,6 +17,8 @@ from ragtrain.core.seeds import DEFAULT_SEED
 from ragtrain.core.settings import merge
 from ragtrain.data.beir import WORLD_TASK_DEFAULTS
 from ragtrain.data.world import WorldConfig
+from ragtrain.generation.query_augment import check_strategies as check_augment
+from ragtrain.generation.query_augment import template_name as augment_template
 from ragtrain.generation.strategies import (
     USER_TEMPLATES,
     check_strategies,
@@ -30,6 +32,7 @@ from ragtrain.graph.kinds import (
     EVALUATE_DEFAULTS,
     GENERATING_PRODUCTS,
     GENERATION_DEFAULTS,
+    INDEXED_RETRIEVERS,
     KINDS,
     LAUNCHED_KINDS,
     LLM_KINDS,
@@ -173,6 +176,56 @@ def _nli_judge(config: dict, key: str, name) -> None:
         raise ConfigError(key, f"expected an nli judge (known: {known or 'none'}), got {name!r}")
 
 
+def _check_preferences(config: dict) -> None:
+    """DPA-RAG's nodes: what reranks what, label sets, strategies, loss weights."""
+    for name, node in config["retrievers"].items():
+        if node["kind"] != "rerank":
+            continue
+        first = config["retrievers"][node["first"]]["kind"]
+        if first not in INDEXED_RETRIEVERS:
+            raise ConfigError(
+                f"retrievers.{name}.first",
+                f"a rerank retriever reorders a {' or '.join(INDEXED_RETRIEVERS)} retriever's"
+                f" list, not {node['first']!r} ({first})",
+            )
+        reranker = node.get("reranker")
+        if reranker is not None and config["models"][reranker]["kind"] != "reranker":
+            raise ConfigError(
+                f"retrievers.{name}.reranker",
+                f"expected a reranker model, got {reranker!r}"
+                f" ({config['models'][reranker]['kind']})",
+            )
+        if node["n"] < node["k"]:
+            raise ConfigError(
+                f"retrievers.{name}.n", f"reranks {node['n']} candidates but keeps k={node['k']}"
+            )
+    for name, node in config["products"].items():
+        key = f"products.{name}"
+        if node["kind"] == "doc_preferences":
+            if node["retrieval"] == NO_RETRIEVAL:
+                raise ConfigError(f"{key}.retrieval", "labels need retrieved documents, not `none`")
+            both = set(node["positive"]) & set(node["negative"])
+            if both:
+                raise ConfigError(
+                    f"{key}.negative", f"{sorted(both)[0]!r} is also among `positive`"
+                )
+        if node["kind"] == "query_augment":
+            problem = check_augment(node["augment"], node["nli_checked"])
+            if problem:
+                raise ConfigError(f"{key}.{problem[0]}", problem[1])
+            if node.get("nli") is not None:
+                _nli_judge(config, f"{key}.nli", node["nli"])
+    for name, node in config["models"].items():
+        if node["kind"] != "reranker":
+            continue
+        unknown = [loss for loss in node["weights"] or {} if loss not in node["losses"]]
+        if unknown:
+            raise ConfigError(
+                f"models.{name}.weights",
+                f"weighs {unknown[0]!r}, which is not among `losses` ({', '.join(node['losses'])})",
+            )
+
+
 def _check_language_models(config: dict) -> None:
     """What starts training or generates must be a language model, not a reward model
     or a retriever."""
@@ -184,7 +237,15 @@ def _check_language_models(config: dict) -> None:
     ] + [
         (f"products.{n}.model", p.get("model"))
         for n, p in config["products"].items()
-        if p["kind"] in ("self_demos", "pseudo_queries", "segment_beam", "prompt_search")
+        if p["kind"]
+        in (
+            "self_demos",
+            "pseudo_queries",
+            "segment_beam",
+            "prompt_search",
+            "doc_preferences",
+            "query_augment",
+        )
     ]
     for key, name in checks:
         if name and config["models"][name]["kind"] not in lms:
@@ -252,6 +313,7 @@ def _check_references(config: dict) -> None:
                     )
     # Products and trained models read the kinds of product they are built from.
     for section, field, verb in (
+        ("datasets", "from", "dataset is made from"),
         ("products", "from", "product is made from"),
         ("models", "data", "model trains on"),
         ("models", "queries", "trains on"),
@@ -317,6 +379,10 @@ def templates_read(node: dict) -> list[str]:
         return templates_of(node["strategies"] or [])
     if node["kind"] == "prompt_search":
         return [*node["seeds"], node["critique_prompt"], node["rewrite_prompt"]]
+    if node["kind"] == "doc_preferences":
+        return [node["closed_book_prompt"]]
+    if node["kind"] == "query_augment":
+        return [augment_template(s) for s in node["augment"]]
     return []
 
 
@@ -501,6 +567,7 @@ def prepare(config: dict, prompts_dir: Path | None = None) -> dict:
     _check_references(config)
     _check_rewards(config)
     _check_language_models(config)
+    _check_preferences(config)
     _check_cycles(config)
     _check_launch(config)
     _fill_task_datasets(config)

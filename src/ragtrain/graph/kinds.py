@@ -21,6 +21,11 @@ from ragtrain.core.seeds import DEFAULT_SEED
 from ragtrain.core.settings import merge
 from ragtrain.data.beir import WORLD_TASK_DEFAULTS
 from ragtrain.data.world import WorldConfig
+from ragtrain.generation.doc_preferences import (
+    DOC_PREFERENCE_DEFAULTS,
+    KNOWLEDGE_LABELS,
+    PRE_ALIGNED_DEFAULTS,
+)
 from ragtrain.generation.judge import JUDGE_DEFAULTS
 from ragtrain.generation.products import PAIRS_DEFAULTS, REFERENCE_SFT_DEFAULTS, SFT_DEFAULTS
 from ragtrain.generation.prompt_search import PROMPT_SEARCH_DEFAULTS
@@ -29,6 +34,7 @@ from ragtrain.generation.pseudo_query import (
     PSEUDO_QUERY_DEFAULTS,
     QUERY_SFT_DEFAULTS,
 )
+from ragtrain.generation.query_augment import AUGMENT_STRATEGIES, QUERY_AUGMENT_DEFAULTS
 from ragtrain.generation.strategies import PAPER
 from ragtrain.generation.tournament import TOURNAMENT_DEFAULTS
 from ragtrain.graph.key_docs import (
@@ -51,6 +57,8 @@ from ragtrain.judges.rules import RULES
 from ragtrain.retrieval.index import BM25_DEFAULTS
 from ragtrain.retrieval.lossnet import LOSSNET_DEFAULTS
 from ragtrain.retrieval.query_filters import FILTER_DEFAULTS
+from ragtrain.retrieval.rerank import RERANK_DEFAULTS
+from ragtrain.retrieval.reranker import LOSSES, RERANKER_DEFAULTS
 from ragtrain.retrieval.retriever_training import BIENCODER_DEFAULTS, COLBERT_DEFAULTS
 from ragtrain.training.group_rl import GROUP_RL_DEFAULTS
 from ragtrain.training.ppo import PPO_DEFAULTS
@@ -155,9 +163,13 @@ INHERITED = {
     REMOTE_CODE: "a trained model inherits it from the model it starts from (init): set it there"
 }
 SAMPLES = ("self_demos", "judge", "reward")
-SFT_PRODUCTS = ("sft_data", "query_sft_data", "best_of_n", "segment_beam", "reference_sft")
+SFT_PRODUCTS = (
+    "sft_data", "query_sft_data", "best_of_n", "segment_beam", "reference_sft", "pre_aligned_sft"
+)  # fmt: skip
 PAIR_PRODUCTS = ("preference_pairs", "query_preferences")
 QUERY_PRODUCTS = ("pseudo_queries", "query_filter", "query_preferences")
+# First-stage retrievers: what a `rerank` retriever reorders.
+INDEXED_RETRIEVERS = ("bm25", "dense")
 LANGUAGE_MODELS = ("base", "sft", "dpo", "ppo", "grpo", "rloo")
 
 
@@ -211,10 +223,29 @@ def _kinds() -> list[Kind]:
             stage="index", rule="index",
         ),
         Kind(
+            "retrievers", "rerank", "another retriever's top `n` reordered by a cross-encoder"
+            " `reranker` (DPA-RAG's), its top `k` kept",
+            defaults=RERANK_DEFAULTS,
+            docs={"first": "the first-stage retriever (bm25 or dense)",
+                  "reranker": "a `reranker` model (null: the untrained `encoder` with a fresh,"
+                  " seeded head)",
+                  "n": "first-stage candidates reranked", "k": "passages kept",
+                  "encoder": "the untrained reranker's encoder (`reranker: null`)",
+                  "batch_size": "pairs scored per forward pass",
+                  "max_length": "tokens per (question, passage) pair",
+                  "trust_remote_code": ENCODER_DOCS["trust_remote_code"],
+                  "seed": "the untrained head"},
+            required=("first",),
+            refs={"first": ("retrievers", INDEXED_RETRIEVERS),
+                  "reranker": ("models", ("reranker",))},
+            stage="rerank", rule="rerank",
+        ),
+        Kind(
             "datasets", "qa", "questions with answers: a world's split or a QA file",
             defaults={"format": "auto", "limit": None, "source_docs": None},
             docs={"world": "a world (with `split`)", "split": "the world's split",
                   "path": "a QA file: JSONL, or a JSON array (ALCE)",
+                  "from": "a `query_augment` product: its questions and their kept rewrites",
                   "format": "`nq_open`, `flashrag`, `kilt` (also RA-DIT's, with"
                   " `retrieved_support`), `alce` (ASQA, QAMPARI, ELI5), `ragtrain`, or"
                   " `auto` (detected); the documents a file carries are kept for"
@@ -222,7 +253,8 @@ def _kinds() -> list[Kind]:
                   "limit": "keep the first N examples",
                   "source_docs": "keep the first N of each example's own documents (null:"
                   " all)"},
-            one_of=("world", "path"), refs={"world": ("worlds", ())},
+            one_of=("world", "path", "from"),
+            refs={"world": ("worlds", ()), "from": ("products", ("query_augment",))},
             stage="dataset", rule="dataset",
         ),
         Kind(
@@ -306,6 +338,33 @@ def _kinds() -> list[Kind]:
                  {"loss_type": "TRL's GRPO loss"}),
                 ("rloo", "RLOO (TRL RLOOTrainer), each reward source one reward function", {}),
             )
+        ),
+        Kind(
+            "models", "reranker", "a cross-encoder reranker (DPA-RAG's): classification,"
+            " ranking and contrastive losses, weighted by MGDA or fixed",
+            defaults={**RERANKER_DEFAULTS, "dev_fraction": 0.15},
+            docs={"data": "a `doc_preferences` product (its train and dev records)",
+                  "path": "reranker records in DPA-RAG's format (`query`, `classification`,"
+                  " `rank_list`, `positive`, `negative`), `dev_fraction` of them held out",
+                  "encoder": "the cross-encoder's body, any HF encoder: a folder, a hub id"
+                  " (BAAI/bge-reranker-large), or `all-MiniLM-L6-v2` (the packaged wheel,"
+                  " offline)",
+                  "trust_remote_code": ENCODER_DOCS["trust_remote_code"],
+                  "losses": f"a subset of {', '.join(LOSSES)}",
+                  "weighting": "`mgda` (the min-norm point of the losses' gradients on the"
+                  " encoder, each step) or `fixed`",
+                  "weights": "`fixed`: {loss: weight} (null: equal)",
+                  "epochs": "passes over the records", "batch_size": "records per step",
+                  "learning_rate": "peak learning rate",
+                  "warmup_ratio": "share of steps of linear warm-up",
+                  "max_length": "tokens per (question, passage) pair",
+                  "temperature": "the contrastive loss's temperature",
+                  "contrastive_per_side": "positives and negatives per record in the"
+                  " contrastive loss",
+                  "dev_fraction": "`path`: share of the records held out",
+                  "seed": "head, data order and split"},
+            one_of=("data", "path"), refs={"data": ("products", ("doc_preferences",))},
+            stage="train-reranker", rule="train_reranker", job="train",
         ),
         Kind(
             "models", "biencoder", "a bi-encoder (in-batch negatives) on gold plus kept"
@@ -551,10 +610,62 @@ def _kinds() -> list[Kind]:
             docs={"dataset": "a QA dataset whose examples carry `reference`",
                   "retrieval": "`source` (default: the dataset's own documents, which the"
                   " reference cites), a retriever, or `none`",
+                  "target": "`reference` (the teacher's answer) or `answer` (the first gold"
+                  " answer: plain RAG instruction tuning)",
                   "prompt": PROMPT_DOC, **SPLIT_DOCS},
             required=("dataset",),
             refs={"dataset": ("datasets", ("qa",)), "retrieval": ("retrievers", ())},
             stage="reference-sft", rule="reference_sft",
+        ),
+        Kind(
+            "products", "doc_preferences", "DPA-RAG's preference knowledge: `model` answers"
+            " closed book and with each retrieved document alone; each (question, document)"
+            " labelled both_correct / aligned / unaligned / both_incorrect; reranker records",
+            defaults=DOC_PREFERENCE_DEFAULTS,
+            docs={"model": "the answering model", "dataset": "a QA dataset",
+                  "retrieval": "the retriever whose top-k documents are labelled",
+                  "label_rule": "`f1` (aligned iff F1 rises with the document, unaligned iff"
+                  " it falls) or `correct` (gold answer contained)",
+                  "positive": "labels of the reranker's aligned class (of"
+                  f" {', '.join(KNOWLEDGE_LABELS)})",
+                  "negative": "labels of its other class",
+                  "rank_depth": "documents per `rank_list` (one per label tier, best first)",
+                  "contrastive_per_side": "positives and negatives kept per record",
+                  "prompt": "the template with one document",
+                  "closed_book_prompt": "the template without documents",
+                  "shard_size": "items per shard (resumed)",
+                  "generation": "overrides of the top-level `generation`", **SPLIT_DOCS},
+            required=("model", "dataset", "retrieval"),
+            refs={"model": ("models", LANGUAGE_MODELS), "dataset": ("datasets", ("qa",)),
+                  "retrieval": ("retrievers", ())},
+            stage="doc-preferences", rule="doc_preferences", job="generate", generates=True,
+        ),
+        Kind(
+            "products", "query_augment", "DPA-RAG's query augmentation: each question rewritten"
+            " by `model` per strategy, rewrites the `nli` judge finds unfaithful dropped",
+            defaults=QUERY_AUGMENT_DEFAULTS,
+            docs={"model": "the rewriting model", "dataset": "a QA dataset",
+                  "augment": f"strategies, of {', '.join(AUGMENT_STRATEGIES)} (templates"
+                  " `augment_<name>`)",
+                  "nli": "an `nli` judge (null: no filter)",
+                  "nli_checked": "the strategies the filter checks",
+                  "shard_size": "questions per shard (resumed)",
+                  "generation": "overrides of the top-level `generation`"},
+            required=("model", "dataset"),
+            refs={"model": ("models", LANGUAGE_MODELS), "dataset": ("datasets", ("qa",)),
+                  "nli": ("judges", ("nli",))},
+            stage="query-augment", rule="query_augment", job="generate", generates=True,
+        ),
+        Kind(
+            "products", "pre_aligned_sft", "DPA-RAG's pre-aligned task as SFT data: given a"
+            " question's labelled documents, name the helpful ones, then answer",
+            defaults=PRE_ALIGNED_DEFAULTS,
+            docs={"from": "a `doc_preferences` product (its questions keep their split)",
+                  "helpful": "the labels that count as helpful",
+                  "augmented": "include the rewritten questions (false: the originals only)",
+                  "prompt": PROMPT_DOC},
+            required=("from",), refs={"from": ("products", ("doc_preferences",))},
+            stage="pre-aligned-sft", rule="pre_aligned_sft",
         ),
         Kind(
             "products", "segment_beam", "answers grown sentence by sentence, the `beam` best"

@@ -119,6 +119,8 @@ def aggregate(scores: list[dict]) -> dict:
         "em": _mean([s["em"] for s in answerable]),
         "f1": _mean([s["f1"] for s in answerable]),
         "accuracy": _mean([s["accuracy"] for s in answerable]),
+        # DPA-RAG's name for the same number: the (first) generated answer holds a gold one.
+        "hits@1": _mean([s["accuracy"] for s in answerable]),
         "refusal_rate": _mean([float(s["refusal"]) for s in scores]),
         "correct_refusal": _mean([float(s["refusal"]) for s in unanswerable]),
         # Any refusal of an answerable question; evaluation's `false_refusal` counts only

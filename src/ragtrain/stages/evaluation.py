@@ -48,6 +48,7 @@ def cmd_report(args) -> None:
         load_rows,
         load_training,
         paired_differences,
+        reranker_section,
         write_plot,
         write_summary,
         write_table,
@@ -72,6 +73,7 @@ def cmd_report(args) -> None:
         paired,
         args.resamples,
         alce_section(args.metrics, args.seed, args.resamples),
+        reranker_section(args.rerankers),
     )
 
 
@@ -104,6 +106,7 @@ def register(stages) -> None:
         "--retrieval-metrics", nargs="*", default=[], help="retrieval evaluation metrics.json"
     )
     p.add_argument("--retrievers", nargs="*", default=[], help="trained retriever folders")
+    p.add_argument("--rerankers", nargs="*", default=[], help="trained reranker folders")
     p.add_argument("--retrieval", nargs="*", default=[], help="retrieval stats.json files")
     p.add_argument("--models", nargs="*", default=[], help="trained model folders")
     p.add_argument("--products", nargs="*", default=[], help="product stats.json files")
