@@ -119,6 +119,9 @@ def test_reranker_records_hold_nothing_without_signal_and_balance_the_classes():
     # The class is drawn first, per question: about half each.
     assert 70 < stats["classification"]["aligned"] < 130
     assert stats["ranking_pairs"] == 200 and stats["with_contrastive"] == 200
+    # Positives without negatives contrast nothing: neither side is kept.
+    one_sided = reranker_record(_labelled(["aligned", "both_correct"]), params)
+    assert one_sided["positive"] == one_sided["negative"] == []
 
 
 def test_reranker_records_read_back_with_the_dpa_rag_loader(tmp_path):

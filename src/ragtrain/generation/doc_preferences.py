@@ -16,7 +16,8 @@ From the labels come
 - the reranker's records, in DPA-RAG's file format (read back by
   ragtrain.data.preferences, like the paper's own files): `rank_list` one document per
   label tier present, best tier first (aligned, both_correct, both_incorrect, unaligned);
-  `positive` / `negative` the documents whose labels the node counts as such;
+  `positive` / `negative` the documents whose labels the node counts as such (for the
+  contrastive loss, so both are left empty unless the question has both);
   `classification` one of those, its class drawn first so that the classes balance;
 - the pre-aligned SFT data (the paper's "pre-aligned" task): given all k documents, name
   the helpful ones, then answer.
@@ -186,6 +187,8 @@ def reranker_record(labelled: dict, params: dict) -> dict | None:
     else:
         return None
     per_side = params["contrastive_per_side"]
+    if not (positive and negative):  # the contrastive loss contrasts the two sides
+        positive = negative = []
     return {
         "id": labelled["id"],
         "query": labelled["question"],

@@ -35,7 +35,6 @@ def _split_write(args, records: list[dict], stats: dict, what: str) -> None:
 def cmd_doc_preferences(args) -> None:
     from functools import partial
 
-    from ragtrain.core.records import read_jsonl
     from ragtrain.core.workdir import finish, work_dir
     from ragtrain.generation.doc_preferences import (
         answer_all,
@@ -44,12 +43,13 @@ def cmd_doc_preferences(args) -> None:
         reranker_records,
     )
     from ragtrain.generation.engine import load_generator
+    from ragtrain.stages.products import dataset_examples
 
     params = merge(PRODUCT_DEFAULTS["doc_preferences"], args.params)
     params["generation"] = generation(params)
     for key in ("positive", "negative"):
         check_labels(key, params[key])
-    examples = read_jsonl(args.examples)
+    examples = dataset_examples(args.examples, params)
     missing = [ex["id"] for ex in examples if not ex.get("docs")]
     if missing:
         raise ValueError(f"{args.examples}: example {missing[0]!r} has no retrieved documents")
