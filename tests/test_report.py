@@ -19,6 +19,7 @@ def metrics(model, retrieval, em):
         "em": em,
         "f1": em,
         "accuracy": em,
+        "hits@1": em,
         "refusal_rate": 0.1,
         "correct_refusal": None,
         "false_refusal": 0.0,
@@ -59,8 +60,8 @@ def test_report_files(tmp_path):
     write_summary(rows, [str(stats)], "demo", tmp_path / "summary.md")
     md = (tmp_path / "summary.md").read_text()
     assert (
-        "| base | test | bm25 | rules | 10 | 0.250 | 0.250 | 0.250 | 0.500 | 0.250 | - | 0.100"
-        " | - | 0.000 | 33.3 |" in md
+        "| base | test | bm25 | rules | 10 | 0.250 | 0.250 | 0.250 | 0.250 | 0.500 | 0.250 | -"
+        " | 0.100 | - | 0.000 | 33.3 |" in md
     )
     assert "| base | test | bm25 | rules | 2 | 3 | 1 | 4 |" in md
     assert "| bm25 | test | 3 | 0.800 | 0.900 | 10 |" in md
