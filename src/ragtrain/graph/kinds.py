@@ -57,8 +57,7 @@ from ragtrain.judges.rules import RULES
 from ragtrain.retrieval.index import BM25_DEFAULTS
 from ragtrain.retrieval.lossnet import LOSSNET_DEFAULTS
 from ragtrain.retrieval.query_filters import FILTER_DEFAULTS
-from ragtrain.retrieval.rerank import RERANK_DEFAULTS
-from ragtrain.retrieval.reranker import LOSSES, RERANKER_DEFAULTS
+from ragtrain.retrieval.rerank import LOSSES, RERANK_DEFAULTS, RERANKER_DEFAULTS
 from ragtrain.retrieval.retriever_training import BIENCODER_DEFAULTS, COLBERT_DEFAULTS
 from ragtrain.training.group_rl import GROUP_RL_DEFAULTS
 from ragtrain.training.ppo import PPO_DEFAULTS

@@ -8,10 +8,36 @@ interval (the same questions, so the interval is over questions).
 
 from __future__ import annotations
 
+from typing import Any
+
 from ragtrain.core.seeds import DEFAULT_SEED
 from ragtrain.metrics.paired import paired_bootstrap
 from ragtrain.metrics.qa import answer_recall
 from ragtrain.retrieval.index import Index, passage_text
+
+# A reranker model's settings (ragtrain.retrieval.reranker trains it; torch-free here, so
+# that the kind registry reads them when Snakemake parses the workflow).
+RERANKER_DEFAULTS: dict[str, Any] = {
+    "encoder": "all-MiniLM-L6-v2",
+    "losses": ["classification", "ranking", "contrastive"],
+    # "mgda": min-norm weights per step; "fixed": `weights` (default equal)
+    "weighting": "mgda",
+    # {loss: weight} for fixed weighting, relative (normalised over a step's losses)
+    "weights": None,
+    "epochs": 2,
+    "batch_size": 8,
+    "learning_rate": 2e-5,
+    "warmup_ratio": 0.1,
+    "max_length": 256,
+    "temperature": 0.07,
+    # positives and negatives per record in the contrastive loss (each side)
+    "contrastive_per_side": 2,
+    "seed": 0,
+    # run the encoder's own code (a hub model with custom code): only when turned on
+    "trust_remote_code": False,
+}
+LOSSES = ("classification", "ranking", "contrastive")
+WEIGHTINGS = ("mgda", "fixed")
 
 RERANK_DEFAULTS = {
     "n": 20,

@@ -31,7 +31,6 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,29 +40,11 @@ from ragtrain.core.records import write_jsonl
 from ragtrain.core.security import folder_trusts_remote_code, write_model_meta
 from ragtrain.retrieval.index import passage_text, resolve_encoder
 
+# Settings live beside reranked retrieval: the kind registry reads them without torch.
+from ragtrain.retrieval.rerank import LOSSES, RERANKER_DEFAULTS, WEIGHTINGS
+
 log = logging.getLogger(__name__)
 
-RERANKER_DEFAULTS: dict[str, Any] = {
-    "encoder": "all-MiniLM-L6-v2",
-    "losses": ["classification", "ranking", "contrastive"],
-    # "mgda": min-norm weights per step; "fixed": `weights` (default equal)
-    "weighting": "mgda",
-    # {loss: weight} for fixed weighting, relative (normalised over a step's losses)
-    "weights": None,
-    "epochs": 2,
-    "batch_size": 8,
-    "learning_rate": 2e-5,
-    "warmup_ratio": 0.1,
-    "max_length": 256,
-    "temperature": 0.07,
-    # positives and negatives per record in the contrastive loss (each side)
-    "contrastive_per_side": 2,
-    "seed": 0,
-    # run the encoder's own code (a hub model with custom code): only when turned on
-    "trust_remote_code": False,
-}
-LOSSES = ("classification", "ranking", "contrastive")
-WEIGHTINGS = ("mgda", "fixed")
 ALIGNED = 1  # the head's class for "the document helps the LLM"
 HEAD_FILE = "head.safetensors"
 META_FILE = "reranker.json"
