@@ -22,8 +22,12 @@ from ragtrain.stages.common import (
 
 def _split_write(args, records: list[dict], stats: dict, what: str) -> None:
     """Records with their `split` to --train / --dev (the split field dropped), stats last."""
-    train = [{k: v for k, v in r.items() if k != "split"} for r in records if r["split"] == "train"]
-    dev = [{k: v for k, v in r.items() if k != "split"} for r in records if r["split"] == "dev"]
+    from ragtrain.training.rejection import split_records
+
+    train, dev = (
+        [{k: v for k, v in r.items() if k != "split"} for r in part]
+        for part in split_records(records)
+    )
     if not train:
         raise ValueError(f"{args.stage}: no {what} for training ({stats})")
     write_jsonl(args.train, train)
