@@ -56,13 +56,9 @@ def test_unknown_name_stops_before_any_job(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_end_to_end(from_tiny_upstream, tiny_model, monkeypatch):
+def test_end_to_end(from_tiny_upstream, tiny_model):
     # From the shared upstream (up to the SFT model, built once): DPO, evaluation, report.
     tmp_path = from_tiny_upstream
-    # vLLM on CPU otherwise gives the KV cache 30% of host RAM less what the model takes
-    # (6 GiB here), and zeroing it took about 10 s of each engine's start; the tiny model's
-    # 8 prompts need a few MiB. An environment setting: no node's params change.
-    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     configfile = tmp_path / "tiny.yaml"
     configfile.write_text(yaml.safe_dump(tiny_config("tiny.yaml", tiny_model)))
     assert_upstream_up_to_date(tmp_path, configfile)
