@@ -10,7 +10,7 @@ CORES ?= all
 CONFIG ?= config/config.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: install profiles unlink-profiles demo test test-all lint format docs dag clean-demo bench slurm-test
+.PHONY: install profiles unlink-profiles demo test test-all lint format docs dag clean-demo bench slurm-test env-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,14 @@ dag: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format src tests bench scripts
 	$(BIN)/snakefmt Snakefile workflow/rules
+
+# Each env of envs/ built as a virtualenv under .env-check/ with exactly its packages
+# (vLLM's CPU build where there is no CUDA), ragtrain installed with --no-deps, then
+# every rule that names the env: its stage's --help, and a tiny real run where the stage
+# needs no model (scripts/env_check.py; README, "Per-rule environments"). Some envs:
+# `make env-check ENVS="evaluate data"`. An unchanged env is not rebuilt.
+env-check: $(STAMP)
+	$(BIN)/python scripts/env_check.py $(ENVS)
 
 # A one-node Slurm cluster (two fake GPUs) runs the tiny config with `snakemake
 # --profile slurm`, as users type it (the profile link comes with `install`).

@@ -19,7 +19,7 @@ def ragtrain(*args):
 
 
 # Every stage of the command line, by family (ragtrain.stages): data, retrieval, models,
-# LLM products, query products, evaluation.
+# LLM products, query products, evaluation, then the other families' (backtracking's).
 STAGES = (
     "world",
     "task",
@@ -56,6 +56,10 @@ STAGES = (
     "pre-aligned-sft",
     "train-reranker",
     "rerank",
+    "step-sft",
+    "step-pairs",
+    "pair-file",
+    "pair-mix",
 )
 
 

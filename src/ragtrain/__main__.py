@@ -5,7 +5,9 @@ reads its inputs, and writes its outputs atomically. Bad input ends the stage wi
 a one-line error (`path:line: what is wrong`) and exit status 1.
 
 The stages are declared by family in ragtrain.stages; this module builds the top parser,
-sets up logging and redaction, and dispatches.
+sets up logging and redaction, and dispatches. A stage's run imports its own family's
+module alone (each rule's conda env holds what its stages import, not every stage's);
+`--help` imports them all.
 """
 
 from __future__ import annotations
@@ -20,17 +22,22 @@ from ragtrain.stages import families
 log = logging.getLogger("ragtrain")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
+    """The command line; with `stage`, only the stages of its family's module."""
     parser = argparse.ArgumentParser(prog="python -m ragtrain", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     stages = parser.add_subparsers(dest="stage", required=True, metavar="<stage>")
-    for family in families():
+    for family in families(stage):
         family.register(stages)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # The stage is the first word that is not an option (the top parser's options,
+    # -v and -h, take no value).
+    stage = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(stage).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -18,8 +18,34 @@ from types import ModuleType
 ORDER = ("data", "retrieval", "training", "products", "queries", "evaluation")
 
 
-def families() -> list[ModuleType]:
-    """Every module of this package that registers stages (has a `register`)."""
+# Each module's stages: running a stage imports its module alone, so that an env (envs/,
+# one per rule) need hold only what its own stages import. A stage not listed (a new
+# module's) is found by importing every module; tests/test_envs.py checks the table.
+STAGES = {
+    "data": ("world", "task", "corpus", "dataset"),
+    "retrieval": ("index", "retrieve", "train-retriever", "evaluate-retrieval"),
+    "training": ("base-model", "train", "train-reward-model", "train-rl"),
+    "products": (
+        *("self-demos", "judge", "sft-data", "preference-pairs", "reference-sft"),
+        *("reward", "best-of-n", "segment-beam"),
+    ),
+    "queries": ("pseudo-queries", "query-filter", "query-sft-data", "query-preferences"),
+    "evaluation": ("evaluate", "report"),
+    "backtracking": ("step-sft", "step-pairs", "pair-file", "pair-mix"),
+    "demonstrations": ("prompt-search", "tournament"),
+    "judging": ("judge-relevance", "judge-evaluation"),
+    "preferences": (
+        *("doc-preferences", "query-augment", "pre-aligned-sft", "train-reranker", "rerank"),
+    ),
+}
+MODULES = {stage: module for module, names in STAGES.items() for stage in names}
+
+
+def families(stage: str | None = None) -> list[ModuleType]:
+    """Every module of this package that registers stages (has a `register`); with a
+    stage that MODULES names, its module alone."""
+    if stage in MODULES:
+        return [importlib.import_module(f"{__name__}.{MODULES[stage]}")]
     found = sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "common")
     names = [*ORDER, *(n for n in found if n not in ORDER)]
     modules = [importlib.import_module(f"{__name__}.{name}") for name in names]
