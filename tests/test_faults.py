@@ -23,6 +23,8 @@ import psutil
 import pytest
 import yaml
 
+from ragtrain.graph.dryrun import planned_jobs
+from tests import conftest
 from tests.conftest import ROOT
 
 # Every test runs a child process: Snakemake (the e2e ones) or a writer killed mid-write.
@@ -436,3 +438,95 @@ with records.atomic_dir({str(out)!r}) as tmp:
         (tmp / "z").write_text("newer")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "ready") == ["index"]
     assert [p.name for p in out.iterdir()] == ["z"]
+
+
+# --------------------------------------------------------------------------- orphans
+
+
+@pytest.mark.e2e
+def test_a_killed_snakemake_leaves_no_stage_running(tmp_path):
+    """SIGKILL to Snakemake alone (not its process group): the job it started, a dataset
+    stage blocked reading a named pipe that nothing ever writes, ends with it instead of
+    living on under init (ragtrain.launch.die_with_scheduler)."""
+    os.mkfifo(tmp_path / "questions.jsonl")
+    (tmp_path / "model").mkdir()
+    cfg = {
+        "run": "orphan",
+        "models": {"base": {"path": "model"}},
+        "datasets": {"qa": {"path": "questions.jsonl", "format": "nq_open"}},
+    }
+    configfile = write_config(tmp_path, cfg)
+    target = "results/orphan/data/qa/stats.json"
+    log = (tmp_path / "killed-run.log").open("w")
+    proc = subprocess.Popen(
+        snakemake_cmd(tmp_path, configfile, target),
+        cwd=ROOT,
+        env=ENV,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        snakemake_process = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 120
+        while not (family := snakemake_process.children(recursive=True)) or not any(
+            "dataset" in p.cmdline() for p in family if p.is_running()
+        ):
+            assert proc.poll() is None, (tmp_path / "killed-run.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the dataset stage did not start within 120 s"
+            time.sleep(0.05)
+        time.sleep(1.0)  # the stage is blocked on the pipe
+        os.kill(proc.pid, signal.SIGKILL)  # Snakemake alone: its jobs get no signal
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while alive := [p for p in family if _running(p)]:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert not alive, [" ".join(p.cmdline()) for p in alive]
+    finally:
+        kill_session(proc)
+        log.close()
+    assert not (tmp_path / "results/orphan/data/qa/examples.jsonl").exists()
+
+
+def _running(process: psutil.Process) -> bool:
+    """Alive and not a zombie (an ended child whose adopting parent has not reaped it)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+# --------------------------------------------------------------------------- rebuilds
+
+
+@pytest.mark.e2e
+def test_a_deleted_model_is_rebuilt_with_everything_after_it(from_tiny_upstream, tiny_model):
+    """The tiny DAG finished (from the shared upstream: DPO, its evaluation, the report),
+    the SFT model deleted (by hand, or by a forced rerun killed halfway): a plain rerun
+    rebuilds it and redoes what stands on it. Every node's output is a target of `all`."""
+    folder = from_tiny_upstream
+    cfg = conftest.tiny_config("tiny.yaml", tiny_model)
+    # Only what stands on the SFT model: DPO and one evaluation of it (HF: no vLLM start).
+    del cfg["retrievers"]["dense"], cfg["products"]["judged_by_model"], cfg["judges"]
+    cfg["evaluate"] = [
+        {"models": ["dpo"], "datasets": ["test"], "retrieval": ["bm25"],
+         "generation": {"backend": "hf"}}
+    ]  # fmt: skip
+    configfile = write_config(folder, cfg)
+    args = (*conftest.E2E_CORES, "--configfile", str(configfile), "--directory", str(folder))
+    # (The jobs each run made: the shared upstream is reused, then SFT and DPO rebuilt.)
+    finished = conftest.snakemake(*args)
+    assert planned_jobs(finished.stderr) == {"train": 1, "evaluate": 1, "report": 1, "all": 1}
+    results = folder / RESULTS
+    after_sft = [results / "models/dpo", results / "eval/dpo/test/bm25/metrics.json",
+                 results / "report/summary.md"]  # fmt: skip
+    mtimes = {p: p.stat().st_mtime_ns for p in after_sft}
+
+    shutil.rmtree(folder / SFT)
+    rerun = conftest.snakemake(*args)
+    assert planned_jobs(rerun.stderr) == {"train": 2, "evaluate": 1, "report": 1, "all": 1}
+    assert "rule train:\n    input: results/tiny/models/base" in rerun.stderr  # SFT
+    assert (folder / SFT / "metrics.json").is_file()
+    assert all(p.stat().st_mtime_ns > mtimes[p] for p in after_sft)

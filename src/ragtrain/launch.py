@@ -16,15 +16,92 @@ is ever parsed by a shell. DeepSpeed is not a launcher concern here: a training 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 RENDEZVOUS_PORT = 29500
+# The Snakemake process that runs a job, as `host:pid` (common.smk's shell prefix).
+SCHEDULER_ENV = "RAGTRAIN_SCHEDULER"
+
+
+def scheduler_id() -> str:
+    """This process as the scheduler of the jobs it starts: `host:pid`."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def die_with_scheduler(environ: Mapping[str, str] = os.environ, interval: float = 0.5) -> bool:
+    """End this stage, and the processes it started, when the Snakemake process that
+    runs its job is gone; True where it watches.
+
+    A job's stage is the child of a shell that Snakemake starts: killed with SIGKILL,
+    Snakemake ends no job, and the shell and its stage, adopted by init, would go on
+    writing outputs while a rerun starts the same job. A parent-death signal (prctl)
+    fires with the stage's parent, the shell, which outlives Snakemake; so a daemon
+    thread watches the process SCHEDULER_ENV names. Nothing is watched outside Snakemake
+    (a stage run alone, under nohup, lives on) nor on another host (a task of a
+    multi-node job: Slurm ends its steps)."""
+    host, _, pid = environ.get(SCHEDULER_ENV, "").rpartition(":")
+    if not pid.isdigit() or host != socket.gethostname() or not Path("/proc/self").exists():
+        return False
+    watcher = threading.Thread(
+        target=_watch, args=(int(pid), interval), name="scheduler-watch", daemon=True
+    )
+    watcher.start()
+    return True
+
+
+def _watch(pid: int, interval: float) -> None:
+    while _alive(pid):
+        time.sleep(interval)
+    print(
+        f"ragtrain: Snakemake (process {pid}) has ended: this job's stage stops",
+        file=sys.stderr,
+        flush=True,
+    )
+    for child in reversed(_descendants(os.getpid())):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+    os._exit(128 + signal.SIGTERM)
+
+
+def _stat(pid: int | str) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command name (state, ppid, ...)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (one killed but not yet reaped, a zombie, does not)."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below `pid`, parents before their children."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        fields = _stat(entry.name) if entry.name.isdigit() else None
+        if fields is not None:
+            parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
 
 
 def _python_stage(stage: Sequence[str]) -> list[str]:

@@ -1,5 +1,6 @@
 # Config access and input functions: names in the config resolve to paths here.
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -9,7 +10,16 @@ sys.path.insert(0, str(SRC))
 
 from snakemake.utils import validate
 
-from ragtrain.graph.config import ConfigError, check_keys, prepare, templates_read
+from ragtrain.graph.config import (
+    SCHEMA,
+    ConfigError,
+    ConfigFileError,
+    check_config,
+    load_config_file,
+    missing_paths,
+    prepare,
+    templates_read,
+)
 from ragtrain.generation.strategies import searches_of
 from ragtrain.graph.kinds import (
     INDEXED_RETRIEVERS,
@@ -20,23 +30,36 @@ from ragtrain.graph.kinds import (
     kind_of,
 )
 from ragtrain.graph.cluster import JOB_KEYS, job_resources, launch_args
+from ragtrain.launch import SCHEDULER_ENV, scheduler_id
 from ragtrain.judges.rules import RULES
 from ragtrain.metrics.paired import RESAMPLES
 from ragtrain.training.rewards import nli_judges, reward_models
 
 PROMPTS = Path(workflow.basedir) / "resources" / "prompts"
 
-# A key foreign to its node's kind first (one line naming node, key and kind: the
-# schema's key lists are per section), then the schema's types, then the graph.
+# Before the first job, one line naming the key (or file:line): the config files read
+# again strictly (a key given twice), names, a key foreign to its node's kind (the
+# schema's key lists are per section), the schema's types (strictly: 2 is an integer,
+# 2.0 is not), the schema's defaults, then the graph. The files and folders the config
+# names must exist (in a dry run, a missing one is a warning: plans are made ahead).
 try:
-    check_keys(config)
-    validate(
-        config,
-        str(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"),
-        set_default=True,
-    )
+    for _file in workflow.configfiles:
+        if Path(_file).is_file():
+            load_config_file(_file)
+    check_config(config)
+    validate(config, str(SCHEMA), set_default=True)
     CFG = prepare(config, prompts_dir=PROMPTS)
-except ConfigError as error:
+    # (Snakemake chooses its dry-run executor after reading the Snakefile: the flag is
+    # read from the command line.)
+    _dry_run = any(
+        a in ("--dry-run", "--dryrun") or re.fullmatch(r"-[A-Za-z]*n[A-Za-z]*", a)
+        for a in sys.argv[1:]
+    )
+    for _missing in missing_paths(CFG):
+        if not _dry_run:
+            raise _missing
+        print(f"warning: {_missing}", file=sys.stderr)
+except (ConfigError, ConfigFileError) as error:
     raise WorkflowError(str(error)) from None
 
 RUN = CFG["run"]
@@ -56,6 +79,8 @@ shell.prefix(
     f"set -euo pipefail; {_path}"
     # (doubled braces: Snakemake formats the prefix too)
     f"export PYTHONPATH={shlex.quote(str(SRC))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    # The Snakemake process that runs the job: its stage ends when it does (ragtrain.launch).
+    f"export {SCHEDULER_ENV}={shlex.quote(scheduler_id())}; "
 )
 
 
@@ -458,5 +483,33 @@ def retrieval_stats():
     return [f"{RESULTS}/retrieval/{r}/{d}/stats.json" for r, d in sorted(pairs)]
 
 
+def node_outputs():
+    """One output of every node's job (and of the retrieval its data is sampled with).
+
+    Snakemake rebuilds a missing file only when it is a target or the input of a job
+    that runs: a model deleted by hand, or by a forced rerun killed halfway, would
+    otherwise stay missing under its up-to-date consumers. As targets they are rebuilt
+    (from their work folders' checkpoints), and what reads them is redone after them."""
+    outputs = [f"{RESULTS}/worlds/{w}/stats.json" for w in CFG["worlds"]]
+    outputs += [corpus_file(c) for c in CFG["corpora"]]
+    outputs += [
+        f"{RESULTS}/index/{r}"
+        for r, node in CFG["retrievers"].items()
+        if node["kind"] in INDEXED_RETRIEVERS
+    ]
+    outputs += [f"{RESULTS}/data/{d}/stats.json" for d in CFG["datasets"]]
+    outputs += [model_dir(m) for m in CFG["models"]]
+    outputs += product_stats()
+    sampled = {
+        (node["retrieval"], node["dataset"])
+        for section in ("products", "models")
+        for node in CFG[section].values()
+        if node.get("retrieval") in CFG["retrievers"]
+        and CFG["datasets"].get(node.get("dataset"), {}).get("kind") == "qa"
+    }
+    outputs += [f"{RESULTS}/retrieval/{r}/{d}/stats.json" for r, d in sorted(sampled)]
+    return outputs
+
+
 def all_targets():
-    return [f"{RESULTS}/report/summary.md"]
+    return [f"{RESULTS}/report/summary.md", *node_outputs()]

@@ -37,13 +37,45 @@ class RecordError(ValueError):
         super().__init__(f"{where}: {reason}")
 
 
+# Byte-order marks of the encodings that are not UTF-8 (a UTF-8 one is read and dropped).
+_OTHER_BOMS = {b"\xff\xfe": "UTF-16 (little-endian)", b"\xfe\xff": "UTF-16 (big-endian)"}
+
+
+def decode_line(raw: bytes, path: str | Path, lineno: int) -> str:
+    """One line of a UTF-8 text file (the first may start with a byte-order mark, as
+    Windows editors write it); a RecordError at `path:line` for any other encoding."""
+    if lineno == 1:
+        for bom, name in _OTHER_BOMS.items():
+            if raw.startswith(bom):
+                raise RecordError(path, lineno, f"the file is {name} text: save it as UTF-8")
+    try:
+        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        raise RecordError(
+            path,
+            lineno,
+            f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1});"
+            " save the file as UTF-8",
+        ) from None
+
+
+def decode_text(data: bytes, path: str | Path) -> str:
+    """A whole UTF-8 file's text, as `decode_line` reads each line."""
+    return "".join(
+        decode_line(raw, path, lineno)
+        for lineno, raw in enumerate(data.splitlines(keepends=True), start=1)
+    )
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, record) for each non-blank line; raise RecordError on bad JSON."""
+    """Yield (line number, record) for each non-blank line; raise RecordError on bad JSON
+    or text that is not UTF-8."""
     path = Path(path)
     if not path.exists():
         raise RecordError(path, None, "file not found")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = decode_line(raw, path, lineno)
             if not line.strip():
                 continue
             try:
@@ -123,7 +155,7 @@ def write_json(path: str | Path, obj: Any) -> None:
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(decode_text(path.read_bytes(), path))
     except FileNotFoundError as e:
         raise RecordError(path, None, "file not found") from e
     except json.JSONDecodeError as e:

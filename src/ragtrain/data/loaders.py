@@ -99,7 +99,8 @@ def iter_records(path: str | Path) -> Iterator[tuple[Where, dict[str, Any]]]:
 
 def _first_char(path: str | Path) -> str:
     try:
-        with Path(path).open(encoding="utf-8") as f:
+        # (Sniffing only: the reader reports an encoding problem at its line.)
+        with Path(path).open(encoding="utf-8-sig", errors="replace") as f:
             while chunk := f.read(4096):
                 if stripped := chunk.lstrip():
                     return stripped[0]
@@ -160,6 +161,18 @@ def _unique(values: list[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
+def _gold(values: list[str], field: str, rid: str | None, at: Where) -> list[str]:
+    """Gold answers, none of them empty: an empty answer is never matched (an
+    unanswerable question has no answers at all, `[]`)."""
+    for i, value in enumerate(values):
+        if not value.strip():
+            raise at.error(
+                f"{_who(rid)}: {field}[{i}] is an empty answer, which nothing can match"
+                " (an unanswerable question has an empty list)"
+            )
+    return values
+
+
 def _passages(value: Any, field: str, rid: str, at: Where) -> list[dict[str, str]]:
     """A record's own documents as passages `{id, title, text}`; a document without an id
     gets `<record id>-<position>`."""
@@ -199,6 +212,14 @@ def _beir_passage(record: dict, at: Where) -> dict[str, str]:
     title = record.get("title") or ""
     if not isinstance(title, str):
         raise at.error(f"passage {pid!r}: field 'title' should be str")
+    return _passage(pid, title, text, at)
+
+
+def _passage(pid: str, title: str, text: str, at: Where) -> dict[str, str]:
+    """A passage with a title or a text (BEIR leaves some texts empty): one with
+    neither is an error, as nothing could retrieve it or read anything in it."""
+    if not title.strip() and not text.strip():
+        raise at.error(f"passage {pid!r} is empty (no title, no text)")
     return {"id": pid, "title": title, "text": text}
 
 
@@ -208,12 +229,12 @@ def _flashrag_passage(record: dict, at: Where) -> dict[str, str]:
     first, newline, rest = contents.partition("\n")
     if not newline:
         # One line: no title line, all text.
-        return {"id": pid, "title": "", "text": contents}
+        return _passage(pid, "", contents, at)
     title = first.strip()
     # One pair of surrounding quotes: a title that itself starts with a quote keeps it.
     if len(title) >= 2 and title[0] == title[-1] == '"':
         title = title[1:-1]
-    return {"id": pid, "title": title, "text": rest}
+    return _passage(pid, title, rest, at)
 
 
 CORPUS_LOADERS: dict[str, Callable[[dict, Where], dict[str, str]]] = {
@@ -269,8 +290,8 @@ def _answers(record: dict, field: str, at: Where, wrap_str: bool = False) -> lis
     kinds = (list, str) if wrap_str else list
     answers = at.require(record, field, kinds)
     if isinstance(answers, str):
-        return [answers]
-    return _strings(answers, field, record.get("id"), at)
+        return _gold([answers], field, record.get("id"), at)
+    return _gold(_strings(answers, field, record.get("id"), at), field, record.get("id"), at)
 
 
 def _example(record: dict, rid: str, question: str, answers: list[str]) -> dict[str, Any]:
@@ -350,7 +371,7 @@ def _from_kilt(record: dict, at: Where) -> dict[str, Any]:
         if "answer" in output:
             if not isinstance(output["answer"], str):
                 raise at.error(f"record {rid!r}: output[{i}].answer should be str")
-            answers.append(output["answer"])
+            answers += _gold([output["answer"]], f"output[{i}].answer", rid, at)
         for j, source in enumerate(output.get("provenance") or []):
             if not isinstance(source, dict):
                 raise at.error(f"record {rid!r}: output[{i}].provenance[{j}] should be an object")
@@ -394,7 +415,8 @@ def _from_alce(record: dict, at: Where) -> dict[str, Any]:
         for i, pair in enumerate(qa_pairs):
             if not isinstance(pair, dict) or "short_answers" not in pair:
                 raise at.error(f"record {rid!r}: qa_pairs[{i}] has no field 'short_answers'")
-            answers += _strings(pair["short_answers"], f"qa_pairs[{i}].short_answers", rid, at)
+            field = f"qa_pairs[{i}].short_answers"
+            answers += _gold(_strings(pair["short_answers"], field, rid, at), field, rid, at)
         example["answers"] = _unique(answers)
         example["qa_pairs"] = qa_pairs
     elif "answers" in record:
@@ -402,14 +424,15 @@ def _from_alce(record: dict, at: Where) -> dict[str, Any]:
         groups = []
         for i, group in enumerate(at.require(record, "answers", list, rid)):
             # An answer is a list of its aliases (a bare str is one alias).
-            groups.append(
+            aliases = (
                 [group] if isinstance(group, str) else _strings(group, f"answers[{i}]", rid, at)
             )
+            groups.append(_gold(aliases, f"answers[{i}]", rid, at))
         example["answers"] = _unique([alias for group in groups for alias in group])
         example["answer_groups"] = groups
     elif "claims" in record:
         meta["task"] = "eli5"
-        claims = _strings(record["claims"], "claims", rid, at)
+        claims = _gold(_strings(record["claims"], "claims", rid, at), "claims", rid, at)
         # No short answers: the claims stand in (an empty list means unanswerable).
         example["answers"] = _unique(claims)
         example["claims"] = claims

@@ -10,13 +10,22 @@ offending key in the message.
 from __future__ import annotations
 
 import copy
+import difflib
+import functools
+import re
+import site
+import sysconfig
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from ragtrain.core.seeds import DEFAULT_SEED
 from ragtrain.core.settings import merge
 from ragtrain.data.beir import WORLD_TASK_DEFAULTS
 from ragtrain.data.world import WorldConfig
+from ragtrain.generation.backtracking import STEP_PRODUCTS, check_step_template
 from ragtrain.generation.query_augment import check_strategies as check_augment
 from ragtrain.generation.query_augment import template_name as augment_template
 from ragtrain.generation.strategies import (
@@ -53,7 +62,16 @@ from ragtrain.recipes import RECIPES
 from ragtrain.training.rewards import check_specs, reward_models
 from ragtrain.training.toolkit import check_quantization
 
-__all__ = ["ConfigError", "check_keys", "prepare"]
+__all__ = [
+    "ConfigError",
+    "ConfigFileError",
+    "check_config",
+    "check_keys",
+    "check_params",
+    "load_config_file",
+    "missing_paths",
+    "prepare",
+]
 
 # Which fields of a node name another node, in which section: every kind's, by section
 # (products before models: a cycle is reported from the data that closes it).
@@ -315,6 +333,7 @@ def _check_references(config: dict) -> None:
     for section, field, verb in (
         ("datasets", "from", "dataset is made from"),
         ("products", "from", "product is made from"),
+        ("products", "pairs", "product mixes"),
         ("models", "data", "model trains on"),
         ("models", "queries", "trains on"),
     ):
@@ -515,6 +534,14 @@ def _expand_evaluate(config: dict, prompts_dir: Path | None) -> list[dict]:
                         f"evaluate[{i}].{field}",
                         f"no template {entry[field]}.jinja in {prompts_dir}",
                     )
+        steps = entry.get("answer_format") == "steps"
+        if steps and NO_RETRIEVAL in entry["retrieval"]:
+            raise ConfigError(
+                f"evaluate[{i}].answer_format",
+                "the step format reads retrieved documents: not with retrieval `none`",
+            )
+        if steps and prompts_dir is not None:
+            _check_step_template(f"evaluate[{i}].prompt", prompts_dir, entry["prompt"])
         generation = merge(config["generation"], entry.get("generation") or {})
         judges = _evaluation_judges(config, entry, i)
         if entry.get("nli"):
@@ -541,6 +568,7 @@ def _expand_evaluate(config: dict, prompts_dir: Path | None) -> list[dict]:
                         "retrieval": retrieval,
                         "prompt": prompt,
                         "generation": generation,
+                        **({"answer_format": "steps"} if steps else {}),
                         **({"judges": judges} if judges else {}),
                         **({"nli": entry["nli"]} if entry.get("nli") else {}),
                         **({"resources": entry["resources"]} if entry.get("resources") else {}),
@@ -586,9 +614,55 @@ def prepare(config: dict, prompts_dir: Path | None = None) -> dict:
                             f"names template {template!r}: no {template}.jinja in {prompts_dir}",
                         )
         _check_judges(config, prompts_dir)
+        _check_closed_book(config, prompts_dir)
+        for name, node in config["products"].items():
+            if node["kind"] in STEP_PRODUCTS:
+                _check_step_template(f"products.{name}.prompt", prompts_dir, node["prompt"])
     config["evaluations"] = _expand_evaluate(config, prompts_dir)
     _fill_tensor_parallel(config)
     return config
+
+
+def _check_step_template(key: str, prompts_dir: Path, name: str) -> None:
+    """A step template's macros write steps that its parser reads back."""
+    path = prompts_dir / f"{name}.jinja"
+    problem = check_step_template(path) if path.is_file() else f"no template {path.name}"
+    if problem:
+        raise ConfigError(key, problem)
+
+
+def _check_closed_book(config: dict, prompts_dir: Path) -> None:
+    """A closed-book node (`retrieval: none`) does not prompt with a template that reads
+    retrieved documents: it would show the model an empty list of them."""
+    prompts = [
+        (f"{section}.{name}.prompt", node["prompt"])
+        for section in ("products", "models")
+        for name, node in config[section].items()
+        if node.get("retrieval") == NO_RETRIEVAL and node.get("prompt")
+    ]
+    prompts += [
+        (f"evaluate[{i}].closed_book_prompt", entry["closed_book_prompt"])
+        for i, entry in enumerate(config.get("evaluate") or [])
+        if NO_RETRIEVAL in entry.get("retrieval", []) and entry.get("closed_book_prompt")
+    ]
+    for key, prompt in prompts:
+        if "docs" in _template_variables(prompts_dir / f"{prompt}.jinja"):
+            raise ConfigError(
+                key,
+                f"template {prompt!r} reads retrieved documents, but retrieval is `none`"
+                " (closed book: closed_book, or give a retriever)",
+            )
+
+
+@functools.cache
+def _template_variables(path: Path) -> frozenset[str]:
+    import jinja2
+    import jinja2.meta
+
+    if not path.is_file():
+        return frozenset()
+    parsed = jinja2.Environment().parse(path.read_text(encoding="utf-8"))
+    return frozenset(jinja2.meta.find_undeclared_variables(parsed))
 
 
 def _check_judges(config: dict, prompts_dir: Path) -> None:
@@ -709,3 +783,330 @@ def _expand_evaluate_retrieval(config: dict) -> list[dict]:
                 }
             )
     return nodes
+
+
+# --------------------------------------------------------------------------- before the graph
+# What `prepare` takes for granted, checked first (common.smk, `python -m ragtrain <stage>
+# --params`): the config files' YAML, run and node names, each node's keys against its kind,
+# and the schema's types and ranges, strictly. Every problem is one line naming the key
+# (or `file:line`).
+
+ROOT = Path(__file__).resolve().parents[3]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+PROMPTS = ROOT / "resources" / "prompts"
+# Run and node names: they become folder names and wildcard values.
+NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
+NAME_RULE = "1 to 100 of the characters A-Z a-z 0-9 _ - (it names folders)"
+# A number in exponent form without a dot (`1e-4`): YAML 1.1 (PyYAML, Snakemake) reads it
+# as text, YAML 1.2 and JSON as a number. The config check reads it as a number wherever
+# the schema takes one.
+EXPONENT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")
+_TYPE_WORDS = {
+    "integer": "an integer",
+    "number": "a number",
+    "string": "text",
+    "boolean": "true or false",
+    "object": "a map",
+    "array": "a list",
+    "null": "null",
+}
+
+
+class ConfigFileError(ValueError):
+    """A config file that is not a config: `path:line:column: what is wrong`."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one map (PyYAML keeps the
+    last silently) and reading `1e-4` as a number (as YAML 1.2 does)."""
+
+    path = "<config>"
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                    continue  # `<<: *anchor` keys may be given again beside it
+                line = key_node.start_mark.line + 1
+                if key_node.value in seen:
+                    raise ConfigFileError(
+                        f"{self.path}:{line}: key {key_node.value!r} given twice in one map"
+                        f" (first at line {seen[key_node.value]}); YAML would keep the last"
+                    )
+                seen[key_node.value] = line
+        return super().construct_mapping(node, deep)
+
+
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(f"^{EXPONENT.pattern}$"), list("-+0123456789.")
+)
+
+
+def load_config_file(path: str | Path) -> dict:
+    """A config file (YAML or JSON) as a dict; a ConfigFileError at `path:line:column`
+    where it cannot be read, is not YAML, gives a key twice, or is not a map."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigFileError(f"{path}: cannot read the config file ({e.strerror})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigFileError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save it as UTF-8"
+        ) from None
+    loader = _StrictLoader(text)
+    loader.path = str(path)
+    try:
+        config = loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        context = f" ({e.context})" if e.context and e.problem else ""
+        raise ConfigFileError(
+            f"{where}: YAML syntax error: {e.problem or e.context}{context}"
+        ) from None
+    except yaml.YAMLError as e:
+        raise ConfigFileError(f"{path}: YAML error: {' '.join(str(e).split())}") from None
+    finally:
+        loader.dispose()
+    if not isinstance(config, dict):
+        raise ConfigFileError(
+            f"{path}: expected a map of config keys at the top, got {_type_of(config)}"
+        )
+    return config
+
+
+def check_config(config: dict, schema: str | Path = SCHEMA) -> None:
+    """Everything before the graph, in place: names, each node's keys against its kind
+    (with the default kinds set), then the schema's types and ranges (strictly: an integer
+    field refuses 2.0; `1e-4` written as text is read as a number). A ConfigError names
+    the key."""
+    if not isinstance(config, dict):
+        raise ConfigError("(top level)", f"expected a map of config keys, got {_type_of(config)}")
+    _check_names(config)
+    check_keys(config)
+    errors = _schema_errors(config, _schema(str(schema)))
+    if errors:
+        import jsonschema
+
+        raise ConfigError(*_problem(jsonschema.exceptions.best_match(errors)))
+
+
+def check_params(stage: str, params: dict, schema: str | Path = SCHEMA) -> None:
+    """A stage's `--params` when it is run alone: each key the config's schema describes
+    for the nodes that stage runs is checked as the config check does (types, ranges,
+    lists of choices; `1e-4` as text read as a number, in place). A ValueError names the
+    key. Keys the config check adds (filled defaults, resolved paths) are left alone."""
+    if not Path(schema).is_file():
+        return  # an installed package without the workflow: nothing to check against
+    full = _schema(str(schema))["properties"]
+    properties: dict[str, Any] = {"generation": full["generation"]}
+    for section in {k.section for k in KINDS.values() if k.stage == stage}:
+        properties.update(full[section]["additionalProperties"].get("properties", {}))
+    errors = _schema_errors(params, {"type": "object", "properties": properties})
+    if errors:
+        import jsonschema
+
+        key, reason = _problem(jsonschema.exceptions.best_match(errors))
+        raise ValueError(f"--params key {key}: {reason}")
+
+
+def missing_paths(config: dict) -> list[ConfigError]:
+    """The files and folders a prepared config names (`path`, `gguf`) that do not exist,
+    relative to the working folder (a GGUF file also in site-packages, as the model
+    loader looks for it)."""
+    missing = []
+    for section in SECTIONS:
+        for name, node in config[section].items():
+            path, gguf = node.get("path"), node.get("gguf")
+            if isinstance(path, str) and not Path(path).exists():
+                hint = (
+                    " (a hub id goes under `hub:`)"
+                    if section == "models" and re.fullmatch(r"[\w.-]+/[\w.-]+", path)
+                    else ""
+                )
+                missing.append(
+                    ConfigError(f"{section}.{name}.path", f"no such file or folder {path!r}{hint}")
+                )
+            if isinstance(gguf, str) and not _gguf_found(gguf):
+                missing.append(
+                    ConfigError(
+                        f"{section}.{name}.gguf",
+                        f"no GGUF file {gguf!r} here or in site-packages",
+                    )
+                )
+    return missing
+
+
+def _gguf_found(name: str) -> bool:
+    roots = [Path.cwd(), Path(sysconfig.get_paths()["purelib"]), *map(Path, site.getsitepackages())]
+    return any((root / name).is_file() for root in roots)
+
+
+def _check_names(config: dict) -> None:
+    run = config.get("run")
+    if isinstance(run, str) and not NAME.fullmatch(run):
+        raise ConfigError("run", f"expected {NAME_RULE}, got {_show(run)}")
+    for section in SECTIONS:
+        nodes = config.get(section)
+        if nodes is None:
+            continue
+        if not isinstance(nodes, dict):
+            raise ConfigError(section, f"expected a map of named nodes, got {_type_of(nodes)}")
+        for name, node in nodes.items():
+            if not isinstance(name, str) or not NAME.fullmatch(name):
+                shown = name[:40] + "..." if isinstance(name, str) and len(name) > 40 else name
+                raise ConfigError(
+                    f"{section}.{shown}", f"a node's name is {NAME_RULE}, got {_show(name)}"
+                )
+            if isinstance(node, dict) and not isinstance(node.get("kind", ""), str):
+                raise ConfigError(
+                    f"{section}.{name}.kind", f"expected a kind's name, got {_show(node['kind'])}"
+                )
+
+
+@functools.cache
+def _schema(path: str) -> dict:
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+
+
+@functools.cache
+def _strict_validator():
+    """Draft 2020-12 with integers that are ints (JSON schema counts 2.0 as one)."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    return jsonschema.validators.extend(base, type_checker=checker)
+
+
+def _schema_errors(instance: dict, schema: dict) -> list:
+    """The schema's errors, after reading numbers written as text (`1e-4`) as numbers."""
+    validator = _strict_validator()(schema)
+    while True:
+        errors = list(validator.iter_errors(instance))
+        numbers = [e for e in errors if _is_number_text(e)]
+        if not numbers:
+            return errors
+        for error in numbers:
+            *parents, last = error.absolute_path
+            target = instance
+            for step in parents:
+                target = target[step]
+            target[last] = float(error.instance)
+
+
+def _is_number_text(error) -> bool:
+    types = (
+        error.validator_value
+        if isinstance(error.validator_value, list)
+        else [error.validator_value]
+    )
+    return (
+        error.validator == "type"
+        and "number" in types
+        and isinstance(error.instance, str)
+        and EXPONENT.fullmatch(error.instance.strip()) is not None
+        and len(error.absolute_path) > 0
+    )
+
+
+def _problem(error) -> tuple[str, str]:
+    """(key, reason) of a schema error, on one line."""
+    path = list(error.absolute_path)
+    value, rule, expected = error.instance, error.validator, error.validator_value
+    if rule == "additionalProperties" and isinstance(value, dict):
+        known = list(error.schema.get("properties", {}))
+        patterns = list(error.schema.get("patternProperties", {}))
+        extra = [k for k in value if k not in known and not any(re.search(p, k) for p in patterns)]
+        if extra:
+            close = difflib.get_close_matches(str(extra[0]), known, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+            return _key([*path, extra[0]]), f"unknown key ({hint})"
+    if rule == "required":
+        missing = re.match(r"'(.*)' is a required property", error.message)
+        if missing:
+            return _key([*path, missing.group(1)]), "required, but not given"
+    if rule == "type":
+        types = expected if isinstance(expected, list) else [expected]
+        words = " or ".join(_TYPE_WORDS.get(t, t) for t in types)
+        return _key(path), f"expected {words}, got {_show(value)}"
+    if rule == "enum":
+        return _key(path), f"expected one of {', '.join(map(str, expected))}; got {_show(value)}"
+    bounds = {
+        "minimum": "at least",
+        "exclusiveMinimum": "more than",
+        "maximum": "at most",
+        "exclusiveMaximum": "less than",
+    }
+    if rule in bounds:
+        return _key(path), f"expected {bounds[rule]} {expected}, got {_show(value)}"
+    if rule == "minItems":
+        return _key(path), f"expected at least {expected} item(s), got {len(value)}"
+    if rule == "pattern":
+        return _key(path), f"expected text matching {expected}, got {_show(value)}"
+    if "propertyNames" in error.absolute_schema_path:
+        return _key([*path, str(value)[:40]]), f"{_show(value)} is not an accepted name here"
+    return _key(path), " ".join(error.message.split())[:200]
+
+
+def _key(path: list) -> str:
+    key = ""
+    for step in path:
+        key += f"[{step}]" if isinstance(step, int) else f".{step}" if key else str(step)
+    return key or "(top level)"
+
+
+def _show(value: Any) -> str:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return f"the text {shown}" if isinstance(value, str) else shown
+
+
+def _type_of(value: Any) -> str:
+    return {dict: "a map", list: "a list", str: "text", type(None): "nothing"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def check_files(paths: list[str | Path], prompts_dir: Path = PROMPTS) -> dict:
+    """Config files (merged in order, as Snakemake merges `--configfile`s) checked as
+    common.smk checks them before the first job; the prepared config."""
+    config: dict = {}
+    for path in paths:
+        config = merge(config, load_config_file(path))
+    check_config(config)
+    prepared = prepare(config, prompts_dir=prompts_dir)
+    for missing in missing_paths(prepared):
+        raise missing
+    return prepared
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m ragtrain.graph.config FILE...`: check config files without Snakemake
+    (which reports a YAML syntax error or a missing file without its line)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m ragtrain.graph.config", description=main.__doc__
+    )
+    parser.add_argument("configfile", nargs="+", help="YAML or JSON config files, merged in order")
+    args = parser.parse_args(argv)
+    try:
+        prepared = check_files(args.configfile)
+    except (ConfigError, ConfigFileError) as e:
+        print(f"ragtrain config: error: {e}", file=sys.stderr)
+        return 1
+    nodes = sum(len(prepared[section]) for section in SECTIONS)
+    print(f"{', '.join(map(str, args.configfile))}: ok (run {prepared['run']!r}, {nodes} nodes)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,6 +8,7 @@ conversions between their arguments and the domain functions live here.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -107,8 +108,26 @@ def add_stage(
     p = stages.add_parser(name, help=help_, description=help_)
     if params:
         p.add_argument("--params", type=params_json, default={}, help=PARAMS_HELP)
-    p.set_defaults(func=func)
+    p.set_defaults(func=_checked(name, func))
     return p
+
+
+def _checked(stage: str, func: Callable[[argparse.Namespace], None]):
+    """`func`, after what every stage does first: it ends with the Snakemake process that
+    runs its job (ragtrain.launch.die_with_scheduler), and its `--params` pass the
+    config's checks (a wrong type is a ValueError naming the key: one line, status 1)."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> None:
+        from ragtrain.graph.config import check_params
+        from ragtrain.launch import die_with_scheduler
+
+        die_with_scheduler()
+        if isinstance(getattr(args, "params", None), dict):
+            check_params(stage, args.params)
+        func(args)
+
+    return run
 
 
 def add_reward_models(p: argparse.ArgumentParser) -> None:
@@ -184,3 +203,21 @@ def trained_retriever(model_dir: str) -> str:
 def settings_of(params: dict, defaults: dict) -> dict:
     """The keys a library function reads: a node also carries its kind, sources, etc."""
     return {k: v for k, v in params.items() if k in defaults or k == "seed"}
+
+
+def write_split(args, records: list[dict], stats: dict, what: str) -> None:
+    """Records with their `split` to --train / --dev (the split field dropped), --stats
+    last (its presence says the product is complete)."""
+    from ragtrain.core.records import write_json, write_jsonl
+    from ragtrain.training.rejection import split_records
+
+    train, dev = (
+        [{k: v for k, v in r.items() if k != "split"} for r in part]
+        for part in split_records(records)
+    )
+    if not train:
+        raise ValueError(f"{args.stage}: no {what} for training ({stats})")
+    write_jsonl(args.train, train)
+    write_jsonl(args.dev, dev)
+    write_json(args.stats, {**stats, "n_train": len(train), "n_dev": len(dev)})
+    log.info("%s: %d train, %d dev; %s", args.stage, len(train), len(dev), stats)
