@@ -309,13 +309,15 @@ def record_kwargs(params: dict, n_train: int, has_dev: bool) -> dict:
     max_steps = params.get("max_steps")
     steps_per_epoch = max(1, math.ceil(n_train / (params["batch_size"] * params["grad_accum"])))
     total = max_steps or steps_per_epoch * params["epochs"]
+    halfway = total // 2 + 1
     return {
         # TRL's -1: the epochs decide.
         "max_steps": max_steps or -1,
         "per_device_eval_batch_size": params["batch_size"],
-        # One held-out point just past halfway; the trainer adds the final one.
-        "eval_strategy": "steps" if has_dev and total > 1 else "no",
-        "eval_steps": total // 2 + 1,
+        # One held-out point just past halfway; the trainer adds the final one (so none
+        # when halfway is the last step: it would be evaluated twice).
+        "eval_strategy": "steps" if has_dev and halfway < total else "no",
+        "eval_steps": halfway,
         "train_sampling_strategy": params["sampling"],
         "max_length": params["max_length"],
     }
