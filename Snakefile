@@ -19,6 +19,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/retrieval.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/products.smk"
+include: "workflow/rules/backtracking.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 

@@ -32,3 +32,11 @@ class PromptTemplate:
 
     def conversation(self, record: dict) -> list[dict[str, str]]:
         return [{"role": "user", "content": self.render(record)}]
+
+    def module(self):
+        """The template's macros and top-level variables (`{% set %}`), as attributes;
+        the body is rendered over an empty question to make them."""
+        try:
+            return self._template.make_module({"docs": [], "question": ""})
+        except jinja2.UndefinedError as e:
+            raise ValueError(f"{self.path}: {e.message}") from e

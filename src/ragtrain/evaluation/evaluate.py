@@ -14,8 +14,9 @@ from ragtrain.core.seeds import stable_seed
 from ragtrain.data.citations import ALCE_KINDS, alce_kind
 from ragtrain.data.prompts import PromptTemplate
 from ragtrain.evaluation.judged import judged_metrics, rules_relevance
+from ragtrain.generation.backtracking import StepFormat, aggregate_steps, score_steps
 from ragtrain.generation.engine import Generator, Sampling
-from ragtrain.judges.rules import label
+from ragtrain.judges.rules import INCORRECT, label
 from ragtrain.metrics.alce import aggregate_alce, mauve_texts, nli_pairs, score_alce
 from ragtrain.metrics.qa import aggregate, score_example
 
@@ -36,9 +37,19 @@ def evaluate(
     sampling = Sampling.from_params(params["generation"])
     seeds = [stable_seed(params["generation"]["seed"], ex["id"]) for ex in examples]
     completions = generator.chat(conversations, sampling, seeds) if conversations else []
-    predictions, scores = [], []
+    # The step format (backtracking): the answer is read from the answer line, and each
+    # document's step is scored against the truth.
+    steps_format = StepFormat(template.path) if params.get("answer_format") == "steps" else None
+    predictions, scores, step_scores = [], [], []
     for ex, conv, (completion, *_) in zip(examples, conversations, completions, strict=True):
-        score = score_example(completion.text, ex["answers"])
+        answer, verdict = completion.text, None
+        if steps_format is not None:
+            step_scores.append(score_steps(completion.text, ex, steps_format))
+            answer = step_scores[-1]["answer"] or ""
+        score = score_example(answer, ex["answers"])
+        if steps_format is not None and step_scores[-1]["answer"] is None:
+            # No answer line: a wrong answer, not a refusal.
+            score["refusal"], verdict = False, INCORRECT
         scores.append(score)
         predictions.append(
             {
@@ -50,10 +61,11 @@ def evaluate(
                     for d in ex.get("docs", [])
                 ],
                 "prediction": completion.text,
+                **({"answer": answer, "steps": step_scores[-1]} if steps_format else {}),
                 "answers": ex["answers"],
                 "scores": score,
                 # The `rules` judges' verdicts; a model judge's come in their own file.
-                "label": label(completion.text, ex["answers"]),
+                "label": verdict or label(answer, ex["answers"]),
                 "relevant": rules_relevance(ex),
                 "meta": ex.get("meta", {}),
             }
@@ -78,6 +90,7 @@ def evaluate(
         "judges": {"label": "rules", "relevance": "rules"},
         "by_type": {kind: aggregate(group) for kind, group in sorted(by_type.items())},
         **({"alce": alce} if alce is not None else {}),
+        **({"steps": aggregate_steps(step_scores)} if steps_format else {}),
         "generated_tokens": generator.throughput.tokens,
         "tokens_per_second": round(generator.throughput.tokens_per_second, 1),
     }

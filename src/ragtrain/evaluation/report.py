@@ -312,6 +312,28 @@ def _query_product(stats: dict) -> str | None:
             f"{stats['n_train']} train + {stats['n_dev']} dev pre-aligned examples;"
             f" {stats['helpful_documents']} of {stats['documents']} documents marked helpful"
         )
+    if "self_corrections" in stats:  # step_pairs
+        rates = ", ".join(f"step {k} {v}" for k, v in stats["error_rate_by_step"].items())
+        return (
+            f"step {stats['step']} of {stats['steps']}: {stats['n_train']} train +"
+            f" {stats['n_dev']} dev pairs from {stats['n_samples']} samples; error rate {rates};"
+            f" {stats['self_corrections']} self-corrections, {stats['questions_all_right']}"
+            " questions with no error"
+        )
+    if "docs_per_question" in stats:  # step_sft
+        return (
+            f"{stats['n_train']} train + {stats['n_dev']} dev step-format answers,"
+            f" {stats['docs_per_question']} documents each ({stats['useful_docs']} useful),"
+            f" {stats['refusals']} refusals"
+        )
+    if "path" in stats and "steps" in stats:  # pair_file
+        return (
+            f"{stats['n_train']} train + {stats['n_dev']} dev pairs of step"
+            f" {', '.join(map(str, stats['steps'])) or '?'} from {Path(stats['path']).name}"
+        )
+    if "pairs_by_step" in stats:  # pair_mix
+        by_step = ", ".join(f"step {k}: {n}" for k, n in sorted(stats["pairs_by_step"].items()))
+        return f"{stats['n_train']} train + {stats['n_dev']} dev pairs ({by_step})"
     if "n_used" in stats:
         return (
             f"{stats['n_train']} train + {stats['n_dev']} dev doc -> query pairs"
@@ -386,8 +408,9 @@ def write_summary(
     alce: list[str] | None = None,
     rerankers: list[str] | None = None,
 ) -> None:
-    """summary.md; `alce`: the ALCE section's lines (ragtrain.evaluation.alce_report);
-    `rerankers`: the trained rerankers' (`reranker_section`)."""
+    """summary.md; `alce`: the sections after the paired differences (the ALCE one,
+    ragtrain.evaluation.alce_report; the step decisions, steps_report); `rerankers`: the
+    trained rerankers' (`reranker_section`)."""
     retrieval_rows, reranked = [], []
     for file in sorted(retrieval_files):
         stats = read_json(file)

@@ -40,12 +40,14 @@ def sample_demos(
     work: Path,
     desc: str = "self-demos",
     strategies: list[Strategy] | None = None,
+    prefixed: bool = False,
 ) -> tuple[list[dict], dict]:
     """Return (sample records, stats). The generator is loaded only if a shard is missing.
     `examples` are any records with an `id` that the template renders (questions with
     their documents, or passages). With `strategies`, each question's samples are those
     of every strategy (ragtrain.generation.strategies), each marked with its name; the
-    template still gives the record's `prompt`, the one trained on."""
+    template still gives the record's `prompt`, the one trained on. With `prefixed`, each
+    example's `prefix` starts the assistant's answer and its samples continue it."""
     shard_size = params["shard_size"]
     n = sum(s.n for s in strategies) if strategies else params["n"]
     generation = params["generation"]
@@ -77,9 +79,10 @@ def sample_demos(
             samples = _strategy_samples(batch, generator, strategies, generation)
         else:
             seeds = [stable_seed(generation["seed"], ex["id"]) for ex in batch]
+            prefixes = {"prefixes": [ex["prefix"] for ex in batch]} if prefixed else {}
             samples = [
                 [{"text": c.text, "num_tokens": c.num_tokens} for c in outs]
-                for outs in generator.chat(conversations, sampling, seeds)
+                for outs in generator.chat(conversations, sampling, seeds, **prefixes)
             ]
         throughput.add(
             generator.throughput.tokens - before[0], generator.throughput.seconds - before[1]

@@ -21,6 +21,11 @@ from ragtrain.core.seeds import DEFAULT_SEED
 from ragtrain.core.settings import merge
 from ragtrain.data.beir import WORLD_TASK_DEFAULTS
 from ragtrain.data.world import WorldConfig
+from ragtrain.generation.backtracking import (
+    PAIR_FILE_DEFAULTS,
+    STEP_PAIRS_DEFAULTS,
+    STEP_SFT_DEFAULTS,
+)
 from ragtrain.generation.doc_preferences import (
     DOC_PREFERENCE_DEFAULTS,
     KNOWLEDGE_LABELS,
@@ -163,9 +168,10 @@ INHERITED = {
 }
 SAMPLES = ("self_demos", "judge", "reward")
 SFT_PRODUCTS = (
-    "sft_data", "query_sft_data", "best_of_n", "segment_beam", "reference_sft", "pre_aligned_sft"
+    "sft_data", "query_sft_data", "best_of_n", "segment_beam", "reference_sft", "pre_aligned_sft",
+    "step_sft",
 )  # fmt: skip
-PAIR_PRODUCTS = ("preference_pairs", "query_preferences")
+PAIR_PRODUCTS = ("preference_pairs", "query_preferences", "step_pairs", "pair_file", "pair_mix")
 QUERY_PRODUCTS = ("pseudo_queries", "query_filter", "query_preferences")
 # First-stage retrievers: what a `rerank` retriever reorders.
 INDEXED_RETRIEVERS = ("bm25", "dense")
@@ -665,6 +671,55 @@ def _kinds() -> list[Kind]:
                   "prompt": PROMPT_DOC},
             required=("from",), refs={"from": ("products", ("doc_preferences",))},
             stage="pre-aligned-sft", rule="pre_aligned_sft",
+        ),
+        Kind(
+            "products", "step_sft", "backtracking's step format as SFT data: each question's"
+            " true steps (one per retrieved document: useful or not, and what it says), then"
+            " the answer",
+            defaults=STEP_SFT_DEFAULTS,
+            docs={"dataset": "a QA dataset", "retrieval": "the retriever whose top-k"
+                  " documents are the steps (the same k for every question)",
+                  "prompt": "a step template (its macros write and read the steps)",
+                  **SPLIT_DOCS},
+            required=("dataset", "retrieval"),
+            refs={"dataset": ("datasets", ("qa",)), "retrieval": ("retrievers", ())},
+            stage="step-sft", rule="step_sft",
+        ),
+        Kind(
+            "products", "step_pairs", "backtracking's step data by error sampling: from the"
+            " true steps before `step`, `model` continues `n` times; pairs of a continuation"
+            " right at the step (or the corrected one) over one wrong there",
+            defaults=STEP_PAIRS_DEFAULTS,
+            docs={"model": "the current model (on-policy: the one this data trains)",
+                  "dataset": "a QA dataset",
+                  "retrieval": "the retriever whose top-k documents are the steps",
+                  "step": "1..k (a document's step) or k + 1 (the answer)",
+                  "prompt": "a step template", "n": "continuations sampled per question",
+                  "temperature": "their temperature (over `generation.temperature`)",
+                  "pairs_per_example": "most pairs per question (one wrong continuation each)",
+                  "shard_size": "questions per shard (resumed)",
+                  "generation": "overrides of the top-level `generation`", **SPLIT_DOCS},
+            required=("model", "dataset", "retrieval", "step"),
+            refs={"model": ("models", LANGUAGE_MODELS), "dataset": ("datasets", ("qa",)),
+                  "retrieval": ("retrievers", ())},
+            stage="step-pairs", rule="step_pairs", job="generate", generates=True,
+        ),
+        Kind(
+            "products", "pair_file", "a published preference file as DPO pairs (BackTracking's"
+            " `stepK` files: chat-templated prompts taken as text)",
+            defaults=PAIR_FILE_DEFAULTS,
+            docs={"path": "the file (JSONL or a JSON array)",
+                  "format": "`backtracking` or `auto` (detected from the first record)",
+                  **SPLIT_DOCS},
+            required=("path",),
+            stage="pair-file", rule="pair_file",
+        ),
+        Kind(
+            "products", "pair_mix", "several pair products' pairs as one (train with train,"
+            " dev with dev)",
+            docs={"pairs": "the pair products, in order"},
+            required=("pairs",), refs={"pairs": ("products", PAIR_PRODUCTS)},
+            stage="pair-mix", rule="pair_mix",
         ),
         Kind(
             "products", "segment_beam", "answers grown sentence by sentence, the `beam` best"

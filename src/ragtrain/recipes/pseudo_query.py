@@ -15,6 +15,7 @@ from typing import Any
 from ragtrain.core.settings import merge
 from ragtrain.generation.pseudo_query import PREFERENCE_DEFAULTS, PSEUDO_QUERY_DEFAULTS
 from ragtrain.graph.kinds import FILTER_KINDS, ConfigError, check_kind
+from ragtrain.recipes.nodes import add_node, known_keys
 from ragtrain.retrieval.retriever_training import BIENCODER_DEFAULTS, COLBERT_DEFAULTS
 from ragtrain.training.sft_dpo import TRAIN_DEFAULTS
 
@@ -34,22 +35,6 @@ PSEUDO_QUERY_BLOCK_DEFAULTS: dict[str, Any] = {
     "preferences": {},
     "evaluate": {"split": "test", "k": 100},
 }
-
-
-def _known_keys(key: str, given: dict, allowed: dict) -> None:
-    for field in given:
-        if field not in allowed:
-            raise ConfigError(
-                f"{key}.{field}", f"unknown key (known: {', '.join(sorted(allowed))})"
-            )
-
-
-def _add(config: dict, section: str, name: str, node: dict) -> None:
-    if name in config[section]:
-        raise ConfigError(
-            f"{section}.{name}", "the pseudo_query block makes a node of this name: rename one"
-        )
-    config[section][name] = node
 
 
 def expand(config: dict) -> None:
@@ -91,26 +76,36 @@ def expand(config: dict) -> None:
     if not block["combinations"]:
         raise ConfigError("pseudo_query.combinations", "list at least one filter combination")
     # The block's settings become nodes that the schema never saw: check their keys here.
-    _known_keys("pseudo_query.query_sft", block["query_sft"], TRAIN_DEFAULTS["sft"])
-    _known_keys(
-        "pseudo_query.queries", block["queries"], {**PSEUDO_QUERY_DEFAULTS, "generation": 0}
-    )
-    _known_keys("pseudo_query.retriever", block["retriever"], BIENCODER_DEFAULTS)
-    _known_keys("pseudo_query.colbert", block["colbert"] or {}, COLBERT_DEFAULTS)
-    _known_keys("pseudo_query.preferences", block["preferences"], PREFERENCE_DEFAULTS)
+    known_keys("pseudo_query.query_sft", block["query_sft"], TRAIN_DEFAULTS["sft"])
+    known_keys("pseudo_query.queries", block["queries"], {**PSEUDO_QUERY_DEFAULTS, "generation": 0})
+    known_keys("pseudo_query.retriever", block["retriever"], BIENCODER_DEFAULTS)
+    known_keys("pseudo_query.colbert", block["colbert"] or {}, COLBERT_DEFAULTS)
+    known_keys("pseudo_query.preferences", block["preferences"], PREFERENCE_DEFAULTS)
     for f, settings in block["filters"].items():
         check_kind(f"pseudo_query.filters.{f}.filter", settings.get("filter"), FILTER_KINDS)
-        _known_keys(
+        known_keys(
             f"pseudo_query.filters.{f}", settings, {**FILTER_KINDS[settings["filter"]], "filter": 0}
         )
     k = block["evaluate"]["k"]
-    _add(config, "retrievers", f"{p}_bm25", {"kind": "bm25", "corpus": corpus, "k": k})
+    add_node(
+        config,
+        "pseudo_query",
+        "retrievers",
+        f"{p}_bm25",
+        {"kind": "bm25", "corpus": corpus, "k": k},
+    )
     encoder = block["retriever"].get("encoder", BIENCODER_DEFAULTS["encoder"])
-    _add(config, "retrievers", f"{p}_encoder",
+    add_node(config, "pseudo_query", "retrievers", f"{p}_encoder",
          {"kind": "dense", "corpus": corpus, "k": k, "encoder": encoder})  # fmt: skip
     retriever = {"kind": "biencoder", "dataset": dataset, **block["retriever"]}
-    _add(config, "products", f"{p}_gold_sft", {"kind": "query_sft_data", "dataset": dataset})
-    _add(config, "models", f"{p}_gold", {**retriever, "queries": []})
+    add_node(
+        config,
+        "pseudo_query",
+        "products",
+        f"{p}_gold_sft",
+        {"kind": "query_sft_data", "dataset": dataset},
+    )
+    add_node(config, "pseudo_query", "models", f"{p}_gold", {**retriever, "queries": []})
     evaluated = [f"{p}_bm25", f"{p}_encoder", f"{p}_gold"]
     current, last_prefs = f"{p}_gold", None
     for r in range(1, rounds + 1):
@@ -118,16 +113,24 @@ def expand(config: dict) -> None:
         if r == 1:
             sft = {"init": block["generator"], "data": f"{p}_gold_sft"}
         else:
-            _add(
-                config, "products", f"{p}_sft_r{r}", {"kind": "query_sft_data", "from": last_prefs}
+            add_node(
+                config,
+                "pseudo_query",
+                "products",
+                f"{p}_sft_r{r}",
+                {"kind": "query_sft_data", "from": last_prefs},
             )
             # The previous round's kept queries come sorted easy to hard: keep that order.
             sft = {"init": f"{p}_qgen_r{r - 1}", "data": f"{p}_sft_r{r}", "sampling": "sequential"}
-        _add(config, "models", qgen, {**block["query_sft"], "kind": "sft", **sft})
+        add_node(
+            config, "pseudo_query", "models", qgen, {**block["query_sft"], "kind": "sft", **sft}
+        )
         queries = f"{p}_queries_r{r}"
         writer = {"kind": "pseudo_queries", "model": qgen, "dataset": dataset}
-        _add(config, "products", queries, {**block["queries"], **writer})
-        _add(config, "models", f"{p}_r{r}_all", {**retriever, "queries": [queries]})
+        add_node(config, "pseudo_query", "products", queries, {**block["queries"], **writer})
+        add_node(
+            config, "pseudo_query", "models", f"{p}_r{r}_all", {**retriever, "queries": [queries]}
+        )
         evaluated.append(f"{p}_r{r}_all")
         last = None
         for combo in block["combinations"]:
@@ -142,17 +145,19 @@ def expand(config: dict) -> None:
                 source = name
             model = f"{source}"
             if model not in config["models"]:
-                _add(config, "models", model, {**retriever, "queries": [source]})
+                add_node(
+                    config, "pseudo_query", "models", model, {**retriever, "queries": [source]}
+                )
                 evaluated.append(model)
             last = source
         if block["colbert"] is not None:
             colbert = {"kind": "colbert", "dataset": dataset, "candidates": f"{p}_bm25",
                        **block["colbert"], "queries": [last]}  # fmt: skip
-            _add(config, "models", f"{p}_r{r}_colbert", colbert)
+            add_node(config, "pseudo_query", "models", f"{p}_r{r}_colbert", colbert)
             evaluated.append(f"{p}_r{r}_colbert")
         last_prefs = f"{p}_prefs_r{r}"
         prefs = {"kind": "query_preferences", "from": last, "retriever": last}
-        _add(config, "products", last_prefs, {**block["preferences"], **prefs})
+        add_node(config, "pseudo_query", "products", last_prefs, {**block["preferences"], **prefs})
         current = last
     config.setdefault("evaluate_retrieval", [])
     config["evaluate_retrieval"] = [

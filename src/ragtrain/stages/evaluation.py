@@ -54,6 +54,7 @@ def cmd_report(args) -> None:
         write_table,
         write_training_plot,
     )
+    from ragtrain.evaluation.steps_report import steps_section
 
     rows = load_rows(args.metrics)
     training = load_training(args.models)
@@ -72,7 +73,10 @@ def cmd_report(args) -> None:
         retrievers,
         paired,
         args.resamples,
-        alce_section(args.metrics, args.seed, args.resamples),
+        [
+            *alce_section(args.metrics, args.seed, args.resamples),
+            *steps_section(args.metrics, args.seed, args.resamples),
+        ],
         reranker_section(args.rerankers),
     )
 

@@ -17,23 +17,8 @@ from ragtrain.stages.common import (
     log,
     set_threads,
     settings_of,
+    write_split,
 )
-
-
-def _split_write(args, records: list[dict], stats: dict, what: str) -> None:
-    """Records with their `split` to --train / --dev (the split field dropped), stats last."""
-    from ragtrain.training.rejection import split_records
-
-    train, dev = (
-        [{k: v for k, v in r.items() if k != "split"} for r in part]
-        for part in split_records(records)
-    )
-    if not train:
-        raise ValueError(f"{args.stage}: no {what} for training ({stats})")
-    write_jsonl(args.train, train)
-    write_jsonl(args.dev, dev)
-    write_json(args.stats, {**stats, "n_train": len(train), "n_dev": len(dev)})
-    log.info("%s: %d train, %d dev; %s", args.stage, len(train), len(dev), stats)
 
 
 def cmd_doc_preferences(args) -> None:
@@ -70,7 +55,7 @@ def cmd_doc_preferences(args) -> None:
     records, record_stats = reranker_records(labelled, params)
     write_jsonl(args.labels, labelled)
     stats = {**label_stats, "reranker_records": record_stats, "generation": answer_stats}
-    _split_write(args, records, stats, "reranker records")
+    write_split(args, records, stats, "reranker records")
     finish(work)
 
 
@@ -116,7 +101,7 @@ def cmd_pre_aligned_sft(args) -> None:
     records, stats = pre_aligned_records(
         read_jsonl(args.labels), PromptTemplate(args.prompt), params
     )
-    _split_write(args, records, stats, "pre-aligned records")
+    write_split(args, records, stats, "pre-aligned records")
 
 
 def _reranker_data(args, params: dict) -> tuple[list[dict], list[dict]]:
