@@ -549,6 +549,20 @@ class Tiny:
             o = out("train", "dev", "stats")
             return ["--params", '{"dev_fraction": 0.25}', "--input",
                     self.upstream("judge")["output"], *_options(o)], o  # fmt: skip
+        if stage == "step-sft":
+            o = out("train", "dev", "stats")
+            prompt = ROOT / "resources" / "prompts" / "stepwise.jinja"
+            return ["--examples", self.upstream("retrieve")["output"], "--prompt", str(prompt),
+                    *_options(o)], o  # fmt: skip
+        if stage == "pair-file":
+            pairs = ROOT / "tests" / "fixtures" / "formats" / "pairs_backtracking_step1.jsonl"
+            o = out("train", "dev", "stats")
+            return ["--params", '{"dev_fraction": 0.3}', "--input", str(pairs),
+                    *_options(o)], o  # fmt: skip
+        if stage == "pair-mix":
+            part = self.upstream("pair-file")
+            o = out("train", "dev", "stats")
+            return ["--part-train", part["train"], "--part-dev", part["dev"], *_options(o)], o
         if stage == "report":
             o = out("summary", "table", "plot", "training-plot")
             return ["--run", "tiny", "--retrieval", self.upstream("retrieve")["stats"],
@@ -565,7 +579,8 @@ def _options(outputs: dict[str, str]) -> list[str]:
 # The stages Tiny runs for real; the others (most load a model, many a GPU engine) run
 # `--help` only, which imports their module and the CLI.
 TINY_STAGES = ("world", "corpus", "dataset", "task", "index", "retrieve", "evaluate-retrieval",
-               "judge", "sft-data", "preference-pairs", "report")  # fmt: skip
+               "judge", "sft-data", "preference-pairs", "step-sft", "pair-file", "pair-mix",
+               "report")  # fmt: skip
 
 
 def check_env(path: Path, fresh: bool = False) -> tuple[list[str], dict]:
