@@ -23,8 +23,6 @@ import psutil
 import pytest
 import yaml
 
-from ragtrain.graph.dryrun import planned_jobs
-from tests import conftest
 from tests.conftest import ROOT
 
 # Every test runs a child process: Snakemake (the e2e ones) or a writer killed mid-write.
@@ -496,37 +494,3 @@ def _running(process: psutil.Process) -> bool:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-# --------------------------------------------------------------------------- rebuilds
-
-
-@pytest.mark.e2e
-def test_a_deleted_model_is_rebuilt_with_everything_after_it(from_tiny_upstream, tiny_model):
-    """The tiny DAG finished (from the shared upstream: DPO, its evaluation, the report),
-    the SFT model deleted (by hand, or by a forced rerun killed halfway): a plain rerun
-    rebuilds it and redoes what stands on it. Every node's output is a target of `all`."""
-    folder = from_tiny_upstream
-    cfg = conftest.tiny_config("tiny.yaml", tiny_model)
-    # Only what stands on the SFT model: DPO and one evaluation of it (HF: no vLLM start).
-    del cfg["retrievers"]["dense"], cfg["products"]["judged_by_model"], cfg["judges"]
-    cfg["evaluate"] = [
-        {"models": ["dpo"], "datasets": ["test"], "retrieval": ["bm25"],
-         "generation": {"backend": "hf"}}
-    ]  # fmt: skip
-    configfile = write_config(folder, cfg)
-    args = (*conftest.E2E_CORES, "--configfile", str(configfile), "--directory", str(folder))
-    # (The jobs each run made: the shared upstream is reused, then SFT and DPO rebuilt.)
-    finished = conftest.snakemake(*args)
-    assert planned_jobs(finished.stderr) == {"train": 1, "evaluate": 1, "report": 1, "all": 1}
-    results = folder / RESULTS
-    after_sft = [results / "models/dpo", results / "eval/dpo/test/bm25/metrics.json",
-                 results / "report/summary.md"]  # fmt: skip
-    mtimes = {p: p.stat().st_mtime_ns for p in after_sft}
-
-    shutil.rmtree(folder / SFT)
-    rerun = conftest.snakemake(*args)
-    assert planned_jobs(rerun.stderr) == {"train": 2, "evaluate": 1, "report": 1, "all": 1}
-    assert "rule train:\n    input: results/tiny/models/base" in rerun.stderr  # SFT
-    assert (folder / SFT / "metrics.json").is_file()
-    assert all(p.stat().st_mtime_ns > mtimes[p] for p in after_sft)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -57,29 +58,22 @@ def test_unknown_name_stops_before_any_job(tmp_path):
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_end_to_end(from_tiny_upstream, tiny_model):
-    # From the shared upstream (up to the SFT model, built once): DPO, evaluation, report.
+    # From the shared upstream (up to the SFT model, built once): DPO, evaluation, report;
+    # then the SFT model deleted and rebuilt with what stands on it.
     tmp_path = from_tiny_upstream
     configfile = tmp_path / "tiny.yaml"
     configfile.write_text(yaml.safe_dump(tiny_config("tiny.yaml", tiny_model)))
     assert_upstream_up_to_date(tmp_path, configfile)
-    snakemake(*E2E_CORES, "--configfile", str(configfile), "--directory", str(tmp_path))
+    args = (*E2E_CORES, "--configfile", str(configfile), "--directory", str(tmp_path))
+    finished = snakemake(*args)
+    # (The jobs it ran: the shared upstream reused, DPO the one model trained.)
+    jobs = planned_jobs(finished.stderr)
+    assert jobs["train"] == 1 and not {"self_demos", "judge", "sft_data"} & set(jobs)
 
     results = tmp_path / "results" / "tiny"
     evaluations = [("base", r) for r in ("bm25", "dense", "none")]
     evaluations += [("sft", "bm25"), ("dpo", "bm25")]
-    for model, retrieval in evaluations:
-        folder = results / "eval" / model / "test" / retrieval
-        metrics = json.loads((folder / "metrics.json").read_text())
-        assert metrics["n"] == 8
-        assert metrics["n_answerable"] + metrics["n_unanswerable"] == 8
-        assert metrics["generated_tokens"] > 0
-        predictions = [json.loads(line) for line in (folder / "predictions.jsonl").open()]
-        assert len(predictions) == 8
-        assert all(
-            set(p) >= {"prompt", "docs", "prediction", "answers", "scores"} for p in predictions
-        )
-        expected_docs = 0 if retrieval == "none" else 2
-        assert all(len(p["docs"]) == expected_docs for p in predictions)
+    check_evaluations(results, evaluations)
     for retriever in ("bm25", "dense"):
         stats = json.loads((results / "retrieval" / retriever / "test" / "stats.json").read_text())
         assert stats["kind"] == retriever
@@ -92,9 +86,7 @@ def test_end_to_end(from_tiny_upstream, tiny_model):
     check_trained(results)
     check_model_judges(results)
 
-    summary = (results / "report" / "summary.md").read_text()
-    for model in ("base", "sft", "dpo"):
-        assert f"| {model} | test | bm25 |" in summary
+    summary = check_summary(results)
     assert "## Training" in summary and "## Training data" in summary
     csv_lines = (results / "report" / "summary.csv").read_text().splitlines()
     assert csv_lines[0].startswith("model,dataset,retrieval,judges,n,em,f1")
@@ -107,7 +99,30 @@ def test_end_to_end(from_tiny_upstream, tiny_model):
     # Resumable state is dropped once a node's outputs are complete.
     assert not any((results / "work").glob("*/*"))
 
-    # Nothing left to do on a second look.
+    # The SFT model deleted (by hand, or by a forced rerun killed halfway): a plain rerun
+    # rebuilds it and redoes what stands on it, nothing upstream of it (every node's
+    # output is a target of `all`). Its work folder was dropped: trained from step 1.
+    after_sft = [
+        results / path
+        for path in ("models/dpo", "eval/sft/test/bm25/metrics.json",
+                     "eval/dpo/test/bm25/metrics.json", "report/summary.md")
+    ]  # fmt: skip
+    mtimes = {p: p.stat().st_mtime_ns for p in after_sft}
+    shutil.rmtree(results / "models/sft")
+    rerun = snakemake(*args)
+    assert planned_jobs(rerun.stderr) == {"train": 2, "evaluate": 2, "report": 1, "all": 1}
+    assert "rule train:\n    input: results/tiny/models/base" in rerun.stderr  # SFT
+    assert (results / "models/sft/metrics.json").is_file()
+    steps = json.loads((results / "models/sft/metrics.json").read_text())["steps"]
+    log = (tmp_path / "logs/tiny/models/sft.log").read_text()
+    assert "resuming from" not in log and f"trained steps 1 to {steps} of {steps}" in log
+    assert all(p.stat().st_mtime_ns > mtimes[p] for p in after_sft)
+    check_trained(results)
+    check_evaluations(results, [("sft", "bm25"), ("dpo", "bm25")])
+    check_summary(results)
+    assert not any((results / "work").glob("*/*"))
+
+    # Nothing left to do on a second look: every output consistent with its inputs.
     proc = snakemake("-n", "--configfile", str(configfile), "--directory", str(tmp_path))
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
@@ -135,6 +150,29 @@ def test_end_to_end(from_tiny_upstream, tiny_model):
         "--configfile", str(configfile), "--directory", str(tmp_path), "--report", str(report)
     )
     assert report.stat().st_size > 10_000
+
+
+def check_evaluations(results: Path, evaluations: list[tuple[str, str]]) -> None:
+    for model, retrieval in evaluations:
+        folder = results / "eval" / model / "test" / retrieval
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["n"] == 8
+        assert metrics["n_answerable"] + metrics["n_unanswerable"] == 8
+        assert metrics["generated_tokens"] > 0
+        predictions = [json.loads(line) for line in (folder / "predictions.jsonl").open()]
+        assert len(predictions) == 8
+        assert all(
+            set(p) >= {"prompt", "docs", "prediction", "answers", "scores"} for p in predictions
+        )
+        expected_docs = 0 if retrieval == "none" else 2
+        assert all(len(p["docs"]) == expected_docs for p in predictions)
+
+
+def check_summary(results: Path) -> str:
+    summary = (results / "report" / "summary.md").read_text()
+    for model in ("base", "sft", "dpo"):
+        assert f"| {model} | test | bm25 |" in summary
+    return summary
 
 
 def check_model_judges(results: Path) -> None:
