@@ -427,3 +427,21 @@ def test_pair_mix_joins_parts_and_refuses_a_pair_twice(tmp_path, capsys):
     twice = ["--part-train", str(part), "--part-dev", str(empty)] * 2
     assert main(["pair-mix", *twice, *out]) == 1
     assert "pair id 'p1' also in" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_dpo_node_with_no_pairs_is_its_init_model(tiny_model, tmp_path):
+    """A step where no sample was wrong has no pairs: its DPO node leaves the model as it
+    is, and the chain goes on from the same weights."""
+    from ragtrain.training.sft_dpo import train
+
+    empty = tmp_path / "train.jsonl"
+    empty.write_text("")
+    out = tmp_path / "bt_back3"
+    params = {"kind": "dpo", "init": "bt_back4", "data": "bt_pairs3_from_back4"}
+    metrics = train(params, tiny_model, empty, None, out, tmp_path / "work")
+    assert metrics["n_train"] == 0 and metrics["steps"] == 0 and "unchanged" in metrics
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    weights = (tiny_model / "model.safetensors").read_bytes()
+    assert (out / "model.safetensors").read_bytes() == weights
+    assert not (out / "loss.png").exists()

@@ -1,5 +1,7 @@
 """The HF backend on the tiny model (vLLM is covered end to end in test_workflow)."""
 
+import json
+
 import pytest
 
 from ragtrain.data.prompts import PromptTemplate
@@ -214,3 +216,15 @@ def test_cut_at_the_first_completed_stop():
     assert _cut_at_stop("ab\ncd. ", (". ", "\n")) == ("ab\n", True)
     assert _cut_at_stop("abc", (". ",)) == ("abc", False)
     assert _cut_at_stop("abc", ()) == ("abc", False)
+
+
+def test_the_cpu_kv_cache_is_sized_to_full_length_sequences(tmp_path):
+    from ragtrain.generation.engine import CPU_KV_SEQUENCES, cpu_kv_cache_gib
+
+    # SmolLM2-135M's shape: 30 layers, 3 KV heads of 64: 46,080 bytes a token in float32.
+    config = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+              "hidden_size": 576}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert 46080 * 2048 * CPU_KV_SEQUENCES / 2**30 == 1.40625
+    assert cpu_kv_cache_gib(tmp_path, 2048) == 2
+    assert cpu_kv_cache_gib(tmp_path, 256) == 1  # at least 1 GiB

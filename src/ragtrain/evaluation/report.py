@@ -610,7 +610,12 @@ def write_training_plot(model_dirs: list[str], path: Path) -> None:
     import matplotlib.image as mpimg
     import matplotlib.pyplot as plt
 
-    images = [(Path(d).name, mpimg.imread(Path(d) / "loss.png")) for d in sorted(model_dirs)]
+    # (A model left unchanged, a DPO node with no pairs, has no curves.)
+    images = [
+        (Path(d).name, mpimg.imread(Path(d) / "loss.png"))
+        for d in sorted(model_dirs)
+        if (Path(d) / "loss.png").exists()
+    ]
     if not images:
         fig, ax = plt.subplots(figsize=(6, 1.5))
         ax.text(0.5, 0.5, "no trained models in this run", ha="center", va="center")

@@ -12,11 +12,14 @@ generates an answer a sentence at a time.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import random
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Protocol
 
 from ragtrain.core.security import folder_trusts_remote_code
@@ -101,6 +104,24 @@ class Generator(Protocol):
         completions continue. Their text is then the raw continuation (leading spaces
         kept: the answer is prefix + text); without prefixes it is stripped."""
         ...
+
+
+# Sequences of `max_model_len` tokens the CPU KV cache holds (vLLM queues the others).
+CPU_KV_SEQUENCES = 16
+
+
+def cpu_kv_cache_gib(model_dir: str | Path, max_model_len: int) -> int:
+    """GiB of KV cache for vLLM on CPU: CPU_KV_SEQUENCES full-length sequences in float32
+    (at least 1). vLLM's own default, 30% of host RAM less the model, took 10 s of each
+    engine's start to zero (5.5 GiB for SmolLM2-135M, 127k tokens); this job's batches
+    need a fraction of it."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    config = config.get("text_config", config)
+    heads = config.get("num_attention_heads", 1)
+    head_dim = config.get("head_dim") or config.get("hidden_size", 0) // heads
+    kv_heads = config.get("num_key_value_heads", heads)
+    per_token = 2 * config.get("num_hidden_layers", 1) * kv_heads * head_dim * 4
+    return max(1, math.ceil(per_token * max_model_len * CPU_KV_SEQUENCES / 2**30))
 
 
 def device_defaults(params: dict) -> dict:
@@ -364,6 +385,9 @@ class VLLMGenerator:
             # request's generator, which a CPU generator cannot do ("CPU Generator does
             # not use offset"): prompts are therefore prefilled whole on CPU.
             extra["enable_chunked_prefill"] = False
+            os.environ.setdefault(
+                "VLLM_CPU_KVCACHE_SPACE", str(cpu_kv_cache_gib(model_dir, params["max_model_len"]))
+            )
             if params["tensor_parallel_size"] == 1:
                 # The engine in this process: no engine-core process next to this one.
                 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"

@@ -78,7 +78,8 @@ def expand(config: dict) -> None:
     """Expand the `backtracking` block into plain nodes. With P its `name` and S steps (the
     retriever's k documents, then the answer):
 
-    - `P_sft_data`, `P_sft`: the true steps as SFT data over `dataset`; SFT from `model`;
+    - `P_sft_data`, `P_sft`: the true steps as SFT data over `sft_dataset` (default
+      `dataset`); SFT from `model`;
     - per order in `orders` (from `P_sft`, or `model` with `sft: null`):
       - `backward`: for K = S..1, `P_pairs<K>_from_<M>` (step K's pairs sampled from the
         current model M) and `P_back<K>` (DPO from M on them), M then `P_back<K>`;
@@ -93,7 +94,8 @@ def expand(config: dict) -> None:
     block = merge(BACKTRACKING_BLOCK_DEFAULTS, config[BLOCK])
     p = block["name"]
     known_keys(BLOCK, config[BLOCK], {**BACKTRACKING_BLOCK_DEFAULTS, "model": 0,
-                                      "dataset": 0, "retrieval": 0})  # fmt: skip
+                                      "dataset": 0, "retrieval": 0,
+                                      "sft_dataset": 0})  # fmt: skip
     if not block.get("model"):
         raise ConfigError(f"{BLOCK}.model", "the backtracking block needs the model it starts from")
     for order in block["orders"]:
@@ -121,8 +123,8 @@ def expand(config: dict) -> None:
 
     start = block["model"]
     if block["sft"] is not None:
-        source = {"dataset": block["dataset"], "retrieval": block["retrieval"],
-                  "prompt": block["prompt"]}  # fmt: skip
+        source = {"dataset": block.get("sft_dataset") or block["dataset"],
+                  "retrieval": block["retrieval"], "prompt": block["prompt"]}  # fmt: skip
         add("products", f"{p}_sft_data", {**block["sft_data"], "kind": "step_sft", **source})
         sft = {"kind": "sft", "init": block["model"], "data": f"{p}_sft_data"}
         add("models", f"{p}_sft", {**block["sft"], **sft})

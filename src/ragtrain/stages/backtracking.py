@@ -51,7 +51,9 @@ def cmd_step_pairs(args) -> None:
     pairs, stats = step_pairs(records, fmt, step, chat_text(args.model), params)
     drop = ("n_examples", "n_samples", "samples_per_example")
     stats["generation"] = {k: v for k, v in sample_stats.items() if k not in drop}
-    write_split(args, pairs, stats, f"step {step} pairs (no question had a wrong sample)")
+    # No pair: no sample was wrong at this step; the DPO node on it leaves its model as
+    # it is (ragtrain.training.sft_dpo).
+    write_split(args, pairs, stats, f"step {step} pairs (no sample was wrong)", empty_ok=True)
     finish(work)
 
 
@@ -87,7 +89,8 @@ def cmd_pair_mix(args) -> None:
     for r in records:
         step = str((r.get("meta") or {}).get("step"))
         by_step[step] = by_step.get(step, 0) + 1
-    write_split(args, records, {"parts": len(args.part_train), "pairs_by_step": by_step}, "pairs")
+    stats = {"parts": len(args.part_train), "pairs_by_step": by_step}
+    write_split(args, records, stats, "pairs (no part has one)", empty_ok=True)
 
 
 def _outputs(p) -> None:

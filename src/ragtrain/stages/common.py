@@ -205,9 +205,10 @@ def settings_of(params: dict, defaults: dict) -> dict:
     return {k: v for k, v in params.items() if k in defaults or k == "seed"}
 
 
-def write_split(args, records: list[dict], stats: dict, what: str) -> None:
+def write_split(args, records: list[dict], stats: dict, what: str, empty_ok: bool = False) -> None:
     """Records with their `split` to --train / --dev (the split field dropped), --stats
-    last (its presence says the product is complete)."""
+    last (its presence says the product is complete). No training record is an error
+    unless `empty_ok`."""
     from ragtrain.core.records import write_json, write_jsonl
     from ragtrain.training.rejection import split_records
 
@@ -215,8 +216,10 @@ def write_split(args, records: list[dict], stats: dict, what: str) -> None:
         [{k: v for k, v in r.items() if k != "split"} for r in part]
         for part in split_records(records)
     )
-    if not train:
+    if not train and not empty_ok:
         raise ValueError(f"{args.stage}: no {what} for training ({stats})")
+    if not train:
+        log.warning("%s: no %s for training", args.stage, what)
     write_jsonl(args.train, train)
     write_jsonl(args.dev, dev)
     write_json(args.stats, {**stats, "n_train": len(train), "n_dev": len(dev)})

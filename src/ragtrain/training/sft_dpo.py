@@ -32,6 +32,7 @@ from ragtrain.training.toolkit import (
     load_dtype,
     load_tokenizer,
     lora_config,
+    model_record,
     plot_curves,
     quantization_kwargs,
     record_kwargs,
@@ -184,10 +185,12 @@ def train(
     quantized = quantization_kwargs(params, dtype)
     train_ds = _dataset(train_path, kind)
     dev_ds = _dataset(dev_path, kind) if dev_path else None
-    if len(train_ds) == 0:
-        raise ValueError(f"{train_path}: no training records")
     if dev_ds is not None and len(dev_ds) == 0:
         dev_ds = None
+    if len(train_ds) == 0:
+        if kind == "dpo":
+            return _unchanged(params, init_dir, out_dir, len(dev_ds) if dev_ds else 0)
+        raise ValueError(f"{train_path}: no training records")
     inputs = [init_dir, train_path, *([dev_path] if dev_path else [])]
     work = shared_work_dir(work_root, params, inputs)
 
@@ -252,6 +255,33 @@ def train(
             plot_curves(trainer.state.log_history, CURVES[kind], tmp / "loss.png", title=title)
         finish(work)
         log.info("metrics: %s", metrics)
+    return metrics
+
+
+# What a model folder holds of its own training, not copied to a model left unchanged.
+TRAINING_RECORDS = ("metrics.json", "trainer_state.json", "loss.png")
+
+
+def _unchanged(params: dict, init_dir: str | Path, out_dir: str | Path, n_dev: int) -> dict:
+    """A DPO node with no pair to train on (backtracking: a step where no sample was
+    wrong) is its init model as it is: the chain goes on from the same weights. Its
+    metrics say so; it has no curves."""
+    import shutil
+
+    from accelerate import PartialState
+
+    metrics = {
+        **model_record(params, "dpo", 0, n_dev),
+        "steps": 0,
+        "unchanged": "no pairs to train on: the init model's weights",
+    }
+    log.warning("%s: no pairs to train on; the model is its init model, unchanged", out_dir)
+    if PartialState().is_main_process:
+        with atomic_dir(out_dir) as tmp:
+            for file in Path(init_dir).iterdir():
+                if file.is_file() and file.name not in TRAINING_RECORDS:
+                    shutil.copy2(file, tmp / file.name)
+            write_json(tmp / "metrics.json", metrics)
     return metrics
 
 
