@@ -95,10 +95,15 @@ def test_backtracking_recipe_end_to_end(from_tiny_upstream, tiny_model):
         assert stats["n_samples"] == 12 * (3 if step == 2 else 2)
         pairs = read_jsonl(folder / "train.jsonl")
         assert pairs and all(p["meta"] == {**p["meta"], "step": step} for p in pairs)
-        prompt = pairs[0]["prompt"]
-        assert prompt.startswith("<|im_start|>") and prompt.count("\nDocument ") == step - 1 + 2
         samples = read_jsonl(folder / "samples.jsonl")
         assert len(samples) == 12 and all(s["id"].endswith(f"@step{step}") for s in samples)
+        # The true steps before this one end the prompt, after the assistant's header.
+        prefix = {s["question_id"]: s["prefix"] for s in samples}
+        for pair in pairs:
+            before = prefix[pair["id"].split("-step")[0]]
+            assert len(before.splitlines()) == step - 1
+            assert pair["prompt"].startswith("<|im_start|>")
+            assert pair["prompt"].endswith("<|im_start|>assistant\n" + before)
     for model, init in (("bt_back3", "bt_sft"), ("bt_back2", "bt_back3"), ("bt_back1", "bt_back2"),
                         ("bt_pub2", "bt_sft"), ("bt_pub1", "bt_pub2")):  # fmt: skip
         metrics = json.loads((results / "models" / model / "metrics.json").read_text())
