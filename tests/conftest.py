@@ -92,6 +92,29 @@ def tiny_config(name: str, tiny_model: Path) -> dict:
     return cfg
 
 
+# The nodes a recipe's tiny config takes from tests/tiny.yaml, so that its end-to-end test
+# starts from the shared upstream.
+RECIPE_SHARED = {
+    "worlds": ["world"],
+    "corpora": ["world"],
+    "retrievers": ["bm25"],
+    "datasets": ["train", "test"],
+    "models": ["base"],
+}
+
+
+def assert_shares_tiny_upstream(config: dict, shared: dict = RECIPE_SHARED) -> None:
+    """`config`'s run and `shared` nodes are tests/tiny.yaml's, setting for setting."""
+    from ragtrain.graph.config import prepare
+
+    tiny = prepare(tiny_config("tiny.yaml", Path("/tiny-model")))
+    recipe = prepare(config)
+    assert recipe["run"] == tiny["run"]
+    for section, names in shared.items():
+        for name in names:
+            assert recipe[section][name] == tiny[section][name], f"{section}.{name} differs"
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A 2-layer Llama, hidden 128, 2 heads of 64 (vLLM on CPU rejects head_dim 16)."""

@@ -12,21 +12,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ragtrain.core.records import read_jsonl
 from ragtrain.graph.config import prepare
 from ragtrain.graph.dryrun import planned_jobs
-from tests.conftest import ROOT, assert_upstream_up_to_date, e2e_cores, snakemake, tiny_config
-
-SHARED = {
-    "worlds": ["world"],
-    "corpora": ["world"],
-    "retrievers": ["bm25"],
-    "datasets": ["train", "test"],
-    "models": ["base"],
-}
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.open()]
+from tests.conftest import (
+    ROOT,
+    assert_shares_tiny_upstream,
+    assert_upstream_up_to_date,
+    e2e_cores,
+    snakemake,
+    tiny_config,
+)
 
 
 def recipe_config(tiny_model: Path) -> dict:
@@ -40,12 +36,7 @@ def recipe_config(tiny_model: Path) -> dict:
 
 
 def test_the_recipe_shares_tiny_yaml_upstream():
-    tiny = prepare(tiny_config("tiny.yaml", Path("/tiny-model")))
-    recipe = prepare(recipe_config(Path("/tiny-model")))
-    assert recipe["run"] == tiny["run"]
-    for section, names in SHARED.items():
-        for name in names:
-            assert recipe[section][name] == tiny[section][name], f"{section}.{name} differs"
+    assert_shares_tiny_upstream(recipe_config(Path("/tiny-model")))
 
 
 def planned_outputs(stdout: str, rule: str) -> list[str]:

@@ -11,31 +11,22 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ragtrain.core.records import read_jsonl
 from ragtrain.data.preferences import load_pairs
 from ragtrain.graph.config import prepare
 from ragtrain.graph.dryrun import planned_jobs
-from tests.conftest import ROOT, assert_upstream_up_to_date, e2e_cores, snakemake, tiny_config
-
-SHARED = {
-    "worlds": ["world"],
-    "corpora": ["world"],
-    "retrievers": ["bm25"],
-    "datasets": ["train", "test"],
-    "models": ["base"],
-}
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.open()]
+from tests.conftest import (
+    ROOT,
+    assert_shares_tiny_upstream,
+    assert_upstream_up_to_date,
+    e2e_cores,
+    snakemake,
+    tiny_config,
+)
 
 
 def test_the_recipe_shares_tiny_yaml_upstream():
-    tiny = prepare(tiny_config("tiny.yaml", Path("/tiny-model")))
-    recipe = prepare(tiny_config("tiny_dpa.yaml", Path("/tiny-model")))
-    assert recipe["run"] == tiny["run"]
-    for section, names in SHARED.items():
-        for name in names:
-            assert recipe[section][name] == tiny[section][name], f"{section}.{name} differs"
+    assert_shares_tiny_upstream(tiny_config("tiny_dpa.yaml", Path("/tiny-model")))
 
 
 @pytest.mark.slow
