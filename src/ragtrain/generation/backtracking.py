@@ -220,45 +220,42 @@ def true_steps(example: dict) -> tuple[tuple[Step, ...], bool]:
     steps = []
     answers = example["answers"]
     for i, doc in enumerate(example.get("docs") or [], 1):
-        if is_useful(doc, answers):
+        useful = is_useful(doc, answers)
+        if useful:
             held = [s for s in _sentences(doc.get("text", "")) if contains_answer(s, answers)]
             note = held[0] if held else doc.get("text", "")
         else:
             note = f"about {doc.get('title') or ' '.join(doc.get('text', '').split()[:6])}"
-        steps.append(Step(i, is_useful(doc, answers), note))
+        steps.append(Step(i, useful, note))
     return tuple(steps), any(s.useful for s in steps)
 
 
-def true_answer(example: dict, fmt: StepFormat) -> str:
-    """The first gold answer where a document holds one; the refusal otherwise."""
-    _, any_useful = true_steps(example)
-    return example["answers"][0] if any_useful else fmt.refusal
-
-
 def true_text(example: dict, fmt: StepFormat) -> str:
-    steps, _ = true_steps(example)
-    return fmt.render(steps, true_answer(example, fmt))
+    """The true steps, then the first gold answer where a document holds one (the
+    refusal otherwise)."""
+    steps, any_useful = true_steps(example)
+    return fmt.render(steps, example["answers"][0] if any_useful else fmt.refusal)
 
 
-def answer_right(answer: str | None, example: dict) -> bool:
+def answer_right(answer: str | None, example: dict, any_useful: bool) -> bool:
     """The answer step: a gold answer contained, or a refusal where no document helps."""
     if answer is None:
         return False
     if is_refusal(answer):
-        return not true_steps(example)[1]
+        return not any_useful
     return bool(example["answers"]) and bool(contains_answer(answer, example["answers"]))
 
 
 def step_verdicts(parsed: Parsed, example: dict) -> list[bool]:
     """Right or wrong at each step 1..k+1 (k documents, then the answer); a step the text
     never reached (a broken format) is wrong."""
-    truth, _ = true_steps(example)
+    truth, any_useful = true_steps(example)
     verdicts = [
         i < len(parsed.steps) and parsed.steps[i].useful == step.useful
         for i, step in enumerate(truth)
     ]
     complete = len(parsed.steps) == len(truth)
-    verdicts.append(complete and answer_right(parsed.answer, example))
+    verdicts.append(complete and answer_right(parsed.answer, example, any_useful))
     return verdicts
 
 
@@ -284,12 +281,13 @@ def step_sft_records(
         }
         for ex in examples
     ]
-    useful = [s.useful for ex in examples for s in true_steps(ex)[0]]
+    truths = [true_steps(ex) for ex in examples]
+    useful = [s.useful for steps, _ in truths for s in steps]
     stats = {
         "n_examples": len(records),
         "docs_per_question": len(examples[0]["docs"]),
         "useful_docs": round(sum(useful) / len(useful), 4),
-        "refusals": sum(not true_steps(ex)[1] for ex in examples),
+        "refusals": sum(not any_useful for _, any_useful in truths),
     }
     return records, stats
 
