@@ -266,10 +266,22 @@ def stage_imports(stage: str) -> frozenset[str]:
     none), nor methods: the real runs of `make env-check` see those."""
     func = _stage_functions()[stage]
     body = _definition(func.__module__, func.__name__)
-    return frozenset(
-        _closure(
-            {func.__module__, "ragtrain.__main__", *_lazy_imports(func.__module__, body, set())}
-        )
+    names = {func.__module__, "ragtrain.__main__", *_lazy_imports(func.__module__, body, set())}
+    if hasattr(func, "__wrapped__"):
+        # A stage's function is wrapped (ragtrain.stages.common._checked): what the wrapper
+        # imports when it runs is imported by every stage.
+        wrapper = _wrapper_module(func)
+        outer = _definition(wrapper, func.__code__.co_qualname.split(".")[0])
+        names |= _lazy_imports(wrapper, outer, set())
+    return frozenset(_closure(names))
+
+
+def _wrapper_module(func) -> str:
+    """The module whose file holds `func`'s own code (a wrapper's, not what it wraps)."""
+    return next(
+        name
+        for name, module in list(sys.modules.items())
+        if getattr(module, "__file__", None) == func.__code__.co_filename
     )
 
 

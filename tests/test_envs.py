@@ -161,7 +161,15 @@ def test_an_env_lacking_a_module_its_stage_imports_names_env_rule_and_module():
     assert any(
         "envs/evaluate.yaml" in p and "rule judge" in p and "'jinja2'" in p for p in problems
     ), problems
-    assert env_check.missing(judge, {**before, "jinja2": "3.1.6", "tqdm": "4.70.1"}) == []
+    fixed = {**before, "jinja2": "3.1.6", "tqdm": "4.70.1", "jsonschema": "4.26.0"}
+    assert env_check.missing(judge, fixed) == []
+
+
+def test_what_every_stage_s_wrapper_imports_counts_for_every_stage():
+    # The wrapper checks --params against the config's schema before the stage runs
+    # (CI's first run of issue 18 failed on envs/evaluate.yaml without pyyaml).
+    for stage in ("report", "judge", "pair-mix"):
+        assert {"yaml", "jsonschema"} <= env_check.stage_imports(stage), stage
 
 
 def test_report_and_judge_import_nothing_heavy():
