@@ -16,7 +16,13 @@ sequences (SFT) or pairs (DPO), each way:
   `sdpa`, transformers 5 turns the restarting position_ids into a block-diagonal causal
   mask (correct, but attention still spans the whole flattened row); `flash_attention_2`
   (needs flash-attn) runs true varlen kernels on the `cu_seq_lens` the collator adds, and
-  `flex_attention` skips the masked-out blocks.
+  `flex_attention` skips the masked-out blocks;
+- packed (SFT, `--packing`): the same sequences packed as TRL's `SFTConfig(packing=True)`
+  packs them (`pack_dataset`, best-fit decreasing) into rows of `--pack-length` tokens
+  (default `--max-len`), `--batch-size` rows per step, each step's rows flattened with
+  position_ids restarting at each sequence (TRL's collator on the rows' `seq_lengths`). The
+  warm-up steps' sequences and the timed steps' are packed apart, so the timed steps hold
+  the same real tokens; there are fewer of them, each fuller.
 
 The loop is hand-written with TRL's losses (SFT: mean token cross-entropy over the
 completion tokens, what SFTTrainer's `completion_only_loss` computes; DPO: TRL's
@@ -49,8 +55,10 @@ not hardware FLOPs utilisation.
     python bench/gpu_train.py --size 1b [--lora] [--batch-size 8] [--steps 10] [--json out.json]
     python bench/gpu_train.py --size 8b --lora --grad-ckpt --attn sdpa flex_attention
     python bench/gpu_train.py --cpu-smoke      # a tiny model on CPU, float32: exercises the code
+    python bench/gpu_train.py --packing --runs sft   # tokens/s packed against unpacked
 
-Without a CUDA GPU (and without --cpu-smoke) it says so and exits 0.
+Without a CUDA GPU (and without --cpu-smoke) it says so and exits 0; with --packing it
+then measures the tiny model on CPU (--cpu-smoke's sizes) instead.
 """
 
 from __future__ import annotations
@@ -202,6 +210,35 @@ def real_tokens(rows: list[dict]) -> int:
     return sum(len(r["input_ids"]) for r in rows)
 
 
+def pack_rows(sequences: list[dict], pack_length: int) -> list[dict]:
+    """TRL's SFT packing: best-fit decreasing into rows of `pack_length` tokens, each row
+    with its sequences' `seq_lengths` (what the collator restarts position_ids at)."""
+    from datasets import Dataset
+    from datasets.utils import logging as datasets_logging
+    from trl.data_utils import pack_dataset
+
+    shown = datasets_logging.is_progress_bar_enabled()
+    datasets_logging.disable_progress_bar()
+    try:
+        packed = pack_dataset(Dataset.from_list(sequences), pack_length, "bfd")
+    finally:
+        if shown:
+            datasets_logging.enable_progress_bar()
+    return [dict(row) for row in packed]
+
+
+def pack_batches(batches: list[list[dict]], args) -> tuple[list[list[dict]], int]:
+    """The warm-up and the timed batches' sequences packed apart (`pack_rows`),
+    `batch_size` rows per step; returns the steps and how many of them are warm-up."""
+
+    def steps(part: list[list[dict]]) -> list[list[dict]]:
+        rows = pack_rows([s for batch in part for s in batch], args.pack_length)
+        return [rows[i : i + args.batch_size] for i in range(0, len(rows), args.batch_size)]
+
+    warmup = steps(batches[: args.warmup])
+    return warmup + steps(batches[args.warmup :]), len(warmup)
+
+
 # ---------------------------------------------------------------- model
 
 
@@ -297,10 +334,13 @@ def dpo_loss(model, reference, inputs: dict, n_pairs: int):
 # ---------------------------------------------------------------- runs
 
 
-def run(kind: str, padding_free: bool, attn: str, batches, shape: dict, args, device) -> dict:
+def run(kind: str, mode: str, attn: str, batches, shape: dict, args, device, warmup=None) -> dict:
+    """Train on `batches` (the first `warmup` untimed, default --warmup) laid out by `mode`:
+    padded, padding_free, or packed (rows of packed sequences, flattened)."""
     import torch
 
-    mode = "padding_free" if padding_free else "padded"
+    padding_free = mode != "padded"
+    warmup = args.warmup if warmup is None else warmup
     model = build_model(shape, args, device, attn)
     reference = None
     if kind == "dpo" and not args.lora:
@@ -314,10 +354,10 @@ def run(kind: str, padding_free: bool, attn: str, batches, shape: dict, args, de
     train_kind = "train_lora" if args.lora else "train"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    seconds = tokens = flops = padded_slots = 0.0
+    seconds = tokens = flops = padded_slots = examples = 0.0
     for step, batch in enumerate(batches):
         rows = batch if kind == "sft" else dpo_rows(batch)
-        if step == args.warmup:
+        if step == warmup:
             if cuda:
                 torch.cuda.synchronize()
             began = time.perf_counter()
@@ -330,8 +370,10 @@ def run(kind: str, padding_free: bool, attn: str, batches, shape: dict, args, de
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if step >= args.warmup:
-            lengths = [len(r["input_ids"]) for r in rows]
+        if step >= warmup:
+            # a packed row's sequences (its seq_lengths) count apart, as the FLOPs do
+            lengths = [s for r in rows for s in r.get("seq_lengths", [len(r["input_ids"])])]
+            examples += len(batch) if kind == "dpo" else len(lengths)
             tokens += sum(lengths)
             padded_slots += inputs["input_ids"].numel()
             flops += sum(seq_flops(s, shape, n, train_kind) for s in lengths)
@@ -344,11 +386,11 @@ def run(kind: str, padding_free: bool, attn: str, batches, shape: dict, args, de
         "run": kind,
         "mode": mode,
         "attn": attn,
-        "steps": args.steps,
+        "steps": len(batches) - warmup,
         "seconds": seconds,
         "real_tokens": int(tokens),
         "tokens_per_s": tokens / seconds,
-        "examples_per_s": args.steps * args.batch_size / seconds,
+        "examples_per_s": examples / seconds,
         "padding_share": 1 - tokens / padded_slots,
         "model_tflops": flops / 1e12,
         "achieved_tflops": flops / seconds / 1e12,
@@ -363,8 +405,9 @@ def run(kind: str, padding_free: bool, attn: str, batches, shape: dict, args, de
     return result
 
 
-def loss_check(kind: str, attn: str, batch, shape: dict, args, device) -> float:
-    """|padded - padding_free| of the loss on one batch, same weights: the two layouts agree."""
+def loss_check(kind: str, attn: str, batch, shape: dict, args, device, packed=False) -> float:
+    """|padded - padding_free| of the loss on one batch, same weights: the two layouts agree.
+    `packed` (SFT): the batch's sequences packed into rows (`pack_rows`), then flattened."""
     import torch
 
     model = build_model(shape, args, device, attn).eval()
@@ -375,6 +418,8 @@ def loss_check(kind: str, attn: str, batch, shape: dict, args, device) -> float:
     ):
         for padding_free in (False, True):
             rows = batch if kind == "sft" else dpo_rows(batch)
+            if packed and padding_free:
+                rows = pack_rows(rows, args.pack_length)
             inputs = collate(rows, padding_free, device)
             if kind == "sft":
                 losses.append(float(sft_loss(model, inputs)))
@@ -439,6 +484,14 @@ def parse_args(argv=None):
     )
     parser.add_argument("--no-check", action="store_true", help="skip the padded = free check")
     parser.add_argument(
+        "--packing",
+        action="store_true",
+        help="SFT also packed (TRL's bfd packing); without a GPU: the tiny model on CPU",
+    )
+    parser.add_argument(
+        "--pack-length", type=int, help="--packing: tokens per packed row (default --max-len)"
+    )
+    parser.add_argument(
         "--cpu-smoke",
         action="store_true",
         help="tiny model on CPU in float32, 1 + 2 steps of 4 short sequences (tests the code)",
@@ -446,10 +499,16 @@ def parse_args(argv=None):
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     if args.cpu_smoke:
-        args.size = "tiny"
-        args.batch_size, args.steps, args.warmup = 4, 2, 1
-        args.min_len, args.max_len, args.median_len = 16, 96, 48
+        smoke_sizes(args)
     return args
+
+
+def smoke_sizes(args) -> None:
+    """The CPU smoke test's model and data (tiny, short)."""
+    args.cpu_smoke = True
+    args.size = "tiny"
+    args.batch_size, args.steps, args.warmup = 4, 2, 1
+    args.min_len, args.max_len, args.median_len = 16, 96, 48
 
 
 def main(argv=None) -> int:
@@ -467,6 +526,12 @@ def measure(args) -> int:
 
     if args.cpu_smoke:
         device, device_name = torch.device("cpu"), "cpu (smoke test)"
+        args.dtype = torch.float32
+        torch.set_num_threads(args.threads)
+    elif not torch.cuda.is_available() and args.packing:
+        print("no CUDA GPU: --packing measures the tiny model on CPU (--cpu-smoke's sizes)")
+        smoke_sizes(args)
+        device, device_name = torch.device("cpu"), "cpu (no GPU; smoke sizes)"
         args.dtype = torch.float32
         torch.set_num_threads(args.threads)
     elif not torch.cuda.is_available():
@@ -507,6 +572,11 @@ def measure(args) -> int:
         "sft": make_sft_batches(args, shape["vocab"]),
         "dpo": make_dpo_batches(args, shape["vocab"]),
     }
+    args.pack_length = args.pack_length or args.max_len
+    packing = args.packing and "sft" in args.runs
+    if packing:
+        packed, packed_warmup = pack_batches(data["sft"], args)
+        print(f"packed: rows of {args.pack_length} tokens, {args.batch_size} rows per step")
     results, checks = [], {}
     for attn in attns:
         for kind in args.runs:
@@ -514,28 +584,36 @@ def measure(args) -> int:
                 checks[f"{kind}/{attn}"] = guarded(
                     loss_check, kind, attn, data[kind][0], shape, args, device
                 )
-            for padding_free in (False, True):
-                row = guarded(run, kind, padding_free, attn, data[kind], shape, args, device)
-                row.update(run=kind, mode="padding_free" if padding_free else "padded", attn=attn)
+                if packing and kind == "sft":
+                    checks[f"{kind}/{attn}/packed"] = guarded(
+                        loss_check, kind, attn, data[kind][0], shape, args, device, True
+                    )
+            runs = [("padded", data[kind], None), ("padding_free", data[kind], None)]
+            if packing and kind == "sft":
+                runs.append(("packed", packed, packed_warmup))
+            for mode, batches, warmup in runs:
+                row = guarded(run, kind, mode, attn, batches, shape, args, device, warmup)
+                row.update(run=kind, mode=mode, attn=attn)
                 results.append(row)
                 print(f"  {kind} {row['mode']} {attn}: {format_row(row)}", flush=True)
     ratios = []
     for attn in attns:
         for kind in args.runs:
-            padded, free = (
-                next(r for r in results if (r["run"], r["mode"], r["attn"]) == (kind, m, attn))
-                for m in ("padded", "padding_free")
-            )
-            if "error" in padded or "error" in free:
-                continue
-            ratios.append(
-                {
-                    "run": kind,
-                    "attn": attn,
-                    "speedup": free["tokens_per_s"] / padded["tokens_per_s"],
-                    "same_real_tokens": free["real_tokens"] == padded["real_tokens"],
-                }
-            )
+            rows = {r["mode"]: r for r in results if (r["run"], r["attn"]) == (kind, attn)}
+            padded = rows["padded"]
+            for mode in ("padding_free", "packed"):
+                other = rows.get(mode)
+                if other is None or "error" in padded or "error" in other:
+                    continue
+                ratios.append(
+                    {
+                        "run": kind,
+                        "attn": attn,
+                        "mode": mode,
+                        "speedup": other["tokens_per_s"] / padded["tokens_per_s"],
+                        "same_real_tokens": other["real_tokens"] == padded["real_tokens"],
+                    }
+                )
     print_table(results, ratios, checks)
     report = {
         "device": device_name,
@@ -549,6 +627,7 @@ def measure(args) -> int:
         "batch_size": args.batch_size,
         "steps": args.steps,
         "warmup": args.warmup,
+        "pack_length": args.pack_length if packing else None,
         "lengths": {"min": args.min_len, "median": args.median_len, "max": args.max_len},
         "peak_flops": args.peak,
         "results": results,
@@ -585,8 +664,9 @@ def print_table(results: list[dict], ratios: list[dict], checks: dict) -> None:
             f" {r['padding_share']:>6.1%} {mem:>8} {r['real_tokens']:>9}"
         )
     for q in ratios:
+        mode = q["mode"].replace("_", "-")
         print(
-            f"padding-free / padded, {q['run'].upper()} {q['attn']}: {q['speedup']:.2f}x"
+            f"{mode} / padded, {q['run'].upper()} {q['attn']}: {q['speedup']:.2f}x"
             f" (same real tokens: {q['same_real_tokens']})"
         )
     for key, diff in checks.items():

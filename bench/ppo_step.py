@@ -6,9 +6,11 @@ training questions, ~230 tokens, when `make demo` has built them; else short syn
 prompts), for the tiny random model and for SmolLM2-135M (the demo's SFT model, or its
 base). The first step is a warm-up and is not timed. Prints seconds per phase, tokens/s,
 and the ratio of a separate value model (a second LoRA adapter, the published setting)
-to a value head on the policy's trunk.
+to a value head on the policy's trunk. With `--backend hf vllm`, the rollouts are also
+sampled by vLLM serving the policy's LoRA adapter (saved after each update, which its
+time includes), and the generation time's ratio vLLM / HF is printed.
 
-    python bench/ppo_step.py [--models tiny 135m] [--prompts 4] [--samples 4]
+    python bench/ppo_step.py [--models tiny 135m] [--prompts 4] [--samples 4] [--backend hf vllm]
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def prompts(n: int) -> list[dict]:
     return [{**r, "prompt": template.conversation(r)} for r in records[: n * 3]], source
 
 
-def run(model_dir: Path, examples: list[dict], args, value_model: str) -> dict:
+def run(model_dir: Path, examples: list[dict], args, value_model: str, backend: str) -> dict:
     import torch
 
     from ragtrain.training.ppo import PPOTrainer
@@ -72,6 +74,8 @@ def run(model_dir: Path, examples: list[dict], args, value_model: str) -> dict:
         "value_model": value_model,
         "dtype": "float32",
         "iterations": 3,
+        "rollouts": backend,
+        "rollout_max_model_len": 1024,
     }
     trainer = PPOTrainer(params, model_dir, Rewards([{"kind": "correctness"}]))
     per_step = []
@@ -102,6 +106,7 @@ def main() -> None:
     parser.add_argument("--ppo-epochs", type=int, default=1)
     parser.add_argument("--grad-accum", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--backend", nargs="+", default=["hf"], choices=["hf", "vllm"])
     args = parser.parse_args()
     import torch
 
@@ -114,29 +119,39 @@ def main() -> None:
         f" {torch.get_num_threads()} threads, {'GPU' if torch.cuda.is_available() else 'CPU'}"
     )
     header = (
-        f"{'model':6} {'value':9} {'generate':>9} {'reward':>7} {'forward':>8} {'optimise':>9}"
-        f" {'step s':>7} {'gen tok/s':>10} {'train tok/s':>12}"
+        f"{'model':6} {'rollouts':8} {'value':9} {'generate':>9} {'reward':>7} {'forward':>8}"
+        f" {'optimise':>9} {'step s':>7} {'gen tok/s':>10} {'train tok/s':>12}"
     )
     print(header)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             folder = Path(tmp) / name
             model_dir = build_tiny_llama(folder) if name == "tiny" else smollm(folder)
-            times = {}
-            for value_model in ("shared", "separate"):
-                t = run(model_dir, examples, args, value_model)
-                times[value_model] = t["total"]
+            times, generation = {}, {}
+            for backend, value_model in [
+                *(("hf", v) for v in ("shared", "separate") if "hf" in args.backend),
+                *((("vllm", "separate"),) if "vllm" in args.backend else ()),
+            ]:
+                t = run(model_dir, examples, args, value_model, backend)
+                times[backend, value_model] = t["total"]
+                generation[backend] = t["generation"]
                 print(
-                    f"{name:6} {value_model:9} {t.get('generation', 0):9.2f}"
+                    f"{name:6} {backend:8} {value_model:9} {t.get('generation', 0):9.2f}"
                     f" {t.get('reward', 0):7.2f} {t.get('forward', 0):8.2f}"
                     f" {t.get('optimization', 0):9.2f} {t['total']:7.2f}"
                     f" {t['response'] / t['generation']:10.1f}"
                     f" {t['sequence'] * args.ppo_epochs / t['optimization']:12.1f}"
                 )
-            print(
-                f"{name:6} separate / shared value model: step time"
-                f" {times['separate'] / times['shared']:.2f}x"
-            )
+            if "hf" in args.backend:
+                print(
+                    f"{name:6} separate / shared value model: step time"
+                    f" {times['hf', 'separate'] / times['hf', 'shared']:.2f}x"
+                )
+            if len(generation) == 2:
+                print(
+                    f"{name:6} rollouts vllm / hf: generation time"
+                    f" {generation['vllm'] / generation['hf']:.2f}x"
+                )
 
 
 if __name__ == "__main__":

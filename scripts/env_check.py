@@ -66,11 +66,15 @@ RUNTIME_ONLY = {
     "deepspeed": "loaded by the Trainer for `deepspeed: zero2|zero3`",
     "fast-plaid": "PyLate's PLAID index (loaded by pylate)",
     "sentencepiece": "tokenizers of some models",
+    "tensorboard": "`tracking: [tensorboard]`: the Trainer's TensorBoardCallback and PPO's"
+    " writer import it (through torch.utils.tensorboard) only when a node names it",
 }
 # Imports a stage's source holds that an env may lack, and why.
 NOT_NEEDED = {
     ("generate.yaml", "torch"): "vLLM pins its own torch and brings it",
     ("data.yaml", "pylate"): "only a ColBERT model's path imports it; its rules name colbert.yaml",
+    ("train.yaml", "vllm"): "only `rollouts: vllm` imports it (`auto` samples with HF without"
+    " it): vLLM pins its own torch, which the training stack's would clash with",
 }
 
 

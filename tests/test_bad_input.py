@@ -148,6 +148,13 @@ CONFIG_CASES = [
         "datasets.ext.path: no such file or folder 'missing.jsonl'",
     ),
     ("corpus-path", {"corpora.ext": {"path": "missing.jsonl"}}, "corpora.ext.path: no such file"),
+    ("export-onnx", {"models.sft.export": "onnx"}, "models.sft.export: expected one of"),
+    ("export-q4", {"models.sft.export_type": "q4"}, "models.sft.export_type: expected one of"),
+    (
+        "export-retriever",
+        {"models.ret": {"kind": "biencoder", "dataset": "x", "export": "gguf"}},
+        "models.ret.export: not a key of a biencoder model",
+    ),
 ]
 
 

@@ -54,6 +54,31 @@ def test_cpu_smoke_with_lora(tmp_path):
     assert all(r["tokens_per_s"] > 0 and r["mfu"] > 0 for r in report["results"])
 
 
+@pytest.mark.slow
+def test_packing_without_a_gpu_measures_packed_and_unpacked_on_cpu(tmp_path, capsys, monkeypatch):
+    """--packing: TRL's packed rows beside the padded and padding-free batches, on the
+    same sequences; with no GPU, the tiny model on CPU."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "packing.json"
+    assert gpu_train.main(["--packing", "--runs", "sft", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    rows = {r["mode"]: r for r in report["results"]}
+    assert set(rows) == {"padded", "padding_free", "packed"}
+    assert all(r["tokens_per_s"] > 0 for r in rows.values())
+    # The same real tokens in no more steps (rows of several sequences); no padding.
+    assert rows["packed"]["real_tokens"] == rows["padded"]["real_tokens"]
+    assert rows["packed"]["steps"] <= rows["padded"]["steps"]
+    assert rows["packed"]["padding_share"] == 0
+    assert report["pack_length"] == 96  # --max-len of the CPU sizes
+    # Packed rows attend within each sequence only: the loss is the padded batch's.
+    assert report["loss_checks"]["sft/sdpa/packed"] < 1e-4
+    assert "no CUDA GPU: --packing measures the tiny model on CPU" in printed
+    assert "packed / padded, SFT sdpa" in printed and "tok/s" in printed
+
+
 def test_flops_formula():
     shape = gpu_train.model_shape(gpu_train.parse_args(["--size", "8b"]))
     n = gpu_train.matmul_params(shape)

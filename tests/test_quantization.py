@@ -96,6 +96,20 @@ def test_it_needs_cuda(monkeypatch):
     _one_line_error(_sft(quantization="8bit"), "needs a CUDA GPU")
 
 
+def test_on_a_machine_without_cuda_the_error_is_one_line_naming_the_node(monkeypatch, tmp_path):
+    # What the train stage passes: the node's name (its output folder's).
+    _gpu_and_bitsandbytes(monkeypatch, cuda=False)
+    missing = tmp_path / "missing"
+    with pytest.raises(ValueError) as raised:
+        sft_dpo.train(
+            {"kind": "sft", "name": "qlora_sft", "quantization": "4bit"},
+            missing, missing / "train.jsonl", None, tmp_path / "out", tmp_path,
+        )  # fmt: skip
+    message = str(raised.value)
+    assert message.startswith("models.qlora_sft.quantization: 4bit needs a CUDA GPU")
+    assert "\n" not in message and not (tmp_path / "out").exists()
+
+
 def test_it_needs_bitsandbytes(monkeypatch):
     _gpu_and_bitsandbytes(monkeypatch, bnb=False)
     message = _one_line_error(_sft(quantization="4bit"), "needs the bitsandbytes package")

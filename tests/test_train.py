@@ -173,7 +173,9 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_model, tmp_pat
 
 @pytest.mark.slow
 def test_unknown_kind_and_bad_records_are_reported(tiny_model, tmp_path):
-    with pytest.raises(ValueError, match=r"^kind: expected one of \['dpo', 'sft'\]"):
+    with pytest.raises(
+        ValueError, match=r"^kind: expected one of \['dpo', 'kto', 'orpo', 'sft', 'simpo'\]"
+    ):
         train(
             {"kind": "ppo"},
             tiny_model,

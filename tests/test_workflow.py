@@ -18,6 +18,8 @@ from tests.conftest import E2E_CORES, ROOT, assert_upstream_up_to_date, snakemak
 # The CPU configs; those under config/paper/ name data files a dry run needs, and each
 # has its own dry-run test that provides them (tests/test_self_demos_recipe.py).
 CONFIGS = sorted((ROOT / "config").glob("*.yaml"))
+# tests/tiny.yaml's models trained beside DPO (TRL's KTO, ORPO, SimPO), from the base model.
+PREFERENCE_MODELS = ("kto", "orpo", "simpo")
 
 
 @pytest.mark.parametrize("configfile", CONFIGS, ids=lambda p: p.name)
@@ -66,13 +68,16 @@ def test_end_to_end(from_tiny_upstream, tiny_model):
     assert_upstream_up_to_date(tmp_path, configfile)
     args = (*E2E_CORES, "--configfile", str(configfile), "--directory", str(tmp_path))
     finished = snakemake(*args)
-    # (The jobs it ran: the shared upstream reused, DPO the one model trained.)
+    # (The jobs it ran: the shared upstream reused; DPO, KTO, ORPO and SimPO the models
+    # trained.)
     jobs = planned_jobs(finished.stderr)
-    assert jobs["train"] == 1 and not {"self_demos", "judge", "sft_data"} & set(jobs)
+    assert jobs["train"] == 1 + len(PREFERENCE_MODELS) and jobs["export_gguf"] == 1
+    assert not {"self_demos", "judge", "sft_data"} & set(jobs)
+    check_export(tmp_path / "results" / "tiny" / "exports")
 
     results = tmp_path / "results" / "tiny"
     evaluations = [("base", r) for r in ("bm25", "dense", "none")]
-    evaluations += [("sft", "bm25"), ("dpo", "bm25")]
+    evaluations += [(m, "bm25") for m in ("sft", "dpo", *PREFERENCE_MODELS)]
     check_evaluations(results, evaluations)
     for retriever in ("bm25", "dense"):
         stats = json.loads((results / "retrieval" / retriever / "test" / "stats.json").read_text())
@@ -110,6 +115,7 @@ def test_end_to_end(from_tiny_upstream, tiny_model):
     mtimes = {p: p.stat().st_mtime_ns for p in after_sft}
     shutil.rmtree(results / "models/sft")
     rerun = snakemake(*args)
+    # SFT and DPO, not the models trained from the base model on the same data.
     assert planned_jobs(rerun.stderr) == {"train": 2, "evaluate": 2, "report": 1, "all": 1}
     assert "rule train:\n    input: results/tiny/models/base" in rerun.stderr  # SFT
     assert (results / "models/sft/metrics.json").is_file()
@@ -118,7 +124,7 @@ def test_end_to_end(from_tiny_upstream, tiny_model):
     assert "resuming from" not in log and f"trained steps 1 to {steps} of {steps}" in log
     assert all(p.stat().st_mtime_ns > mtimes[p] for p in after_sft)
     check_trained(results)
-    check_evaluations(results, [("sft", "bm25"), ("dpo", "bm25")])
+    check_evaluations(results, [(m, "bm25") for m in ("sft", "dpo", *PREFERENCE_MODELS)])
     check_summary(results)
     assert not any((results / "work").glob("*/*"))
 
@@ -143,7 +149,7 @@ def test_end_to_end(from_tiny_upstream, tiny_model):
     jobs = planned_jobs(proc.stdout)
     assert "index" not in jobs
     assert jobs["retrieve"] == 2  # train (self-demos) and test
-    assert jobs["self_demos"] == 1 and jobs["train"] == 2
+    assert jobs["self_demos"] == 1 and jobs["train"] == 2 + len(PREFERENCE_MODELS)
 
     report = tmp_path / "report.html"
     snakemake(
@@ -242,7 +248,7 @@ def check_products(results: Path) -> None:
 
 
 def check_trained(results: Path) -> None:
-    for name in ("sft", "dpo"):
+    for name in ("sft", "dpo", *PREFERENCE_MODELS):
         folder = results / "models" / name
         for file in (
             "config.json",
@@ -262,3 +268,29 @@ def check_trained(results: Path) -> None:
     node = yaml.safe_load((ROOT / "tests" / "tiny.yaml").read_text())["models"]["dpo"]
     assert dpo["steps"] == node["max_steps"] < math.ceil(dpo["n_train"] / node["batch_size"])
     assert 0.0 <= dpo["dev_reward_accuracy"] <= 1.0
+    # KTO on the judged samples: each distinct train answer once, right or wrong (the
+    # tiny model is mostly wrong); ORPO and SimPO on the DPO model's pairs.
+    kto = json.loads((results / "models/kto/metrics.json").read_text())
+    judged = [json.loads(line) for line in (results / "products/judged/data.jsonl").open()]
+    train_samples = sum(len(r["samples"]) for r in judged if r["split"] == "train")
+    assert kto["n_desirable"] + kto["n_undesirable"] == kto["n_train"] <= train_samples
+    assert kto["n_undesirable"] >= 1 and kto["n_dev"] >= 1
+    for name in ("orpo", "simpo"):
+        trained = json.loads((results / "models" / name / "metrics.json").read_text())
+        assert trained["init"] == "base" and trained["n_train"] == dpo["n_train"]
+        assert 0.0 <= trained["dev_reward_accuracy"] <= 1.0
+
+
+def check_export(exports: Path) -> None:
+    """ORPO's GGUF file: the tiny Llama's 2 layers of 9 tensors, embeddings and final norm,
+    its matrices in 8-bit blocks, as `export_type: q8_0` asked."""
+    import gguf
+
+    reader = gguf.GGUFReader(exports / "orpo.gguf")
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert len(types) == 2 * 9 + 2
+    assert types["blk.0.attn_q.weight"] == "Q8_0" and types["output_norm.weight"] == "F32"
+    stats = json.loads((exports / "orpo.json").read_text())
+    assert (
+        stats["export_type"] == "q8_0" and stats["bytes"] == (exports / "orpo.gguf").stat().st_size
+    )

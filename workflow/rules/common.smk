@@ -23,8 +23,10 @@ from ragtrain.graph.config import (
 from ragtrain.generation.strategies import searches_of
 from ragtrain.graph.kinds import (
     INDEXED_RETRIEVERS,
+    LANGUAGE_MODELS,
     LLM_KINDS,
     NO_RETRIEVAL,
+    OUTSIDE_JOB_KEYS,
     RETRIEVER_MODELS,
     SOURCE_RETRIEVAL,
     kind_of,
@@ -111,8 +113,9 @@ wildcard_constraints:
 
 def node(section, name, drop=()):
     """A node's config as one JSON string: passed as `params` so that a change reruns it.
-    Its `resources` are left out: more memory or another partition changes no result."""
-    dropped = {"resources", *drop}
+    Its `resources` are left out (more memory or another partition changes no result), and
+    its `export` settings (another rule writes the export)."""
+    dropped = {*OUTSIDE_JOB_KEYS, *drop}
     settings = {k: v for k, v in CFG[section][name].items() if k not in dropped}
     return json.dumps(settings, sort_keys=True)
 
@@ -216,6 +219,10 @@ def model_dir(name):
     return f"{RESULTS}/models/{name}"
 
 
+def gguf_file(name):
+    return f"{RESULTS}/exports/{name}.gguf"
+
+
 def reranker_data(model):
     """A reranker's records: its doc_preferences product's train and dev splits, or a
     DPA-RAG file."""
@@ -293,7 +300,12 @@ def work_root(section, name):
 
 
 def training_input(w, split):
-    return product_file(CFG["models"][w.model]["data"], f"{split}.jsonl")
+    data = CFG["models"][w.model]["data"]
+    if CFG["products"][data]["kind"] == "judge":
+        # Judged samples (a kto model's data): one file, each question marked train or
+        # dev; the stage reads its split's.
+        return product_file(data, "data.jsonl")
+    return product_file(data, f"{split}.jsonl")
 
 
 def trained_models():
@@ -499,6 +511,9 @@ def node_outputs():
     ]
     outputs += [f"{RESULTS}/data/{d}/stats.json" for d in CFG["datasets"]]
     outputs += [model_dir(m) for m in CFG["models"]]
+    outputs += [
+        gguf_file(m) for m, n in CFG["models"].items() if n.get("export") == "gguf"
+    ]
     outputs += product_stats()
     sampled = {
         (node["retrieval"], node["dataset"])

@@ -25,7 +25,7 @@ rule train:
     log:
         f"{LOGS}/models/{{model}}.log",
     wildcard_constraints:
-        model=names("models", "sft", "dpo"),
+        model=names("models", "sft", "dpo", "kto", "orpo", "simpo"),
     conda:
         "../../envs/train.yaml"
     threads: 4
@@ -137,3 +137,25 @@ rule train_rl:
         "python -m ragtrain.launch {params.launch} -- train-rl --params {params.node:q} --init {input.init:q}"
         " --examples {input.examples:q} --prompt {input.prompt:q} {params.reward_args}"
         " --work {params.work:q} --threads {threads} --output {output:q} > {log:q} 2>&1"
+
+
+# A language model also written as one GGUF file (`export: gguf`), for llama.cpp / ollama.
+rule export_gguf:
+    input:
+        model=lambda w: model_dir(w.model),
+    output:
+        gguf=f"{RESULTS}/exports/{{model}}.gguf",
+        stats=f"{RESULTS}/exports/{{model}}.json",
+    log:
+        f"{LOGS}/exports/{{model}}.log",
+    wildcard_constraints:
+        model=names("models", *LANGUAGE_MODELS),
+    conda:
+        "../../envs/train.yaml"
+    params:
+        export=lambda w: json.dumps(
+            {"export_type": CFG["models"][w.model]["export_type"]}, sort_keys=True
+        ),
+    shell:
+        "python -m ragtrain export-gguf --params {params.export:q} --model {input.model:q}"
+        " --output {output.gguf:q} --stats {output.stats:q} > {log:q} 2>&1"

@@ -22,7 +22,15 @@ from pathlib import Path
 # What a model folder carries about itself (beside config.json).
 MODEL_META = "ragtrain_model.json"
 # Environment variables whose values must never reach a log or an output.
-SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
+# The trackers' (ragtrain.training.tracking) included: W&B's key, MLflow's token and
+# password (basic auth).
+SECRET_ENV = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "WANDB_API_KEY",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_PASSWORD",
+)
 REDACTED = "[REDACTED]"
 # Shorter values (a stray "1") would redact unrelated text.
 _MIN_SECRET = 6

@@ -35,8 +35,14 @@ def _fingerprint(paths: list[str | Path]) -> dict[str, list[int]]:
     return out
 
 
+# Settings that change no result, left out of the folder's key: turning a tracker on for a
+# run that was cut short resumes it (its logs go to the same work folder).
+UNKEYED = ("tracking", "run_name")
+
+
 def work_dir(root: str | Path, params: dict, inputs: list[str | Path]) -> Path:
     """The node's work folder under `root`, emptied if its inputs changed since it was made."""
+    params = {k: v for k, v in params.items() if k not in UNKEYED}
     path = Path(root) / params_hash(params)
     manifest = path / "manifest.json"
     expected = {"params": params, "inputs": _fingerprint(inputs)}

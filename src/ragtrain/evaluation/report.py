@@ -542,7 +542,7 @@ def write_summary(
         text += [
             "## Training",
             "",
-            "Held-out (`dev_`) values are on the product's dev split; for DPO,"
+            "Held-out (`dev_`) values are on the product's dev split; for DPO (ORPO, SimPO),"
             " `dev_reward_accuracy` is the share of held-out pairs whose chosen answer gets"
             " the higher implicit reward; for a reward model, `dev_pair_accuracy` the share"
             " it scores the right way round. RL models (PPO, GRPO, RLOO): mean reward of"

@@ -57,8 +57,8 @@ class Sampling:
 class Completion:
     text: str
     num_tokens: int
-    # The generated token ids (HF backend): what PPO scores and trains on. With stop
-    # strings they are all the generated ids: the last one may run past the cut text.
+    # The generated token ids: what PPO scores and trains on. With stop strings they are
+    # all the generated ids: the last one may run past the cut text.
     token_ids: list[int] | None = None
     # Why generation ended: "eos" (the model ended its answer), "stop" (a stop string),
     # "length" (max_new_tokens); None where the backend does not say.
@@ -367,7 +367,8 @@ def _stop_criteria(tokenizer, stop: tuple[str, ...], prompt_len: int):
 
 class VLLMGenerator:
     """vLLM's offline engine. On CPU `gpu_memory_utilization` is the share of host RAM for
-    the worker: weights, activations and KV cache together."""
+    the worker: weights, activations and KV cache together. With `max_lora_rank` it serves
+    LoRA adapters too (`chat(..., adapter=folder)`): PPO's rollouts from its current policy."""
 
     def __init__(self, model_dir: str, params: dict):
         import torch
@@ -392,6 +393,9 @@ class VLLMGenerator:
                 # The engine in this process: no engine-core process next to this one.
                 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
                 extra["distributed_executor_backend"] = "uni"
+        if params.get("max_lora_rank"):
+            extra.update(enable_lora=True, max_lora_rank=params["max_lora_rank"], max_loras=1)
+        self._adapters: dict[str, int] = {}
         self.llm = LLM(
             model=model_dir,
             dtype=params["dtype"],
@@ -413,6 +417,7 @@ class VLLMGenerator:
         sampling: Sampling,
         seeds: list[int] | None = None,
         prefixes: list[str] | None = None,
+        adapter: str | Path | None = None,
     ) -> list[list[Completion]]:
         from vllm import SamplingParams
 
@@ -443,6 +448,8 @@ class VLLMGenerator:
                 seeds = [self._seeds.randrange(2**31) for _ in conversations]
             sp = [params(seed) for seed in seeds]
         extra = {}
+        if adapter is not None:
+            extra["lora_request"] = self._lora_request(adapter)
         if prefixes is not None:
             # The prefix as the assistant's last message, continued (not closed) by the
             # chat template.
@@ -450,7 +457,7 @@ class VLLMGenerator:
                 [*c, {"role": "assistant", "content": p}]
                 for c, p in zip(conversations, prefixes, strict=True)
             ]
-            extra = {"add_generation_prompt": False, "continue_final_message": True}
+            extra.update(add_generation_prompt=False, continue_final_message=True)
         began = time.perf_counter()
         try:
             outputs = self.llm.chat(conversations, sp, use_tqdm=False, **extra)
@@ -467,6 +474,7 @@ class VLLMGenerator:
                 Completion(
                     o.text if prefixes is not None else o.text.strip(),
                     len(o.token_ids),
+                    token_ids=list(o.token_ids),
                     finish_reason=_vllm_reason(o),
                 )
                 for o in request.outputs
@@ -476,6 +484,16 @@ class VLLMGenerator:
         tokens = sum(c.num_tokens for r in results for c in r)
         self.throughput.add(tokens, time.perf_counter() - began)
         return results
+
+    def _lora_request(self, adapter: str | Path):
+        """A LoRA adapter folder as vLLM's request: a new folder (new weights) gets a new id,
+        so vLLM loads it rather than serving the adapter it cached under an old one."""
+        from vllm.lora.request import LoRARequest
+
+        path = str(Path(adapter).resolve())
+        if path not in self._adapters:
+            self._adapters[path] = len(self._adapters) + 1
+        return LoRARequest(f"adapter-{self._adapters[path]}", self._adapters[path], path)
 
 
 def _vllm_reason(output) -> str | None:

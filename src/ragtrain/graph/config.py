@@ -138,6 +138,9 @@ def _filled(config: dict, section: str, name: str, node: dict, kind, source, see
         defaults = {**WORLD_TASK_DEFAULTS, "seed": seed}
         return merge(defaults, {**node, "splits": list(node.get("queries") or defaults["queries"])})
     filled = kind.filled(node, seed)
+    if "tracking" in kind.defaults and "tracking" not in node:
+        # The run's experiment trackers, unless the node names its own.
+        filled["tracking"] = list(config.get("tracking") or [])
     if kind.name in RL_MODELS:
         filled.setdefault("prompt", _default_prompt(filled["retrieval"]))
     if kind.name in ("self_demos", "segment_beam"):
@@ -241,6 +244,25 @@ def _check_preferences(config: dict) -> None:
             raise ConfigError(
                 f"models.{name}.weights",
                 f"weighs {unknown[0]!r}, which is not among `losses` ({', '.join(node['losses'])})",
+            )
+
+
+def _check_dense_indexes(config: dict) -> None:
+    """A dense retriever's FAISS settings that contradict each other (what needs the corpus
+    size or the encoder's dimension is checked when the index is built)."""
+    for name, node in config["retrievers"].items():
+        if node["kind"] != "dense" or node["index"] not in ("ivf_flat", "ivf_pq"):
+            continue
+        nlist, train = node["nlist"], node["train_size"]
+        if nlist is not None and train is not None and train < nlist:
+            raise ConfigError(
+                f"retrievers.{name}.train_size",
+                f"{train} training vectors for nlist={nlist} lists: at least one each",
+            )
+        if node["index"] == "ivf_pq" and train is not None and train < 2 ** node["nbits"]:
+            raise ConfigError(
+                f"retrievers.{name}.train_size",
+                f"{train} training vectors for 2^{node['nbits']} centroids per sub-quantizer",
             )
 
 
@@ -596,6 +618,7 @@ def prepare(config: dict, prompts_dir: Path | None = None) -> dict:
     _check_rewards(config)
     _check_language_models(config)
     _check_preferences(config)
+    _check_dense_indexes(config)
     _check_cycles(config)
     _check_launch(config)
     _fill_task_datasets(config)

@@ -44,6 +44,8 @@ def _default(kind: Kind, key: str) -> str:
         return f"(one of {', '.join(kind.one_of)})"
     if key == "seed" and key in kind.defaults:
         return "top-level `seed`"
+    if key == "tracking" and key in kind.defaults:
+        return "top-level `tracking`"
     if key in kind.defaults:
         return _value(kind.defaults[key])
     return ""

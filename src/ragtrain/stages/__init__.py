@@ -24,7 +24,7 @@ ORDER = ("data", "retrieval", "training", "products", "queries", "evaluation")
 STAGES = {
     "data": ("world", "task", "corpus", "dataset"),
     "retrieval": ("index", "retrieve", "train-retriever", "evaluate-retrieval"),
-    "training": ("base-model", "train", "train-reward-model", "train-rl"),
+    "training": ("base-model", "train", "train-reward-model", "train-rl", "export-gguf"),
     "products": (
         *("self-demos", "judge", "sft-data", "preference-pairs", "reference-sft"),
         *("reward", "best-of-n", "segment-beam"),

@@ -16,7 +16,10 @@ def cmd_index(args) -> None:
     from ragtrain.retrieval.index import build_index
 
     corpus = read_jsonl(args.corpus)
-    build_index(corpus, with_defaults(args.params, RETRIEVER_DEFAULTS), Path(args.output))
+    output = Path(args.output)
+    # The workflow's index folder is named after its retriever: errors name the node's key.
+    params = with_defaults(args.params, RETRIEVER_DEFAULTS)
+    build_index(corpus, params, output, where=f"retrievers.{output.name}")
     log.info("index: %s over %d passages", args.params["kind"], len(corpus))
 
 

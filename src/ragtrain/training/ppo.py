@@ -2,7 +2,10 @@
 
 One iteration:
 1. rollouts: `samples_per_prompt` sampled answers per prompt, from the policy through
-   the generation interface (HF, in process);
+   the generation interface: HF generate on the training model itself, or (`rollouts:
+   vllm`, the default where a GPU and vLLM are) a vLLM engine on the init model serving
+   the policy's current LoRA adapter, saved after each update. Either way the log-probs
+   PPO trains with are the training model's own, computed on the sampled tokens;
 2. rewards: every reward source's (character offset, value) pairs placed on the tokens
    that hold those characters (holistic mode: their sum on the last token), minus
    `kl_coef * (logp - logp_ref)` on every token; the reference is the init model, i.e.
@@ -34,7 +37,10 @@ import json
 import logging
 import math
 import random
+import shutil
+import tempfile
 import time
+import weakref
 from pathlib import Path
 
 from ragtrain.core.records import atomic_dir, write_json
@@ -51,13 +57,17 @@ from ragtrain.training.ppo_math import (
 from ragtrain.training.ppo_model import ActorCritic, Batch
 from ragtrain.training.rewards import Rewards, combine, place_rewards, token_char_ends, total
 from ragtrain.training.toolkit import (
+    ROLLOUT_DEFAULTS,
     check_quantization,
+    check_rollouts,
     last_checkpoint,
     load_tokenizer,
     plot_curves,
     resolve_dtype,
+    rollout_backend,
     save_model,
 )
+from ragtrain.training.tracking import Tracker, save_logs
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +106,16 @@ PPO_DEFAULTS = {
     "top_k": 20,
     "top_p": 1.0,
     "generation_batch_size": 16,
+    # Who samples the rollouts (HF generate or a vLLM engine beside the training model).
+    **ROLLOUT_DEFAULTS,
     # evaluate (greedy, mean dev reward) and checkpoint every this many iterations
     "eval_every": 5,
     "save_every": 5,
     "dtype": "auto",
     "seed": DEFAULT_SEED,
     "rewards": [{"kind": "correctness"}],
+    # Experiment trackers (ragtrain.training.tracking); empty: off.
+    "tracking": [],
 }
 
 
@@ -120,6 +134,7 @@ def check(params: dict) -> None:
             f"grad_accum ({params['grad_accum']})"
         )
     check_quantization(params)
+    check_rollouts(params)
 
 
 class PPOTrainer:
@@ -156,9 +171,19 @@ class PPOTrainer:
             num_warmup_steps=round(warmup * steps) if 0 < warmup < 1 else int(warmup),
             num_training_steps=steps,
         )
-        self.generator = HFGenerator.from_model(
-            self.ac.model, self.tokenizer, {"batch_size": params["generation_batch_size"]}
-        )
+        self.backend = rollout_backend(params)
+        if self.backend == "vllm":
+            self.generator = _rollout_engine(init_dir, params, self.dtype)
+            self._adapters = Path(tempfile.mkdtemp(prefix="ragtrain-ppo-policy-"))
+            # Removed with the trainer, or at exit after an error.
+            self.close = weakref.finalize(self, shutil.rmtree, self._adapters, True)
+        else:
+            self.generator = HFGenerator.from_model(
+                self.ac.model, self.tokenizer, {"batch_size": params["generation_batch_size"]}
+            )
+        # The policy's weights change with each step and checkpoint load; vLLM serves the
+        # adapter saved at `_served` (a version behind: saved again before sampling).
+        self._version, self._served = 0, None
         self.sampling = Sampling(
             max_new_tokens=params["max_new_tokens"],
             temperature=params["temperature"],
@@ -190,7 +215,8 @@ class PPOTrainer:
         """One rollout per sample: {example, prompt_ids, response_ids, text}."""
         seeds = [stable_seed(self.params["seed"], ex["id"], seed_salt) for ex in examples]
         began = time.perf_counter()
-        outputs = self.generator.chat([ex["prompt"] for ex in examples], sampling, seeds)
+        served = {"adapter": self._policy_adapter()} if self.backend == "vllm" else {}
+        outputs = self.generator.chat([ex["prompt"] for ex in examples], sampling, seeds, **served)
         self._time("generation", began)
         rollouts = []
         for example, completions in zip(examples, outputs, strict=True):
@@ -207,6 +233,18 @@ class PPOTrainer:
                     }
                 )
         return rollouts
+
+    def _policy_adapter(self) -> Path:
+        """The policy's LoRA adapter as it is now, in a folder vLLM can load (saved once
+        per version of the weights)."""
+        if self._served != self._version:
+            folder = self._adapters / f"v{self._version}"
+            # The policy adapter ("default") alone: at the folder's top, as vLLM reads it.
+            self.accelerator.unwrap_model(self.ac.model).save_pretrained(
+                folder, selected_adapters=["default"]
+            )
+            self._served = self._version
+        return self._adapters / f"v{self._version}"
 
     def _time(self, phase: str, began: float) -> None:
         self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - began
@@ -336,6 +374,7 @@ class PPOTrainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self._version += 1
 
     # -- evaluation
 
@@ -369,6 +408,31 @@ class PPOTrainer:
         with torch.no_grad():
             for name, param in params.items():
                 param.copy_(state[name])
+        self._version += 1
+
+
+def _rollout_engine(init_dir: str | Path, params: dict, dtype):
+    """A vLLM engine on the init model that serves LoRA adapters of the policy's rank.
+    Beside the training model on one GPU, it takes `rollout_gpu_memory` of it."""
+    import torch
+
+    from ragtrain.generation.engine import VLLMGenerator, device_defaults
+
+    settings = device_defaults(
+        {
+            "backend": "vllm",
+            "dtype": str(dtype).removeprefix("torch."),
+            "seed": params["seed"],
+            "max_model_len": params["rollout_max_model_len"],
+            "gpu_memory_utilization": (
+                params["rollout_gpu_memory"] if torch.cuda.is_available() else None
+            ),
+            "enforce_eager": None,
+            "tensor_parallel_size": 1,
+            "max_lora_rank": params["lora"]["r"],
+        }
+    )
+    return VLLMGenerator(str(init_dir), settings)
 
 
 def iteration_prompts(examples: list[dict], iteration: int, per_iteration: int, seed: int):
@@ -430,6 +494,8 @@ def train_ppo(
 
     trainer = PPOTrainer(params, init_dir, rewards)
     p, acc = trainer.params, trainer.accelerator
+    # The node's trackers (none: a no-op), written by the main process only.
+    tracker = Tracker(p if acc.is_main_process else {}, work, config=p)
     log.info("PPO process %d of %d on %s", acc.process_index, acc.num_processes, acc.device)
     if not train_examples:
         raise ValueError("PPO: no training prompts")
@@ -447,6 +513,7 @@ def train_ppo(
             return
         reward = trainer.dev_reward(dev_examples)
         state["log_history"].append({"iteration": iteration, "dev_reward": round(reward, 4)})
+        tracker.log(state["log_history"][-1], iteration)
         log.info("iteration %d: mean dev reward %.4f", iteration, reward)
         best = state["best_dev_reward"]
         # A tie goes to the later checkpoint: trained longer, no worse on dev (the init
@@ -481,6 +548,7 @@ def train_ppo(
             **{f"time/{k}": round(v, 2) for k, v in trainer.timings.items()},
         }
         state["log_history"].append(entry)
+        tracker.log(entry, it + 1)
         log.info(
             "iteration %d/%d: reward %.4f kl %.4f entropy %.3f value loss %.4f clip %.3f",
             it + 1,
@@ -502,6 +570,8 @@ def train_ppo(
                     if old.name != f"iteration-{state['iteration']}":
                         _remove(old)
     runtime = time.perf_counter() - began
+    if trainer.backend == "vllm":
+        trainer.close()  # the adapters it served
     acc.wait_for_everyone()  # the main process has written the best weights
     if dev_examples and best_path.is_file():
         trainer.load_state_dict(load_file(str(best_path)))
@@ -525,6 +595,8 @@ def train_ppo(
                 str(tmp / "adapter" / "value_head.safetensors"),
             )
             write_json(tmp / "trainer_state.json", {"log_history": state["log_history"]})
+            tracker.close()
+            save_logs(work, tmp)
             write_json(tmp / "metrics.json", metrics)
             plot_curves(
                 state["log_history"],

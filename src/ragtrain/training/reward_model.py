@@ -39,6 +39,7 @@ from ragtrain.training.toolkit import (
     training_dtype,
     trl_kwargs,
 )
+from ragtrain.training.tracking import save_logs
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ def train_reward_model(
             trainer.model, tokenizer, tmp, dtype, init_dir, adapter=peft_config is not None
         )
         trainer.state.save_to_json(str(tmp / "trainer_state.json"))
+        save_logs(work, tmp, trainer)  # the trackers' (tracking), if any
         del trainer, trained, model
         if dev_rows:
             scorer = RewardModelScorer(tmp, batch_size=params["batch_size"])

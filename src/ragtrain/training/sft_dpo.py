@@ -1,4 +1,5 @@
-"""Training: SFT and DPO with TRL, LoRA (PEFT) by default or full fine-tuning; with
+"""Training: SFT and DPO with TRL, and KTO, ORPO and SimPO (their own parts in
+`ragtrain.training.preference`), LoRA (PEFT) by default or full fine-tuning; with
 `quantization`, LoRA on a 4-bit or 8-bit frozen base (QLoRA, on a GPU).
 
 A model starts from its `init` model's folder and writes `results/<run>/models/<name>/`:
@@ -20,6 +21,8 @@ from ragtrain.core.records import atomic_dir, write_json
 from ragtrain.core.security import folder_trusts_remote_code
 from ragtrain.core.settings import with_defaults
 from ragtrain.core.workdir import finish
+from ragtrain.training import preference
+from ragtrain.training.preference import PREFERENCE_DEFAULTS, PREFERENCE_KINDS
 
 # DEEPSPEED_*, deepspeed_config and lora_config stay importable from here too.
 from ragtrain.training.toolkit import (
@@ -43,13 +46,22 @@ from ragtrain.training.toolkit import (
     training_dtype,
     trl_kwargs,
 )
+from ragtrain.training.tracking import save_logs
 
 log = logging.getLogger(__name__)
 
 # QLoRA: the frozen base quantized under LoRA, `4bit` (NF4) or `8bit`; null: not quantized.
 QUANTIZATION_DEFAULT = {"quantization": None}
 TRAIN_DEFAULTS = {
-    "sft": {**ON_RECORDS, **QUANTIZATION_DEFAULT, "learning_rate": 2e-4},
+    "sft": {
+        **ON_RECORDS,
+        **QUANTIZATION_DEFAULT,
+        "learning_rate": 2e-4,
+        # packing: examples packed best-fit into rows of max_length tokens (TRL's `bfd`),
+        # each attending to itself only; padding_free: each batch one row, no padding.
+        "packing": False,
+        "padding_free": False,
+    },
     "dpo": {
         **ON_RECORDS,
         **QUANTIZATION_DEFAULT,
@@ -59,14 +71,23 @@ TRAIN_DEFAULTS = {
         # Weight of an NLL term on the chosen answers (RPO); null: none, plain DPO.
         "rpo_alpha": None,
     },
+    # KTO, ORPO, SimPO (ragtrain.training.preference).
+    **{
+        kind: {**ON_RECORDS, **QUANTIZATION_DEFAULT, **own}
+        for kind, own in PREFERENCE_DEFAULTS.items()
+    },
 }
-# The record fields each trainer reads (TRL's conversational or standard formats).
+# The record fields each trainer reads (TRL's conversational or standard formats); KTO
+# reads pairs or judged samples (preference.kto_rows).
 FIELDS = {"sft": ("prompt", "completion"), "dpo": ("prompt", "chosen", "rejected")}
+FIELDS |= {"orpo": FIELDS["dpo"], "simpo": FIELDS["dpo"]}
 
 
-def _dataset(path: str | Path, kind: str):
+def _dataset(path: str | Path, kind: str, params: dict | None = None, split: str = "train"):
     from datasets import Dataset
 
+    if kind == "kto":
+        return Dataset.from_list(preference.kto_rows(path, split, params or {}))
     return Dataset.from_list(_rows(path, kind))
 
 
@@ -115,12 +136,38 @@ def trl_config(kind: str, params: dict, output_dir: Path, has_dev: bool, n_train
     if kind == "sft":
         from trl import SFTConfig
 
+        check_packing(params)
+        # packing: TRL's best-fit decreasing (`bfd`), which is padding-free itself: the
+        # rows' position_ids restart at each example, which keeps its attention to itself
+        # (transformers' masks under sdpa/eager; flash attention's varlen kernels).
+        # padding_free alone is set on the collator (train()): TRL would stop cutting
+        # examples at max_length.
+        packing = {"packing": True, "packing_strategy": "bfd"} if params.get("packing") else {}
         # Loss on the completion only: the prompt (documents, question) is given.
-        return SFTConfig(**common, completion_only_loss=True)
+        return SFTConfig(**common, completion_only_loss=True, **packing)
+    if kind in PREFERENCE_KINDS:
+        return preference.trl_config(kind, params, common)
     losses = _dpo_losses(params)
     from trl import DPOConfig
 
     return DPOConfig(**common, beta=params["beta"], **losses)
+
+
+def check_packing(params: dict) -> None:
+    """`packing` and `padding_free` (SFT): booleans; packing reorders the examples (best
+    fit by length), so it cannot keep `sampling: sequential`'s order."""
+    name = params.get("name")
+    for key in ("packing", "padding_free"):
+        if not isinstance(params.get(key, False), bool):
+            where = f"models.{name}.{key}" if name else key
+            raise ValueError(f"{where}: expected true or false, got {params[key]!r}")
+    if params.get("packing") and params.get("sampling") == "sequential":
+        where = f"models.{name}.packing" if name else "packing"
+        raise ValueError(
+            f"{where}: packing puts examples together by length (best fit), so the data's"
+            " own order (sampling: sequential) would be lost; use sampling: random, or"
+            " padding_free: true (no padding, order kept) instead of packing"
+        )
 
 
 def _dpo_losses(params: dict) -> dict:
@@ -179,12 +226,16 @@ def train(
     check_schedule(params)
     if kind == "dpo":
         check_rpo_alpha(params)
+    if kind == "sft":
+        check_packing(params)
+    if kind in PREFERENCE_KINDS:
+        preference.check(params)
     dtype = training_dtype(params["dtype"])
     # {} unless quantized; else checked here, before anything loads (LoRA, no ZeRO-3, a
     # CUDA GPU, bitsandbytes).
     quantized = quantization_kwargs(params, dtype)
-    train_ds = _dataset(train_path, kind)
-    dev_ds = _dataset(dev_path, kind) if dev_path else None
+    train_ds = _dataset(train_path, kind, params)
+    dev_ds = _dataset(dev_path, kind, params, "dev") if dev_path else None
     if dev_ds is not None and len(dev_ds) == 0:
         dev_ds = None
     if len(train_ds) == 0:
@@ -205,10 +256,13 @@ def train(
     peft_config = None
     if params["finetune"] == "lora":
         peft_config = lora_config(params["lora"])
+    if kind == "kto":
+        params = preference.with_class_weights(params, train_ds)
     args = trl_config(kind, params, work / "checkpoints", dev_ds is not None, len(train_ds), dtype)
     # TRL loads a reference model from the init folder's name: with the same setting.
     args.trust_remote_code = trust
-    trainer_cls = SFTTrainer if kind == "sft" else DPOTrainer
+    trainers = {"sft": SFTTrainer, "dpo": DPOTrainer}
+    trainer_cls = trainers[kind] if kind in trainers else preference.trainer_class(kind)
     trainer = trainer_cls(
         model=model,
         args=args,
@@ -217,6 +271,10 @@ def train(
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+    if kind == "sft" and params.get("padding_free") and not params.get("packing"):
+        # TRL cuts examples at max_length only when the config says padding_free is off
+        # (or packs): cut as unpacked, then each batch is flattened into one row.
+        trainer.data_collator.padding_free = True
     kept = kept_examples(trainer, len(train_ds), "example", train_path)
     resume = last_checkpoint(work / "checkpoints")
     if resume:
@@ -234,6 +292,7 @@ def train(
     metrics = trainer_metrics(
         params, kind, train_metrics, dev_metrics, kept, n_dev, trainer, DEV_NAMES
     )
+    metrics |= preference.metrics(kind, params)
     if quantized:
         metrics["quantization"] = params["quantization"]
 
@@ -250,8 +309,9 @@ def train(
                 quantized=bool(quantized),
             )
             trainer.state.save_to_json(str(tmp / "trainer_state.json"))
+            save_logs(work, tmp, trainer)  # the trackers' (tracking), if any
             write_json(tmp / "metrics.json", metrics)
-            title = f"{metrics['model']} ({kind.upper()})"
+            title = f"{metrics['model']} ({'SimPO' if kind == 'simpo' else kind.upper()})"
             plot_curves(trainer.state.log_history, CURVES[kind], tmp / "loss.png", title=title)
         finish(work)
         log.info("metrics: %s", metrics)
@@ -329,6 +389,9 @@ DEV_NAMES = {
     "eval_mean_token_accuracy": "dev_token_accuracy",
     "eval_rewards/accuracies": "dev_reward_accuracy",
     "eval_rewards/margins": "dev_reward_margin",
+    # KTO's KL estimate (its reference point); ORPO's log odds ratio.
+    "eval_kl": "dev_kl",
+    "eval_log_odds_ratio": "dev_log_odds_ratio",
 }
 
 
@@ -337,6 +400,17 @@ DEV_NAMES = {
 CURVES = {
     "sft": (("loss", "loss"), ("mean_token_accuracy", "token accuracy")),
     "dpo": (
+        ("loss", "loss"),
+        ("rewards/accuracies", "reward accuracy"),
+        ("rewards/margins", "reward margin"),
+    ),
+    "kto": (("loss", "loss"), ("rewards/margins", "reward margin"), ("kl", "KL estimate")),
+    "orpo": (
+        ("loss", "loss"),
+        ("rewards/accuracies", "reward accuracy"),
+        ("log_odds_ratio", "log odds ratio"),
+    ),
+    "simpo": (
         ("loss", "loss"),
         ("rewards/accuracies", "reward accuracy"),
         ("rewards/margins", "reward margin"),

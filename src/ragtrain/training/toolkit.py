@@ -20,6 +20,7 @@ nor for defaults outside training (`ragtrain.core.settings` applies every kind's
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from pathlib import Path
 from ragtrain.core.security import folder_trusts_remote_code, inherit_model_meta
 from ragtrain.core.seeds import DEFAULT_SEED
 from ragtrain.core.workdir import work_dir
+from ragtrain.training.tracking import trainer_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,9 @@ COMMON = {
     # auto: bfloat16 on GPU, float32 on CPU (bf16 matmuls crawl on CPUs without AVX512-BF16).
     "dtype": "auto",
     "seed": DEFAULT_SEED,
+    # Experiment trackers (tensorboard, wandb, mlflow; ragtrain.training.tracking): the
+    # top-level `tracking` unless the node sets its own; empty: off.
+    "tracking": [],
 }
 # Trainers that learn from a fixed set of records (SFT, DPO, reward models), not from
 # answers they sample.
@@ -176,8 +181,6 @@ def lora_config(lora: dict, task_type: str = "CAUSAL_LM"):
 
 def deepspeed_config(name: str) -> Path:
     """resources/deepspeed/<name>.json: ZeRO-2 or ZeRO-3, its sizes left to the Trainer."""
-    import importlib.util
-
     path = DEEPSPEED_CONFIGS / f"{name}.json"
     if name not in DEEPSPEED_STAGES or not path.is_file():
         raise ValueError(f"deepspeed: expected one of {list(DEEPSPEED_STAGES)}, got {name!r}")
@@ -196,22 +199,29 @@ QUANTIZATION = ("4bit", "8bit")
 def check_quantization(params: dict) -> None:
     """`quantization`'s checks that need no GPU, so a misconfigured node fails early: a
     known value, LoRA (a quantized base cannot be fully fine-tuned), and no ZeRO-3."""
-    quantization = params.get("quantization")
+    quantization, key = params.get("quantization"), _quantization_key(params)
     if quantization is None:
         return
     if quantization not in QUANTIZATION:
-        raise ValueError(f"quantization: expected null, '4bit' or '8bit', got {quantization!r}")
+        raise ValueError(f"{key}: expected null, '4bit' or '8bit', got {quantization!r}")
     finetune = params.get("finetune", "lora")
     if finetune != "lora":
         raise ValueError(
-            f"quantization: {quantization} needs finetune: lora (a quantized base cannot be"
+            f"{key}: {quantization} needs finetune: lora (a quantized base cannot be"
             f" fully fine-tuned), got finetune: {finetune!r}"
         )
     if params.get("deepspeed") == "zero3":
         raise ValueError(
-            f"quantization: {quantization} is not supported with deepspeed: zero3 (use zero2,"
+            f"{key}: {quantization} is not supported with deepspeed: zero3 (use zero2,"
             " or no DeepSpeed)"
         )
+
+
+def _quantization_key(params: dict) -> str:
+    """The key an error names: `models.<node>.quantization` where the stage knows its node
+    (the config check names it itself)."""
+    name = params.get("name")
+    return f"models.{name}.quantization" if name else "quantization"
 
 
 def quantization_kwargs(params: dict, dtype) -> dict:
@@ -228,14 +238,15 @@ def quantization_kwargs(params: dict, dtype) -> dict:
 
     import torch
 
+    key = _quantization_key(params)
     if not torch.cuda.is_available():
         raise ValueError(
-            f"quantization: {quantization} needs a CUDA GPU (bitsandbytes' kernels); none"
-            " is visible"
+            f"{key}: {quantization} needs a CUDA GPU (bitsandbytes' kernels); none is visible"
+            " to this job (run it where one is, e.g. --profile slurm, or set quantization: null)"
         )
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ValueError(
-            f"quantization: {quantization} needs the bitsandbytes package: pip install -e '.[gpu]'"
+            f"{key}: {quantization} needs the bitsandbytes package: pip install -e '.[gpu]'"
         )
     from transformers import BitsAndBytesConfig
 
@@ -249,6 +260,37 @@ def quantization_kwargs(params: dict, dtype) -> dict:
     else:
         config = BitsAndBytesConfig(load_in_8bit=True)
     return {"quantization_config": config}
+
+
+# ---------------------------------------------------------------- RL rollouts
+
+# Who samples an RL node's rollouts: `hf` (generate on the training model), `vllm` (a vLLM
+# engine beside it: ours serves PPO's policy adapter, TRL's colocate mode GRPO's and
+# RLOO's synced weights), `auto` (vllm with a CUDA GPU and the vllm package, else hf).
+# vllm: the engine's share of GPU memory (the rest trains) and its context length.
+ROLLOUT_DEFAULTS = {"rollouts": "auto", "rollout_gpu_memory": 0.3, "rollout_max_model_len": 2048}
+ROLLOUT_BACKENDS = ("auto", "hf", "vllm")
+
+
+def check_rollouts(params: dict) -> None:
+    if params["rollouts"] not in ROLLOUT_BACKENDS:
+        raise ValueError(
+            f"rollouts: expected one of {', '.join(ROLLOUT_BACKENDS)}, got {params['rollouts']!r}"
+        )
+
+
+def rollout_backend(params: dict) -> str:
+    """`hf` or `vllm`: the node's `rollouts`, with `auto` resolved for this machine."""
+    import torch
+
+    check_rollouts(params)
+    choice = params["rollouts"]
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    if choice == "auto":
+        return "vllm" if torch.cuda.is_available() and has_vllm else "hf"
+    if choice == "vllm" and not has_vllm:
+        raise ValueError("rollouts: vllm needs the vllm package (the `generate` env), or use hf")
+    return choice
 
 
 # ---------------------------------------------------------------- TRL's arguments
@@ -274,7 +316,8 @@ def trl_kwargs(params: dict, output_dir: Path, dtype) -> dict:
         "save_total_limit": 1,
         "seed": params["seed"],
         "data_seed": params["seed"],
-        "report_to": "none",
+        # "none" unless the node names trackers (its work folder holds their logs).
+        **trainer_kwargs(params, Path(output_dir).parent),
         # TRL defaults bf16 on, even on CPU: follow the dtype instead.
         "bf16": dtype == torch.bfloat16,
         "fp16": dtype == torch.float16,
@@ -353,8 +396,13 @@ def train_or_finish(trainer, resume: Path | None) -> dict:
 
 def kept_examples(trainer, n_given: int, noun: str, path: str | Path) -> int:
     """How many training examples TRL kept: it drops those longer than max_length. Say
-    so, and stop if none is left."""
-    kept = len(trainer.train_dataset)
+    so, and stop if none is left. Packed (SFT's `packing`), a row holds several examples:
+    its `seq_lengths` count them."""
+    dataset = trainer.train_dataset
+    if "seq_lengths" in (dataset.column_names or ()):
+        kept = sum(len(lengths) for lengths in dataset["seq_lengths"])
+    else:
+        kept = len(dataset)
     max_length = trainer.args.max_length
     if kept == 0:
         raise ValueError(f"{path}: every {noun} is longer than max_length ({max_length})")
