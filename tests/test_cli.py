@@ -33,6 +33,7 @@ STAGES = (
     "train",
     "train-reward-model",
     "train-rl",
+    "export-gguf",
     "self-demos",
     "judge",
     "sft-data",
