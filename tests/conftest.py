@@ -155,3 +155,15 @@ def assert_upstream_up_to_date(
     what follows)."""
     proc = snakemake("-n", "--configfile", str(configfile), "--directory", str(folder), *targets)
     assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-4000:]
+
+
+def in_child_process(function, *args) -> None:
+    """`function(*args)` in a fresh (spawned) Python process; its failure fails the test.
+    For code that leaves a process changed for good (an in-process vLLM engine binds its
+    threads; TRL's colocated vLLM sets distributed variables and keeps a process group)."""
+    import multiprocessing
+
+    child = multiprocessing.get_context("spawn").Process(target=function, args=args)
+    child.start()
+    child.join()
+    assert child.exitcode == 0, f"{function.__name__} failed in its process ({child.exitcode})"

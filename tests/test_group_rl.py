@@ -19,6 +19,7 @@ from ragtrain.training.group_rl import (
     trl_config,
 )
 from ragtrain.training.rewards import Rewards
+from tests.conftest import in_child_process
 
 
 def filled(params: dict) -> dict:
@@ -259,7 +260,10 @@ def test_vllm_rollouts_sample_from_the_policy_as_it_is_after_each_step(tiny_mode
         temperature=1.0,
     )  # fmt: skip
     out = tmp_path / "models" / "grpo"
-    train_group_rl(node, tiny_model, examples(4), out, tmp_path / "work")
+    # In a process of its own, as the train_rl stage is: TRL's colocated vLLM sets RANK,
+    # WORLD_SIZE and MASTER_PORT in the environment and holds a process group on that
+    # port, which the later tests' jobs would inherit and collide with.
+    in_child_process(train_group_rl, node, tiny_model, examples(4), out, tmp_path / "work")
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     gaps = [h["sampling/sampling_logp_difference/mean"] for h in history if "reward" in h]
     assert len(gaps) == 2 and max(gaps) < 0.05, gaps

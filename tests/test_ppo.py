@@ -11,6 +11,7 @@ import torch
 from ragtrain.core.settings import with_defaults
 from ragtrain.training import ppo, ppo_math
 from ragtrain.training.rewards import Rewards, place_rewards, token_char_ends
+from tests.conftest import in_child_process
 
 
 def t(rows):
@@ -357,7 +358,12 @@ def test_rollouts_auto_is_vllm_only_with_a_gpu_and_the_package(monkeypatch):
 @pytest.mark.slow
 def test_vllm_rollouts_follow_the_policy_after_each_change_of_its_weights(tiny_model):
     """vLLM on CPU serves the policy's LoRA adapter: its greedy answers are the training
-    model's own (HF generate on it), before and after the weights change."""
+    model's own (HF generate on it), before and after the weights change. In a process
+    of its own, as the train_rl stage is: an in-process vLLM binds the process's threads."""
+    in_child_process(_vllm_rollouts_follow_the_policy, tiny_model)
+
+
+def _vllm_rollouts_follow_the_policy(tiny_model) -> None:
     import torch
 
     from ragtrain.generation.engine import HFGenerator, Sampling
