@@ -26,6 +26,7 @@ the corpus text. The last table extrapolates to 21M passages (DPR's Wikipedia).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -132,6 +133,16 @@ def _params(kind: str) -> dict:
     }
 
 
+def _resident() -> dict:
+    """This process's resident memory now: anonymous (its own heap) and file-backed (pages of
+    mapped files, which processes share and the kernel may drop)."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return {
+        key: int(status[name].split()[0]) * 1024
+        for key, name in (("anon", "RssAnon"), ("file", "RssFile"))
+    }
+
+
 def _du(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
@@ -153,8 +164,8 @@ def phase(args) -> dict:
 
     work, name = Path(args.work), args.phase
     if name == "baseline":  # the libraries alone
-        import bm25s  # noqa: F401
-        import faiss  # noqa: F401
+        importlib.import_module("bm25s")
+        importlib.import_module("faiss")
 
         return {}
     if name == "gen":
@@ -169,13 +180,17 @@ def phase(args) -> dict:
         return {"build_s": time.perf_counter() - t, "disk": _du(work / "bm25")}
     if name.startswith("search-bm25"):
         mmap = name == "search-bm25"
+        importlib.import_module("bm25s")  # before the load is timed
+
         queries = (work / "queries.txt").read_text().splitlines()
+        t = time.perf_counter()
         model = load_bm25(work / "bm25", mmap=mmap)
+        load_s = time.perf_counter() - t
         t = time.perf_counter()
         hits = _bm25_hits(model, queries, 10, BM25_DEFAULTS["stopwords"], job_threads())
         qps = len(queries) / (time.perf_counter() - t)
         np.save(work / f"ids-{name}.npy", np.array([[i for i, _ in h] for h in hits]))
-        return {"qps": qps}
+        return {"qps": qps, "load_s": load_s, **_resident()}
     kind = args.kind
     params = _params(kind)
     folder = work / (kind if kind != "ivf_pq_refine" else "ivf_pq")
@@ -185,18 +200,27 @@ def phase(args) -> dict:
         t = time.perf_counter()
         build_faiss(work / "embeddings.npy", params, folder)
         return {"build_s": time.perf_counter() - t, "disk": _du(folder / "dense.faiss")}
+    importlib.import_module("faiss")  # before the load is timed
+
     queries = np.load(work / "queries.npy")
+    t = time.perf_counter()
     index = load_faiss(folder, params)
+    load_s = time.perf_counter() - t
     dense_search(index, queries[:8], 10, params, work)  # warm-up, not timed
     t = time.perf_counter()
     ids, _ = dense_search(index, queries, 10, params, work)
     qps = len(queries) / (time.perf_counter() - t)
     np.save(work / f"ids-{kind}.npy", ids)
-    return {"qps": qps}
+    return {"qps": qps, "load_s": load_s, **_resident()}
 
 
 def _run(args, phase_name: str, kind: str | None = None) -> dict:
-    """A phase in a child process: its result and its peak RSS (bytes)."""
+    """A phase in a child process: its result and its peak RSS (bytes); with --resume, a
+    phase measured before in this folder (for this N) is not run again."""
+    saved = Path(args.work) / "results" / f"{args.n}-{phase_name}-{kind or ''}.json"
+    if args.resume and saved.exists():
+        print(f"  {phase_name} {kind or ''}: measured before, {saved}", flush=True)
+        return json.loads(saved.read_text())
     cmd = [sys.executable, __file__, "--phase", phase_name, "--work", args.work, "--n", str(args.n)]
     cmd += ["--queries", str(args.queries)] + (["--kind", kind] if kind else [])
     out = Path(args.work) / "phase.json"
@@ -210,6 +234,8 @@ def _run(args, phase_name: str, kind: str | None = None) -> dict:
     result = {**json.loads(out.read_text()), "phase": phase_name}
     result["rss"] = usage.ru_maxrss * 1024
     result["wall_s"] = time.perf_counter() - t
+    saved.parent.mkdir(exist_ok=True)
+    saved.write_text(json.dumps(result))
     shown = {k: round(v, 3) for k, v in result.items() if k != "phase"}
     print(f"  {phase_name} {kind or ''}: {json.dumps(shown)}", flush=True)
     return result
@@ -265,6 +291,14 @@ def report(args, rows: dict, text_bytes: int, baseline: int) -> None:
             f" | {ratio} | {_gb(build['disk'])} | {search['qps']:.0f} | {recall:.3f}"
             f" | {' | '.join(vs)} |"
         )
+    print("\nSearch processes: index load time, and resident memory when done (anonymous, and")
+    print("file-backed: pages of memory-mapped files, shared between processes, reclaimable):")
+    print("| index | load s | anonymous GB | file-backed GB |")
+    print("|---|---|---|---|")
+    for kind, (_, search) in rows.items():
+        print(
+            f"| {kind} | {search['load_s']:.2f} | {_gb(search['anon'])} | {_gb(search['file'])} |"
+        )
     scale = WIKI / n
     print(
         f"\nExtrapolated to {WIKI // 1_000_000}M passages (x{scale:.0f}), 384-d vectors: peak RSS"
@@ -299,6 +333,9 @@ def main() -> None:
         help="OMP_NUM_THREADS of every phase (FAISS; bm25s's search threads), as a job's",
     )
     p.add_argument("--kinds", nargs="+", default=["bm25s", *KINDS], choices=["bm25s", *KINDS])
+    p.add_argument(
+        "--resume", action="store_true", help="keep what --work holds from a run cut short"
+    )
     p.add_argument("--phase", help=argparse.SUPPRESS)
     p.add_argument("--kind", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -186,6 +186,7 @@ EMBEDDING_DTYPES = ("float32", "float16")
 # mapped at a time, so its pages leave the process when the block is done.
 ENCODE_BLOCK = 16_384
 ROW_BLOCK = 32_768
+REFINE_BATCH = 64  # queries whose candidates `refine` rescores at a time
 
 
 def dense_settings(params: dict) -> dict:
@@ -434,8 +435,11 @@ def dense_search(
         return ids, scores
     _, ids = index.search(queries, k * refine)
     found = ids >= 0
-    candidates = read_rows(Path(folder) / "embeddings.npy", np.where(found, ids, 0).ravel())
-    exact = np.einsum("qcd,qd->qc", candidates.reshape(*ids.shape, -1), queries)
+    exact = np.full(ids.shape, -np.inf, dtype=np.float32)
+    for start in range(0, len(ids), REFINE_BATCH):  # the candidates' vectors, a batch at a time
+        rows = slice(start, start + REFINE_BATCH)
+        vectors = read_rows(Path(folder) / "embeddings.npy", np.where(found, ids, 0)[rows].ravel())
+        exact[rows] = np.einsum("qcd,qd->qc", vectors.reshape(*ids[rows].shape, -1), queries[rows])
     exact[~found] = -np.inf
     order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
     top = np.take_along_axis(exact, order, axis=1)
