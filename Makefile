@@ -97,5 +97,6 @@ bench: $(STAMP)
 	$(BIN)/python bench/bm25_filter.py
 	$(BIN)/python bench/ppo_step.py
 	$(BIN)/python bench/dag_scale.py
+	$(BIN)/python bench/index_scale.py
 	# Measures on a CUDA GPU; without one it says so and exits 0.
 	$(BIN)/python bench/gpu_train.py

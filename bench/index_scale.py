@@ -5,18 +5,22 @@ synthetic vectors shaped like MiniLM's (384 dimensions, unit length) from a seed
 two-level Gaussian mixture (N / 1000 topics of 20 subtopics) in 64 latent dimensions,
 mapped into 384 (see `gen_vectors`); a query is a perturbed passage. The sparse side
 indexes synthetic text: 100-word passages over a 200,000-word Zipf vocabulary (exponent
-1.07) of made-up words; a query is 5 words of a random passage. Recall on real
-embeddings differs: it depends on how clustered they are.
+1.07): bm25s's English stopwords, then made-up words; a query is 5 words of a random
+passage that are not stopwords. Recall on real embeddings differs: it depends on how
+clustered they are.
 
 Every measurement runs in a process of its own (this script, `--phase ...`), and its peak
 RSS is the kernel's (`os.wait4`'s `ru_maxrss`), so the phases' peaks do not mix; it
-includes Python, NumPy and FAISS themselves (about 0.1 GB) and the pages of memory-mapped
+includes Python, NumPy and FAISS themselves (about 0.14 GB) and the pages of memory-mapped
 files the process touched. Build and search go through ragtrain's own functions
 (`ragtrain.retrieval.index`): the vectors are read from `embeddings.npy` in blocks, IVF
 is trained on a seeded sample, bm25s is searched memory-mapped. Recall@10 is against exact
 search (FAISS `flat`); bm25s's memory-mapped top 10 against its in-memory top 10.
 
-    python bench/index_scale.py [--n 1000000] [--queries 500] [--work DIR] [--kinds ...]
+    python bench/index_scale.py [--n 1000000] [--queries 300] [--threads 2] [--kinds ...]
+                                [--work DIR [--resume]]
+
+About 13 minutes at 1M passages on 2 cores (results in bench/README.md).
 
 The ratios are to `flat`; `peak RSS / raw` is the larger of build's and search's peak
 RSS over the raw float32 vectors (N x 384 x 4 bytes; the bar is under 4x), for bm25s over

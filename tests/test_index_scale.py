@@ -256,3 +256,25 @@ def test_bm25_memory_mapped_search_equals_in_memory(tmp_path):
     memory = ix._bm25_hits(load_bm25(tmp_path / "i" / "bm25", mmap=False), queries, 10, "en", 1)
     assert mapped == memory
     assert ix._bm25_hits(load_bm25(tmp_path / "i" / "bm25"), queries, 10, "en", 2) == memory
+
+
+@pytest.mark.slow
+def test_the_index_scale_benchmark_runs_small(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    args = ["--n", "3000", "--queries", "20", "--threads", "1", "--work", str(tmp_path)]
+    script = str(ROOT / "bench" / "index_scale.py")
+    run = subprocess.run(
+        [sys.executable, script, *args], capture_output=True, text=True, check=True, timeout=300
+    )
+    out = run.stdout
+    rows: dict[str, str] = {}  # the first table's row of each index
+    for line in out.splitlines():
+        if line.startswith("| "):
+            rows.setdefault(line.split(" | ")[0].strip("| "), line)
+    assert {"bm25s (mmap)", "flat", "ivf_flat", "ivf_pq", "ivf_pq_refine", "hnsw"} <= set(rows)
+    assert " | 1.000 | " in rows["flat"] and " | 1.000 | " in rows["bm25s (mmap)"]
+    assert "Extrapolated to 21M passages" in out
