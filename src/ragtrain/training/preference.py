@@ -148,21 +148,15 @@ def judged_rows(path: str | Path, split: str) -> list[dict]:
     from ragtrain.core.records import RecordError, iter_jsonl, require
     from ragtrain.generation.products import _distinct
     from ragtrain.judges.rules import CORRECT, INCORRECT, REFUSE
+    from ragtrain.training.sft_dpo import prompt_is_text
 
     rows = []
     for lineno, record in iter_jsonl(path):
         who = f"record {record.get('id')!r}"
         require(record, "samples", list, path, lineno)
         require(record, "answers", list, path, lineno)
-        text = isinstance(record.get("prompt"), str)
+        text = prompt_is_text(record, path, lineno)
         require(record, "prompt", str if text else list, path, lineno)
-        if text and (record.get("meta") or {}).get("chat_template_applied") is not True:
-            raise RecordError(
-                path,
-                lineno,
-                f"{who}: a str 'prompt' is used as is, with no chat template, so"
-                " 'meta.chat_template_applied' must be true (else give message lists)",
-            )
         if any(not isinstance(s, dict) or "label" not in s or "text" not in s
                for s in record["samples"]):  # fmt: skip
             raise RecordError(path, lineno, f"{who}: a sample has no 'label' (not judged)")

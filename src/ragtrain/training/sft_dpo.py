@@ -100,15 +100,8 @@ def _rows(path: str | Path, kind: str) -> list[dict]:
 
     rows, first = [], None
     for lineno, record in iter_jsonl(path):
-        text = isinstance(record.get("prompt"), str)
+        text = prompt_is_text(record, path, lineno)
         who = f"record {record.get('id')!r}"
-        if text and (record.get("meta") or {}).get("chat_template_applied") is not True:
-            raise RecordError(
-                path,
-                lineno,
-                f"{who}: a str 'prompt' is used as is, with no chat template, so"
-                " 'meta.chat_template_applied' must be true (else give message lists)",
-            )
         for field in FIELDS[kind]:
             require(record, field, str if text else list, path, lineno)
         if first is None:
@@ -123,6 +116,22 @@ def _rows(path: str | Path, kind: str) -> list[dict]:
             )
         rows.append({field: record[field] for field in FIELDS[kind]})
     return rows
+
+
+def prompt_is_text(record: dict, path: str | Path, lineno: int) -> bool:
+    """Whether a record's prompt is plain text (used as is: it must say it holds the chat
+    template already) rather than a message list."""
+    from ragtrain.core.records import RecordError
+
+    text = isinstance(record.get("prompt"), str)
+    if text and (record.get("meta") or {}).get("chat_template_applied") is not True:
+        raise RecordError(
+            path,
+            lineno,
+            f"record {record.get('id')!r}: a str 'prompt' is used as is, with no chat template,"
+            " so 'meta.chat_template_applied' must be true (else give message lists)",
+        )
+    return text
 
 
 def trl_config(kind: str, params: dict, output_dir: Path, has_dev: bool, n_train: int, dtype):
