@@ -175,7 +175,14 @@ def test_bad_settings_stop_training_before_anything_loads(kind, change, message,
 
 
 def _tiny() -> dict:
-    return tiny_config("tiny.yaml", Path("/tiny-model"))
+    """tests/tiny.yaml (whose end-to-end run trains KTO) with ORPO and SimPO nodes beside
+    its KTO node, trained on the DPO model's pairs and evaluated as the others are."""
+    cfg = tiny_config("tiny.yaml", Path("/tiny-model"))
+    for kind in ("orpo", "simpo"):
+        node = {k: v for k, v in cfg["models"]["kto"].items() if not k.startswith("export")}
+        cfg["models"][kind] = {**node, "kind": kind, "data": "pairs"}
+    cfg["evaluate"][0]["models"] += ["orpo", "simpo"]
+    return cfg
 
 
 def test_tiny_config_takes_the_three_kinds_with_their_defaults():
