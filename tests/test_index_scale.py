@@ -258,6 +258,185 @@ def test_bm25_memory_mapped_search_equals_in_memory(tmp_path):
     assert ix._bm25_hits(load_bm25(tmp_path / "i" / "bm25"), queries, 10, "en", 2) == memory
 
 
+BM25_METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
+
+
+def _zipf_corpus(n, seed=0):
+    """Passages of 0 to 40 words, Zipf-like (stopwords among them), some with titles."""
+    rng = np.random.default_rng(seed)
+    words = np.array([*WORDS, "the", "and", "of"])
+    p = 1.0 / np.arange(1, len(words) + 1) ** 1.1
+    p /= p.sum()
+    return [
+        {
+            "id": f"d{i}",
+            "title": "" if i % 3 else f"t{i % 7}",
+            "text": " ".join(rng.choice(words, rng.integers(0, 40), p=p)),
+        }
+        for i in range(n)
+    ], [" ".join(rng.choice(words, 3, p=p)) for _ in range(40)]
+
+
+@pytest.mark.parametrize("method", BM25_METHODS)
+def test_bm25_built_in_chunks_equals_bm25s_in_one_piece(method, tmp_path, monkeypatch):
+    corpus, queries = _zipf_corpus(300)
+    params = {**RETRIEVER_DEFAULTS["bm25"], "kind": "bm25", "corpus": "c", "method": method}
+    monkeypatch.setattr(ix, "BM25_CHUNK", 37)  # 9 chunks, the last one short
+    monkeypatch.setattr(ix, "BM25_BLOCK", 50)  # column blocks; common tokens' alone
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    build_index(corpus, params, tmp_path / "chunked")
+    whole = ix._bm25_index([ix.passage_text(p) for p in corpus], params)
+    whole.save(str(tmp_path / "whole"), show_progress=False)
+    chunked, saved = (load_bm25(tmp_path / f) for f in ("chunked/bm25", "whole"))
+    for part in ("data", "indices", "indptr"):  # the same matrix, float for float
+        np.testing.assert_array_equal(chunked.scores[part], saved.scores[part])
+    assert chunked.vocab_dict == saved.vocab_dict
+    if method in ix.BM25_NONOCCURRENCE:
+        np.testing.assert_array_equal(chunked.nonoccurrence_array, saved.nonoccurrence_array)
+    for model in (chunked, whole):
+        np.testing.assert_array_equal(
+            model.get_scores(queries[0].split()), whole.get_scores(queries[0].split())
+        )
+    assert ix._bm25_hits(chunked, queries, 10, "en") == ix._bm25_hits(whole, queries, 10, "en")
+
+
+def test_bm25_chunks_counted_in_worker_processes_give_the_same_index(tmp_path, monkeypatch):
+    corpus, queries = _zipf_corpus(200, seed=1)
+    params = {**RETRIEVER_DEFAULTS["bm25"], "kind": "bm25", "corpus": "c"}
+    monkeypatch.setattr(ix, "BM25_CHUNK", 30)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the job's cores: two worker processes
+    build_index(corpus, params, tmp_path / "pool")
+    whole = ix._bm25_index([ix.passage_text(p) for p in corpus], params)
+    pooled = load_bm25(tmp_path / "pool" / "bm25")
+    np.testing.assert_array_equal(pooled.scores["data"], whole.scores["data"])
+    assert ix._bm25_hits(pooled, queries, 10, "en") == ix._bm25_hits(whole, queries, 10, "en")
+
+
+class FailingStub(StubEncoder):
+    """Raises at its `fail_at`-th call (a crash mid-way, within this process)."""
+
+    fail_at = 0
+
+    def encode(self, texts, **kwargs):
+        if self.calls + 1 == self.fail_at:
+            raise RuntimeError("crashed")
+        return super().encode(texts, **kwargs)
+
+
+def test_dense_encoding_keeps_finished_shards_until_its_settings_or_corpus_change(
+    vectors, tmp_path, monkeypatch
+):
+    from ragtrain.data.passages import write_passages
+
+    _, x, queries = vectors
+    stub = FailingStub(x[:100], queries)
+    monkeypatch.setattr(ix, "load_encoder", lambda params: stub)
+    monkeypatch.setattr(ix, "ENCODE_BLOCK", 16)  # 7 shards, the last one short
+    corpus, work = tmp_path / "corpus.jsonl", tmp_path / "work"
+    write_passages(corpus, [{"id": f"d{i}", "title": "", "text": f"p{i}"} for i in range(100)])
+
+    def build(out, fail_at, **settings):
+        stub.calls, stub.fail_at = 0, fail_at
+        build_index(corpus, _dense(**settings), tmp_path / out, work_root=work)
+        return stub.calls
+
+    with pytest.raises(RuntimeError, match="crashed"):
+        build("wiki", 4)
+    assert not (tmp_path / "wiki").exists()  # nothing half-written looks complete
+    [progress] = work.glob("*/progress.json")
+    assert json.loads(progress.read_text())["rows"] == 48
+    assert build("wiki", 0) == 4  # shards 4 to 7
+    assert not work.exists()
+    np.testing.assert_array_equal(np.load(tmp_path / "wiki" / "embeddings.npy"), x[:100])
+    # Crashed, then another batch size (its floats may differ): all are encoded again.
+    with pytest.raises(RuntimeError):
+        build("other", 3)
+    assert build("other", 0, batch_size=7) == 7
+    # Crashed, then the corpus rewritten: its shards are stale, cleared.
+    with pytest.raises(RuntimeError):
+        build("third", 3)
+    write_passages(corpus, [{"id": f"d{i}", "title": "", "text": f"p{i}"} for i in range(99)])
+    assert build("third", 0) == 7
+
+
+# The killed build: a subprocess that SIGKILLs itself as its third shard is encoded (after
+# two were written), as a scheduler's kill or the OOM killer would.
+KILLED_BUILD = """
+import json, os, signal, sys
+import torch
+from ragtrain.retrieval import index as ix
+
+torch.set_num_threads(1)
+ix.ENCODE_BLOCK = 16
+encode, calls = ix.encode, []
+
+def dying(model, texts, params):
+    calls.append(len(texts))
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return encode(model, texts, params)
+
+ix.encode = dying
+ix.build_index(sys.argv[1], json.loads(sys.argv[2]), sys.argv[3])
+"""
+
+
+@pytest.mark.slow
+def test_dense_encoding_killed_mid_way_resumes_from_the_last_shard(tmp_path, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+
+    import torch
+
+    from ragtrain.data.passages import write_passages
+
+    corpus = tmp_path / "corpus.jsonl"
+    topics = ["ferries", "glass", "rivers", "towns", "songs", "maps", "bread"]
+    write_passages(
+        corpus,
+        [
+            {"id": f"d{i}", "title": f"T{i}", "text": f"a passage {i} about {topics[i % 7]}"}
+            for i in range(72)
+        ],
+    )
+    params = {**_dense(), "batch_size": 8}
+    out = tmp_path / "index"
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_BUILD, str(corpus), json.dumps(params), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not out.exists()
+    [progress] = (tmp_path / ".index.work").glob("*/progress.json")
+    assert json.loads(progress.read_text())["rows"] == 32  # two shards written before the kill
+
+    monkeypatch.setattr(ix, "ENCODE_BLOCK", 16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        encoded = []
+        encode = ix.encode
+
+        def counting(model, texts, params):
+            encoded.append(len(texts))
+            return encode(model, texts, params)
+
+        monkeypatch.setattr(ix, "encode", counting)
+        build_index(corpus, params, out)
+        assert sum(encoded) == 72 - 32  # resumed at the first unfinished shard
+        assert not (tmp_path / ".index.work").exists()
+        monkeypatch.setattr(ix, "encode", encode)
+        build_index(corpus, params, tmp_path / "whole")  # never interrupted
+    finally:
+        torch.set_num_threads(threads)
+    resumed, whole = (np.load(tmp_path / f / "embeddings.npy") for f in ("index", "whole"))
+    np.testing.assert_array_equal(resumed, whole)
+    assert Index(out).search(["ferries"], 3)[0][0][0] % 7 == 0
+
+
 @pytest.mark.slow
 def test_the_index_scale_benchmark_runs_small(tmp_path):
     import subprocess

@@ -20,19 +20,24 @@ rule world:
         " --entities {output.entities:q} > {log:q} 2>&1"
 
 
+# Streamed: the passages, and the tables that read them by row and id (corpus_tables).
 rule corpus:
     input:
         corpus_input,
     output:
-        f"{RESULTS}/corpus/{{corpus}}/corpus.jsonl",
+        corpus=f"{RESULTS}/corpus/{{corpus}}/corpus.jsonl",
+        tables=corpus_tables("{corpus}"),
     log:
         f"{LOGS}/corpus/{{corpus}}.log",
+    benchmark:
+        f"{LOGS}/corpus/{{corpus}}.benchmark.tsv"
     conda:
         "../../envs/data.yaml"
     params:
         node=lambda w: node("corpora", w.corpus),
     shell:
-        "python -m ragtrain corpus --params {params.node:q} --input {input:q} --output {output:q} > {log:q} 2>&1"
+        "python -m ragtrain corpus --params {params.node:q} --input {input:q}"
+        " --output {output.corpus:q} > {log:q} 2>&1"
 
 
 rule dataset:

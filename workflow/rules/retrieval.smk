@@ -1,18 +1,24 @@
 rule index:
     input:
-        index_input,
+        unpack(index_input),
     output:
         directory(f"{RESULTS}/index/{{retriever}}"),
     log:
         f"{LOGS}/index/{{retriever}}.log",
+    # Peak memory (max_rss) and time of the job, beside its log.
+    benchmark:
+        f"{LOGS}/index/{{retriever}}.benchmark.tsv"
     conda:
         "../../envs/data.yaml"
     threads: 2
     params:
         # k is a search setting: a new k reruns `retrieve`, not the index.
         node=lambda w: node("retrievers", w.retriever, drop=("k",)),
+        # A dense index's encoded shards, kept for the rerun of a killed job.
+        work=lambda w: work_root("retrievers", w.retriever),
     shell:
-        "python -m ragtrain index --params {params.node:q} --corpus {input:q} --output {output:q} > {log:q} 2>&1"
+        "python -m ragtrain index --params {params.node:q} --corpus {input.corpus:q}"
+        " --work {params.work:q} --output {output:q} > {log:q} 2>&1"
 
 
 rule retrieve:

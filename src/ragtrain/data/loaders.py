@@ -256,13 +256,58 @@ def detect_corpus_format(record: dict, at: Where) -> str:
     )
 
 
-def load_corpus(path: str | Path, fmt: str = "beir") -> list[dict[str, Any]]:
-    """Read a corpus in one of CORPUS_FORMATS into passages `{id, title, text}`.
-    `beir` also reads our own `{id, title, text}`."""
+def _check_corpus_format(fmt: str) -> None:
     if fmt not in CORPUS_FORMATS:
         raise ValueError(
             f"unknown corpus format {fmt!r}; known formats: {', '.join(CORPUS_FORMATS)}"
         )
+
+
+def iter_corpus(path: str | Path, fmt: str = "beir") -> Iterator[tuple[Where, dict[str, str]]]:
+    """(place, passage `{id, title, text}`) for each record of a corpus, as a stream (ids
+    are not checked for duplicates here: `write_corpus` does, without holding them)."""
+    _check_corpus_format(fmt)
+    convert = CORPUS_LOADERS.get(fmt)
+    for at, record in iter_records(path):
+        if convert is None:
+            convert = CORPUS_LOADERS[detect_corpus_format(record, at)]
+        yield at, convert(record, at)
+
+
+def write_corpus(path: str | Path, fmt: str, output: str | Path) -> int:
+    """Stream a corpus in one of CORPUS_FORMATS into `output` (passages JSONL) and its
+    offsets and id tables (ragtrain.data.passages); return the passage count. A duplicate
+    id or an empty corpus is a RecordError at `path`, and nothing is written."""
+    from ragtrain.data.passages import DuplicateId, write_passages
+
+    def passages() -> Iterator[dict[str, str]]:
+        n = 0
+        for _, passage in iter_corpus(path, fmt):
+            n += 1
+            yield passage
+        if not n:
+            raise RecordError(path, None, "no passages: the corpus is empty")
+
+    try:
+        return write_passages(output, passages())
+    except DuplicateId as e:
+        # Read again to name the input's lines: an error path, the ids are not kept.
+        places = {}
+        for row, (at, _) in enumerate(iter_corpus(path, fmt)):
+            if row in (e.first, e.second):
+                places[row] = at
+            if len(places) == 2:
+                break
+        raise places[e.second].error(
+            f"duplicate passage id {e.pid!r} (first on {places[e.first]})"
+        ) from None
+
+
+def load_corpus(path: str | Path, fmt: str = "beir") -> list[dict[str, Any]]:
+    """Read a corpus in one of CORPUS_FORMATS into passages `{id, title, text}`.
+    `beir` also reads our own `{id, title, text}`. (A list in memory: the corpus stage
+    streams instead, `write_corpus`.)"""
+    _check_corpus_format(fmt)
     passages = convert_records(
         path, CORPUS_LOADERS.get(fmt), CORPUS_LOADERS, detect_corpus_format, "passage"
     )

@@ -1,36 +1,39 @@
 """Sparse (bm25s) and dense (sentence-transformers + FAISS) retrieval.
 
-An index is a folder: `retriever.json` (the node's config), `corpus.jsonl` (the
-passages, in index order) and the backend's files: bm25s's `bm25/` (searched
-memory-mapped), or FAISS's `dense.faiss` with the passage vectors beside it in
-`embeddings.npy` (written and read in blocks, so the vectors are not held in memory
-twice). `retrieve` attaches the top-k passages to each example and returns answer
-recall@k (and gold-passage recall@k, the share of an example's gold passages
-retrieved, where examples name them).
+An index is a folder: `retriever.json` (the node's config), the passages in index order
+(`corpus.jsonl` and its offsets and id tables, ragtrain.data.passages: hard links to the
+corpus stage's files, so the passages are stored once, and read by row as searches need
+them) and the backend's files: bm25s's `bm25/` (built from the passages in chunks, in
+bm25s's saved format, searched memory-mapped), or FAISS's `dense.faiss` with the passage
+vectors beside it in `embeddings.npy` (encoded in shards that survive a killed job, in
+the node's work folder, ragtrain.core.workdir, and read in blocks, so the vectors are not
+held in memory twice). `retrieve` attaches the top-k passages to each example and returns answer
+recall@k (and gold-passage recall@k, the share of an example's gold passages retrieved,
+where examples name them).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import math
 import os
-from collections.abc import Iterator
+import shutil
+from array import array
+from collections import deque
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ragtrain.core.records import (
-    atomic_dir,
-    atomic_path,
-    read_json,
-    read_jsonl,
-    write_json,
-    write_jsonl,
-)
+from ragtrain.core.records import RecordError, atomic_dir, atomic_path, read_json, write_json
 from ragtrain.core.security import trust_remote_code
 from ragtrain.core.seeds import DEFAULT_SEED
+from ragtrain.core.workdir import finish, work_dir
+from ragtrain.data.passages import Passages, link_passages, write_passages
 from ragtrain.metrics.qa import answer_recall
 
 log = logging.getLogger(__name__)
@@ -60,18 +63,35 @@ def passage_text(p: dict) -> str:
 
 
 def build_index(
-    corpus: list[dict], params: dict, out_dir: Path, where: str = "dense index"
-) -> None:
-    """The index folder of a `bm25` or `dense` node; `where` names the node in errors
-    (`retrievers.<name>`)."""
+    corpus: str | Path | Iterable[dict],
+    params: dict,
+    out_dir: str | Path,
+    where: str = "dense index",
+    work_root: str | Path | None = None,
+) -> int:
+    """The index folder of a `bm25` or `dense` node over a stored corpus (a path: its
+    files are linked in) or passages given as records; `where` names the node in errors
+    (`retrievers.<name>`). A dense index's encoded shards wait for a rerun under
+    `work_root` (default: `.<index>.work/` beside it). Returns the passage count."""
+    out_dir = Path(out_dir)
+    work = None
     with atomic_dir(out_dir) as tmp:
-        texts = [passage_text(p) for p in corpus]
-        if params["kind"] == "bm25":
-            _build_bm25(texts, params, tmp)
+        if isinstance(corpus, (str, Path)):
+            passages = link_passages(corpus, tmp)
         else:
-            _build_dense(texts, params, tmp, where)
-        write_jsonl(tmp / "corpus.jsonl", corpus)
+            write_passages(tmp / "corpus.jsonl", corpus)
+            passages = Passages(tmp / "corpus.jsonl")
+        with passages:
+            if params["kind"] == "bm25":
+                _build_bm25(passages, params, tmp)
+            else:
+                root = Path(work_root or out_dir.with_name(f".{out_dir.name}.work"))
+                source = Path(corpus) if isinstance(corpus, (str, Path)) else passages.path
+                work = _build_dense(passages, params, tmp, where, root, source)
         write_json(tmp / "retriever.json", params)
+    if work is not None:  # complete: the encoded shards are no longer needed
+        finish(work)
+    return len(passages)
 
 
 # The BM25 every stage uses unless a node says otherwise (bm25s's Lucene variant).
@@ -123,20 +143,238 @@ def _ranked(ids, scores) -> list[list[tuple[int, float]]]:
 
 
 def bm25_top(
-    corpus: list[dict], queries: list[str], k: int, params: dict | None = None
+    corpus: list[dict] | Passages, queries: list[str], k: int, params: dict | None = None
 ) -> list[list[tuple[int, float]]]:
-    """Top-k (passage position, score) per query from an in-memory BM25 index over the
-    corpus (for stages that need BM25 once, without an index folder). bm25s pads a short
-    list with zero-score passages."""
+    """Top-k (passage position, score) per query from a BM25 index over the corpus (for
+    stages that need BM25 once, without an index folder): in memory over a list, built in
+    chunks and memory-mapped over stored Passages (`stored_bm25`). bm25s pads a short list
+    with zero-score passages."""
     if not queries:
         return []
     params = {**BM25_DEFAULTS, **(params or {})}
+    if isinstance(corpus, Passages):
+        with stored_bm25(corpus, params) as model:
+            return _bm25_hits(model, queries, min(k, len(corpus)), params["stopwords"])
     model = _bm25_index([passage_text(p) for p in corpus], params)
     return _bm25_hits(model, queries, min(k, len(corpus)), params["stopwords"])
 
 
-def _build_bm25(texts: list[str], params: dict, out: Path) -> None:
-    _bm25_index(texts, params).save(str(out / "bm25"))
+@contextmanager
+def stored_bm25(passages: Passages, params: dict):
+    """A bm25s index over stored passages, built in chunks (`_build_bm25`: no list of the
+    passages or their tokens) into a temporary folder and searched memory-mapped: the
+    scores an in-memory bm25s index over them gives. `params`: k1, b, method, stopwords."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ragtrain-bm25-") as tmp:
+        _build_bm25(passages, {**BM25_DEFAULTS, **params}, Path(tmp))
+        yield load_bm25(Path(tmp) / "bm25")
+
+
+# Passages tokenized and counted at a time when a BM25 index is built, and score-matrix
+# entries computed and written at a time: what is held is a chunk's tokens or a block of
+# the matrix, the vocabulary, and 8 bytes a passage (its length).
+BM25_CHUNK = 50_000
+BM25_BLOCK = 1 << 22
+BM25_NONOCCURRENCE = ("bm25l", "bm25+")  # variants that score a term's absence too
+
+
+def _count_chunk(corpus: Path, first: int, last: int, stopwords) -> tuple:
+    """Passages first..last (rows) of a stored corpus through bm25s's tokenizer: their
+    vocabulary (local ids, in order of first use), each passage's length in tokens, and
+    its distinct (passage, local token id, count) triples as a (3, m) int64 array, by
+    passage then token. Runs in a worker process, which reads the passages itself."""
+    import bm25s
+
+    with Passages(corpus) as passages:
+        block = passages.span(first, last)
+    tokens = bm25s.tokenize(
+        [passage_text(p) for p in block], stopwords=stopwords, show_progress=False
+    )
+    lengths = np.array([len(ids) for ids in tokens.ids], dtype=np.int64)
+    flat = np.fromiter((t for ids in tokens.ids for t in ids), dtype=np.int64, count=lengths.sum())
+    key = (np.repeat(np.arange(len(block), dtype=np.int64), lengths) << 32) | flat
+    pairs, counts = np.unique(key, return_counts=True)
+    return list(tokens.vocab), lengths, np.stack([pairs >> 32, pairs & 0xFFFFFFFF, counts])
+
+
+def _counted_chunks(passages: Passages, stopwords, threads: int) -> Iterator[tuple]:
+    """`_count_chunk` of each BM25_CHUNK passages, in order: in `threads` worker processes
+    (bm25s's tokenizer is pure Python, which threads would not run side by side), at most
+    `threads` + 1 chunks in flight."""
+    n = len(passages)
+    chunks = [
+        (passages.path, a, min(a + BM25_CHUNK, n), stopwords) for a in range(0, n, BM25_CHUNK)
+    ]
+    if threads <= 1 or len(chunks) == 1:
+        for chunk in chunks:
+            yield _count_chunk(*chunk)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # forkserver: the job may have started threads (torch, OpenMP) that a fork would copy.
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(threads, mp_context=context) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(_count_chunk, *chunk))
+            if len(pending) > threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _column_blocks(indptr: np.ndarray) -> Iterator[tuple[int, int]]:
+    """Token (column) ranges of the score matrix holding about BM25_BLOCK entries each; a
+    column with more is a block of its own."""
+    n_vocab, first = len(indptr) - 1, 0
+    while first < n_vocab:
+        last = int(np.searchsorted(indptr, indptr[first] + BM25_BLOCK, "right")) - 1
+        last = min(max(last, first + 1), n_vocab)
+        yield first, last
+        first = last
+
+
+def _build_bm25(passages: Passages, params: dict, out: Path) -> None:
+    """bm25s's saved index (`out/bm25`, what `bm25s.BM25.load` reads) built in chunks,
+    with the scores bm25s's own `index()` gives. First pass: each chunk of passages is
+    tokenized, and its (token, passage, count) triples are spilled to disk sorted by
+    token, the document frequencies and lengths counted. Second: the column-sorted score
+    matrix is written in order, a block of columns at a time, each block's triples read
+    from every chunk's spill and scored with bm25s's term-frequency and idf functions."""
+    import bm25s
+    from bm25s import scoring
+
+    folder, spill = out / "bm25", out / ".bm25-counts"
+    folder.mkdir()
+    spill.mkdir()
+    vocab: dict[str, int] = {}
+    lengths = array("q")
+    doc_freq = np.zeros(0, dtype=np.int64)
+    chunk_files = []
+    for i, (local, chunk_lengths, triples) in enumerate(
+        _counted_chunks(passages, params["stopwords"], job_threads())
+    ):
+        to_global = np.array([vocab.setdefault(t, len(vocab)) for t in local], dtype=np.int64)
+        tokens = to_global[triples[1]]
+        doc_freq = np.concatenate([doc_freq, np.zeros(len(vocab) - len(doc_freq), np.int64)])
+        doc_freq += np.bincount(tokens, minlength=len(vocab))
+        # By token; within a token by passage (the triples come by passage): a column's
+        # rows in increasing order, as in bm25s's matrix.
+        order = np.argsort(tokens, kind="stable")
+        rows = triples[0][order] + len(lengths)
+        chunk_files.append(spill / f"{i}.npy")
+        np.save(
+            chunk_files[-1], np.stack([tokens[order], rows, triples[2][order]]).astype(np.int32)
+        )
+        lengths.extend(chunk_lengths.tolist())
+
+    model = bm25s.BM25(k1=params["k1"], b=params["b"], method=params["method"])
+    n_docs, n_vocab = len(lengths), len(vocab)
+    doc_lengths = np.frombuffer(lengths, dtype=np.int64)
+    avg_len = doc_lengths.mean()  # as bm25s computes it (over an int64 array)
+    idf_of = scoring._select_idf_scorer(model.idf_method)
+    tfc_of = scoring._select_tfc_scorer(model.method)
+    idf = np.zeros(n_vocab, dtype=model.dtype)
+    absent = np.zeros(n_vocab, dtype=model.dtype) if model.method in BM25_NONOCCURRENCE else None
+    absent_tfc = tfc_of(
+        tf_array=0, l_d=avg_len, l_avg=avg_len, k1=model.k1, b=model.b, delta=model.delta
+    )
+    for token, df in enumerate(doc_freq.tolist()):
+        value = idf_of(df, N=n_docs)
+        idf[token] = value
+        if absent is not None:
+            absent[token] = value * absent_tfc
+    indptr = np.zeros(n_vocab + 1, dtype=np.int64)
+    np.cumsum(doc_freq, out=indptr[1:])
+
+    data_file, indices_file = folder / "data.csc.index.npy", folder / "indices.csc.index.npy"
+    with (
+        _npy_writer(data_file, model.dtype, indptr[-1]) as data,
+        _npy_writer(indices_file, model.int_dtype, indptr[-1]) as indices,
+    ):
+        for first, last in _column_blocks(indptr):
+            parts = []
+            for path in chunk_files:
+                spilled = np.load(path, mmap_mode="r")
+                lo, hi = np.searchsorted(spilled[0], [first, last])
+                parts.append(np.array(spilled[:, lo:hi], dtype=np.int64))
+                del spilled  # unmapped: its pages leave this process
+            tokens, rows, counts = np.concatenate(parts, axis=1)
+            # Chunks come in row order: a stable sort by token leaves each column's rows
+            # increasing.
+            order = np.argsort(tokens, kind="stable")
+            tokens, rows, counts = tokens[order], rows[order], counts[order]
+            scores = _bm25_scores(
+                tokens, counts, doc_lengths[rows], model, avg_len, idf, absent, tfc_of
+            )
+            data.write(scores.tobytes())
+            indices.write(rows.astype(model.int_dtype).tobytes())
+    shutil.rmtree(spill)
+    np.save(folder / "indptr.csc.index.npy", indptr)
+    if absent is not None:
+        np.save(folder / "nonoccurrence_array.index.npy", absent)
+    # The empty token, as bm25s's `index()` adds it (create_empty_token).
+    vocab.setdefault("", n_vocab)
+    (folder / "vocab.index.json").write_text(json.dumps(vocab, ensure_ascii=False), "utf-8")
+    saved = {
+        "k1": model.k1,
+        "b": model.b,
+        "delta": model.delta,
+        "method": model.method,
+        "idf_method": model.idf_method,
+        "dtype": model.dtype,
+        "int_dtype": model.int_dtype,
+        "num_docs": n_docs,
+        "version": bm25s.__version__,
+        "backend": model.backend,
+    }
+    (folder / "params.index.json").write_text(json.dumps(saved, indent=4))
+
+
+@contextmanager
+def _npy_writer(path: Path, dtype: str, n: int):
+    """A file to append the n values of a 1-d .npy file to, its header written; a
+    RuntimeError if not exactly n were."""
+    dtype_ = np.dtype(dtype)
+    with path.open("wb") as f:
+        header = {
+            "descr": np.lib.format.dtype_to_descr(dtype_),
+            "fortran_order": False,
+            "shape": (int(n),),
+        }
+        np.lib.format.write_array_header_1_0(f, header)
+        end = f.tell() + int(n) * dtype_.itemsize
+        yield f
+        if f.tell() != end:
+            raise RuntimeError(f"{path}: {f.tell()} bytes written, {end} expected")
+
+
+def _bm25_scores(tokens, counts, lengths, model, avg_len, idf, absent, tfc_of) -> np.ndarray:
+    """BM25 scores of (token, count) pairs of passages of these lengths. bm25s computes
+    them a passage at a time with the length a Python int; grouped by length here, each
+    group goes through the same function with the same types, so the floats are equal."""
+    scores = np.empty(len(tokens), dtype=model.dtype)
+    order = np.argsort(lengths, kind="stable")
+    bounds = np.flatnonzero(np.diff(lengths[order])) + 1
+    for group in np.split(order, bounds):
+        if not len(group):
+            continue
+        tf = counts[group].astype(model.dtype)
+        tfc = tfc_of(
+            tf_array=tf,
+            l_d=int(lengths[group[0]]),
+            l_avg=avg_len,
+            k1=model.k1,
+            b=model.b,
+            delta=model.delta,
+        )
+        value = idf[tokens[group]] * tfc
+        if absent is not None:
+            value -= absent[tokens[group]]
+        scores[group] = value
+    return scores
 
 
 def load_encoder(params: dict):
@@ -161,6 +399,29 @@ def encode(model, texts: list[str], params: dict) -> np.ndarray:
         show_progress_bar=False,
     )
     return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def encode_corpus(
+    model, corpus: list[dict] | Passages, params: dict, prefix: str = "", encoder=None
+) -> np.ndarray:
+    """The passages' vectors (`encoder(model, texts, params)`, default `encode`, with
+    `prefix` before each text): a list's in one call; stored Passages' ENCODE_BLOCK at a
+    time into one array, so no list of all passages or texts is held beside the vectors
+    (a corpus within one block is encoded as a list is, in the same batches)."""
+    encode_ = encoder or encode
+    if not isinstance(corpus, Passages):
+        return encode_(model, [prefix + passage_text(p) for p in corpus], params)
+    vectors = None
+    first = 0
+    for block in corpus.blocks(ENCODE_BLOCK):
+        encoded = encode_(model, [prefix + passage_text(p) for p in block], params)
+        if vectors is None:
+            vectors = np.empty((len(corpus), encoded.shape[1]), dtype=encoded.dtype)
+        vectors[first : first + len(encoded)] = encoded
+        first += len(encoded)
+    if vectors is None:
+        raise ValueError(f"{corpus.path}: no passages to encode")
+    return vectors
 
 
 # A dense node's FAISS index, by `index`: `flat` searches exactly; the IVF kinds search
@@ -250,24 +511,68 @@ def check_dense_index(settings: dict, n: int, dim: int, where: str = "dense inde
             )
 
 
-def _build_dense(texts: list[str], params: dict, out: Path, where: str) -> None:
+# Keys that change no passage vector: a rerun with other FAISS settings keeps the shards.
+_NOT_ENCODING = {"k", "seed", *DENSE_INDEX_DEFAULTS} - {"embedding_dtype"}
+
+
+def _resume_encoding(work: Path, state: dict) -> int:
+    """Rows of `work/embeddings.npy` already encoded (`work/progress.json`) for vectors of
+    this shape and dtype (`state`); else a new, empty file, and 0."""
+    progress, vectors = work / "progress.json", work / "embeddings.npy"
+    if progress.exists() and vectors.exists():
+        try:
+            done = read_json(progress)
+        except RecordError:  # unreadable: start over
+            done = {}
+        if {k: done.get(k) for k in state} == state:
+            log.info("dense encoding resumes at row %d of %d", done["rows"], state["n"])
+            return int(done["rows"])
+    shape = (state["n"], state["dim"])
+    np.lib.format.open_memmap(vectors, mode="w+", dtype=state["dtype"], shape=shape).flush()
+    write_json(progress, {**state, "rows": 0})
+    return 0
+
+
+def _build_dense(
+    passages: Passages, params: dict, out: Path, where: str, work_root: Path, source: Path
+) -> Path:
+    """`out/embeddings.npy` and `out/dense.faiss`; returns the work folder to clear once
+    the index is in place. The passages are encoded ENCODE_BLOCK at a time into
+    `embeddings.npy` in the node's work folder (keyed by the encoding settings; cleared
+    when the corpus `source` or a local encoder's files changed); after each shard is
+    flushed, `progress.json` there records the rows done (replaced atomically), so a
+    killed job's rerun starts at the first unfinished shard. The vectors are linked into
+    `out` only when every row is in."""
     model = load_encoder(params)
+    n = len(passages)
     dim = model.get_sentence_embedding_dimension()
     if dim is None:
-        dim = encode(model, texts[:1], params).shape[1]
+        dim = encode(model, [passage_text(passages[0])], params).shape[1]
     # The settings are checked before the encoding, which may take hours.
-    check_dense_index(dense_settings(params), len(texts), dim, where)
-    vectors = out / "embeddings.npy"
-    dtype = dense_settings(params)["embedding_dtype"]
-    np.lib.format.open_memmap(vectors, mode="w+", dtype=dtype, shape=(len(texts), dim)).flush()
-    prefix = params["passage_prefix"]
-    for start in range(0, len(texts), ENCODE_BLOCK):
-        block = encode(model, [prefix + t for t in texts[start : start + ENCODE_BLOCK]], params)
+    check_dense_index(dense_settings(params), n, dim, where)
+    encoder = Path(resolve_encoder(params["encoder"]))
+    work = work_dir(
+        work_root,
+        {k: v for k, v in params.items() if k not in _NOT_ENCODING},
+        [source, *([encoder] if encoder.is_dir() else [])],
+    )
+    state = {"n": n, "dim": dim, "dtype": dense_settings(params)["embedding_dtype"]}
+    done = _resume_encoding(work, state)
+    vectors, prefix = work / "embeddings.npy", params["passage_prefix"]
+    for block in passages.blocks(ENCODE_BLOCK, start=done):
+        encoded = encode(model, [prefix + passage_text(p) for p in block], params)
         rows = np.load(vectors, mmap_mode="r+")
-        rows[start : start + len(block)] = block
+        rows[done : done + len(encoded)] = encoded
         rows.flush()
         del rows
-    build_faiss(vectors, params, out, where)
+        done += len(encoded)
+        write_json(work / "progress.json", {**state, "rows": done})
+    try:
+        os.link(vectors, out / "embeddings.npy")
+    except OSError:
+        shutil.copyfile(vectors, out / "embeddings.npy")
+    build_faiss(out / "embeddings.npy", params, out, where)
+    return work
 
 
 def _shape(vectors: Path) -> tuple[int, int]:
@@ -452,7 +757,8 @@ class Index:
     def __init__(self, index_dir: str | Path):
         self.dir = Path(index_dir)
         self.params: dict[str, Any] = read_json(self.dir / "retriever.json")
-        self.corpus = read_jsonl(self.dir / "corpus.jsonl")
+        # The passages by row, read as the hits need them.
+        self.corpus = Passages(self.dir / "corpus.jsonl")
         if self.params["kind"] == "bm25":
             self._bm25 = load_bm25(self.dir / "bm25")
         else:

@@ -158,7 +158,8 @@ def reward_model_dirs(values: list[str] | None) -> dict[str, str]:
 def reward_input_dirs(args: argparse.Namespace) -> list[str]:
     """The folders the rewards read (a work folder's fingerprint covers them)."""
     nli = [node["path"] for node in (args.nli or {}).values()]
-    return [*reward_model_dirs(args.reward_model).values(), *nli]
+    ranking = named_paths(getattr(args, "retriever", None), "--retriever").values()
+    return [*reward_model_dirs(args.reward_model).values(), *nli, *ranking]
 
 
 def entailments(nodes: dict) -> dict:
@@ -172,14 +173,27 @@ def entailments(nodes: dict) -> dict:
     }
 
 
-def rewards(args: argparse.Namespace, params: dict):
-    """The reward sources of `params["rewards"]`, with the reward models and NLI judges
-    given."""
+def rewards(args: argparse.Namespace, params: dict, corpus: list[dict] | None = None):
+    """The reward sources of `params["rewards"]`, with the reward models, NLI judges and
+    retrievers given (`--retriever`, with `corpus`: what retrieval_rank ranks)."""
     from ragtrain.training.rewards import Rewards
 
     return Rewards(
-        params["rewards"], reward_model_dirs(args.reward_model), nli=entailments(args.nli)
+        params["rewards"],
+        reward_model_dirs(args.reward_model),
+        nli=entailments(args.nli),
+        retrievers=named_paths(getattr(args, "retriever", None), "--retriever"),
+        corpus=corpus,
     )
+
+
+def peak_rss() -> str:
+    """This process's peak resident memory (the kernel's count, as `/usr/bin/time -v`
+    gives it; worker processes not included), for the log of a stage whose memory could
+    grow with the corpus."""
+    import resource
+
+    return f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
 
 
 def set_threads(threads: int) -> None:

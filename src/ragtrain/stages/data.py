@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ragtrain.core.records import write_json, write_jsonl
-from ragtrain.stages.common import add_stage, log
+from ragtrain.stages.common import add_stage, log, peak_rss
 
 
 def cmd_world(args) -> None:
@@ -20,10 +20,9 @@ def cmd_world(args) -> None:
 def cmd_task(args) -> None:
     from ragtrain.core.records import read_jsonl
     from ragtrain.data.beir import check_task, load_folder, world_task, write_task
-    from ragtrain.data.loaders import load_beir_corpus
+    from ragtrain.data.passages import ids_in_corpus
 
     params = args.params
-    corpus = load_beir_corpus(args.corpus)
     if args.entities:
         entities = {e.pop("id"): e for e in read_jsonl(args.entities)}
         queries, qrels = world_task(entities, params["queries"], params["seed"])
@@ -31,19 +30,21 @@ def cmd_task(args) -> None:
     else:
         queries, qrels = load_folder(args.folder, params["splits"])
         source = args.folder
-    check_task(queries, qrels, {p["id"] for p in corpus}, source)
+    # Only the judged passages' ids are looked up (the corpus's id table, or a stream).
+    judged = {d for by_query in qrels.values() for docs in by_query.values() for d in docs}
+    check_task(queries, qrels, ids_in_corpus(args.corpus, judged), source)
     stats = write_task(queries, qrels, Path(args.queries), Path(args.qrels), Path(args.stats))
     log.info("task: %s", stats)
 
 
 def cmd_corpus(args) -> None:
-    from ragtrain.data.loaders import load_corpus
+    from ragtrain.data.loaders import write_corpus
 
     # A world's passages are in our own shape, whatever `format` says.
     fmt = "beir" if args.params.get("world") else args.params.get("format", "beir")
-    passages = load_corpus(args.input, fmt)
-    write_jsonl(args.output, passages)
-    log.info("corpus: %d passages (%s)", len(passages), fmt)
+    # Streamed: the offsets and id tables are written beside the output.
+    n = write_corpus(args.input, fmt, args.output)
+    log.info("corpus: %d passages (%s), %s", n, fmt, peak_rss())
 
 
 def cmd_dataset(args) -> None:
@@ -85,7 +86,11 @@ def register(stages) -> None:
         "normalise a corpus (BEIR, FlashRAG, or our own) into passages {id, title, text}",
     )
     p.add_argument("--input", required=True)
-    p.add_argument("--output", required=True)
+    p.add_argument(
+        "--output",
+        required=True,
+        help="passages (JSONL); <name>.offsets.npy and <name>.ids.npy are written beside it",
+    )
 
     p = add_stage(
         stages,
