@@ -114,3 +114,46 @@ def test_run_errors_name_file_and_line(tmp_path):
         read_run(path)
     with pytest.raises(ValueError, match="separator"):
         write_run(tmp_path / "bad.trec", {"q 1": {"d": 1.0}})
+
+
+def test_measures_at_cutoffs_equal_a_hand_computation_and_pytrec_eval():
+    import pytrec_eval
+
+    # q1: relevant a (rank 2) and b (rank 4); q2: its one relevant document first.
+    qrels = {"q1": {"a": 1, "b": 1}, "q2": {"c": 1}}
+    run = {"q1": {"x": 4.0, "a": 3.0, "y": 2.0, "b": 1.0}, "q2": {"c": 2.0, "z": 1.0}}
+    means, per = evaluate_run(qrels, run, per_query=True, cutoffs=[1, 3, 5])
+    ideal = 1 + 1 / math.log2(3)
+    q1 = {
+        "ndcg@1": 0.0, "map@1": 0.0, "recall@1": 0.0, "mrr@1": 0.0,
+        "ndcg@3": (1 / math.log2(3)) / ideal, "map@3": (1 / 2) / 2, "recall@3": 0.5,
+        "mrr@3": 0.5,
+        "ndcg@5": (1 / math.log2(3) + 1 / math.log2(5)) / ideal, "map@5": (1 / 2 + 2 / 4) / 2,
+        "recall@5": 1.0, "mrr@5": 0.5,
+    }  # fmt: skip
+    for name, value in q1.items():
+        assert per["q1"][name] == pytest.approx(value), name
+        assert per["q2"][name] == pytest.approx(1.0), name
+        assert means[name] == round((value + 1.0) / 2, 4), name
+    # The same numbers pytrec_eval gives asked directly.
+    direct = pytrec_eval.RelevanceEvaluator(
+        qrels, {"ndcg_cut.1,3,5", "map_cut.1,3,5", "recall.1,3,5"}
+    ).evaluate(run)
+    for k in (1, 3, 5):
+        for ours, theirs in (("ndcg", "ndcg_cut"), ("map", "map_cut"), ("recall", "recall")):
+            assert per["q1"][f"{ours}@{k}"] == pytest.approx(direct["q1"][f"{theirs}_{k}"])
+    # The headline measures keep their names and values.
+    assert list(means)[:4] == ["ndcg@10", "map@10", "recall@100", "mrr@10"]
+    assert means["mrr@10"] == evaluate_run(qrels, run)["mrr@10"] == 0.75
+
+
+def test_cutoffs_name_each_measure_once_and_must_be_positive_integers():
+    from ragtrain.metrics.ir import measure_names
+
+    assert measure_names() == ["ndcg@10", "map@10", "recall@100", "mrr@10"]
+    names = measure_names([10, 1, 100])
+    assert len(names) == len(set(names)) == 4 + 4 * 3 - 4
+    assert names[4:7] == ["ndcg@1", "ndcg@100", "map@1"]
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="cutoffs: expected positive integers"):
+            evaluate_run({"q": {"d": 1}}, {"q": {"d": 1.0}}, cutoffs=[bad])

@@ -5,13 +5,16 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
+from ragtrain.retrieval import lossnet
 from ragtrain.retrieval.index import load_encoder, passage_text, resolve_encoder
 from ragtrain.retrieval.lossnet import (
     LOSSNET_DEFAULTS,
     check_params,
+    cosine_gaps,
     hard_negatives,
     lossnet_filter,
     predict,
+    seed_net,
     train_lossnet,
     true_losses,
 )
@@ -170,6 +173,8 @@ def test_gold_pairs_add_labelled_examples_only():
         ({"labelled_fraction": 1.5}, "labelled_fraction must be in"),
         ({"holdout_fraction": 1}, "holdout_fraction must be in"),
         ({"epochs": 0}, "epochs must be a positive integer"),
+        ({"variant": "paper"}, r"variant must be one of \('ours', 'seed'\)"),
+        ({"variant": "seed", "objective": "margin"}, "objective must be 'mse' with variant"),
     ],
 )
 def test_bad_params_raise_naming_the_key(change, message):
@@ -207,3 +212,65 @@ def test_separate_feature_encoder_gives_the_same_result_as_a_shared_one(tmp_path
     first, _ = filtered
     ours = [r["filters"].get("lossnet") for r in out]
     assert ours == pytest.approx([r["filters"].get("lossnet") for r in first], abs=1e-3)
+
+
+def test_seed_lossnet_has_the_seeds_shape():
+    import torch
+
+    net = seed_net(384, 256)
+    shapes = {name: tuple(t.shape) for name, t in net.named_parameters()}
+    for part in ("query", "positive", "negative"):
+        assert shapes[f"{part}.weight"] == (256, 384) and shapes[f"{part}.bias"] == (256,)
+    assert shapes["head.0.weight"] == (1, 768) and len(shapes) == 8
+    out = net(torch.randn(5, 3 * 384))
+    assert out.shape == (5, 1) and bool((out >= 0).all())  # the ReLU'd scalar
+
+
+def test_seed_target_is_the_clipped_cosine_gap():
+    q = np.array([[1.0, 0.0], [1.0, 0.0]])
+    pos = np.array([[0.6, 0.8], [0.8, 0.6]])
+    neg = np.array([[0.8, 0.6], [0.6, 0.8]])
+    np.testing.assert_allclose(cosine_gaps(q, pos, neg), [0.2, 0.0])
+
+
+def test_seed_lossnet_fits_a_target_it_can_represent():
+    # The seed's net is linear in [q, d+, d-] up to its ReLU: a clipped linear target.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 3 * 8)).astype(np.float32)
+    y = np.maximum(0.0, x @ rng.normal(size=24) * 0.3 + 0.5)
+    params = {"variant": "seed", "epochs": 80, "hidden": 16, "learning_rate": 3e-3}
+    model, history = train_lossnet(x[:400], y[:400], params)
+    assert history[-1] < 0.2 * history[0]
+    pred = predict(model, x[400:])
+    # Raw target units (no standardising under a ReLU), and close to the target.
+    assert pred.min() >= 0
+    assert np.mean((pred - y[400:]) ** 2) < 0.1 * y[400:].var()
+    with pytest.raises(ValueError, match=r"seed features are \[q, d\+, d-\]"):
+        train_lossnet(x[:, :10], y, params)
+
+
+def _bag_of_words(model, texts, params):
+    """A stand-in encoder: hashed word counts, unit length (no model to load)."""
+    out = np.full((len(texts), 16), 1e-3, dtype=np.float32)
+    for i, text in enumerate(texts):
+        for word in text.lower().replace("?", " ").split():
+            out[i, sum(map(ord, word)) % 16] += 1
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_seed_variant_filter_trains_on_cosine_gaps_of_the_retriever(monkeypatch):
+    monkeypatch.setattr(lossnet, "_load", lambda name, params: None)
+    monkeypatch.setattr(lossnet, "encode", _bag_of_words)
+    params = {**FAST, "variant": "seed", "holdout_fraction": 0.0, "seed": 7}
+    out, stats = lossnet_filter(RECORDS, CORPUS, "all-MiniLM-L6-v2", params)
+    cands = [r for r in RECORDS if r.get("kept", True)]
+    texts = {d["id"]: passage_text(d) for d in CORPUS}
+    negs = hard_negatives([r["query"] for r in cands], [r["doc_id"] for r in cands], CORPUS, 10, 7)
+    q = _bag_of_words(None, [r["query"] for r in cands], {})
+    pos = _bag_of_words(None, [texts[r["doc_id"]] for r in cands], {})
+    neg = _bag_of_words(None, [texts[n] for n in negs], {})
+    assert stats["variant"] == "seed" and stats["n_labelled"] == 10
+    assert stats["true_loss_mean"] == round(float(cosine_gaps(q, pos, neg).mean()), 4)
+    predicted = [r["filters"]["lossnet"] for r in out if "lossnet" in r["filters"]]
+    assert len(predicted) == 10 and min(predicted) >= 0
+    assert sum(r["kept"] for r in out) == stats["n_kept"] == 5

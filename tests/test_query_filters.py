@@ -203,3 +203,77 @@ def test_dense_corpus_ranks_are_the_same_computed_in_blocks(monkeypatch):
     assert whole.tolist() == expected
     monkeypatch.setattr(qf, "_DENSE_BLOCK_CELLS", 100)  # two queries per block
     assert dense_corpus_ranks(docs, queries, sources).tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("over", "match"),
+    [
+        ({"retriever": ""}, r"dense.retriever: expected a model folder, got ''"),
+        ({"retriever": "m", "query_prefix": "query: "}, r"dense.query_prefix: a trained retriever"),
+    ],
+)
+def test_bad_dense_retriever_params_name_the_key(over, match):
+    with pytest.raises(ValueError, match=match):
+        filter_queries([OWN], CORPUS, params("dense") | over)
+
+
+@pytest.mark.parametrize("rule", ["pool_top1", "corpus_topk"])
+def test_dense_filter_ranks_with_the_trained_retriever_when_named(monkeypatch, rule):
+    # Stand-ins: the untrained encoder sees a query about beer as about beer; the "trained"
+    # one has learnt to send it to the glass passage (as a few-shot DPR may).
+    loaded = []
+
+    def fake_load(p):
+        loaded.append((p["encoder"], p.get("trust_remote_code")))
+        return p["encoder"]
+
+    def fake_encode(model, texts, p):
+        out = np.zeros((len(texts), 4), dtype=np.float32)
+        for i, text in enumerate(texts):
+            words = text.lower()
+            topic = next(j for j, w in enumerate(("glass", "beer", "bees", "clocks")) if w in words)
+            if model == "/models/dpr" and topic == 1 and "?" in text:
+                topic = 0
+            out[i, topic] = 1.0
+        return out
+
+    monkeypatch.setattr(qf, "load_encoder", fake_load)
+    monkeypatch.setattr(qf, "encode", fake_encode)
+    base, _ = filter_queries([OTHER], CORPUS, params("dense", rule=rule, k=1))
+    trained, stats = filter_queries(
+        [OTHER], CORPUS, params("dense", rule=rule, k=1, retriever="/models/dpr")
+    )
+    assert base[0]["kept"] is False and base[0]["filters"]["dense_rank"] > 1
+    assert trained[0]["kept"] is True and trained[0]["filters"]["dense_rank"] == 1
+    # The trained folder, whose own record says whether its code may run.
+    assert loaded == [("all-MiniLM-L6-v2", False), ("/models/dpr", None)]
+    assert stats["params"]["retriever"] == "/models/dpr"
+
+
+def test_the_stage_gives_the_dense_filter_the_trained_models_folder(monkeypatch, tmp_path):
+    import argparse
+    import json
+
+    from ragtrain.stages.queries import cmd_query_filter
+
+    loaded = []
+    monkeypatch.setattr(qf, "load_encoder", lambda p: loaded.append(p["encoder"]))
+    monkeypatch.setattr(
+        qf, "encode", lambda model, texts, p: np.eye(len(texts), 4, dtype=np.float32)
+    )
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in CORPUS))
+    (tmp_path / "q.jsonl").write_text(json.dumps(OWN) + "\n")
+    node = {"kind": "query_filter", "filter": "dense", "from": "q", "retriever": "pq_gold"}
+    args = argparse.Namespace(
+        params=node, input=str(tmp_path / "q.jsonl"), corpus=str(tmp_path / "corpus.jsonl"),
+        queries=None, qrels=None, retriever=None, output=str(tmp_path / "out.jsonl"),
+        stats=str(tmp_path / "stats.json"),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="names retriever 'pq_gold': give its folder"):
+        cmd_query_filter(args)
+    args.retriever = str(tmp_path / "models" / "pq_gold")
+    cmd_query_filter(args)
+    # A trained retriever's model sits in `model` beside its metrics.json.
+    assert loaded == [str(tmp_path / "models" / "pq_gold" / "model")]
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["params"]["retriever"] == loaded[0]

@@ -11,7 +11,9 @@ from ragtrain.metrics.ir import evaluate_run
 from ragtrain.retrieval import retriever_training
 from ragtrain.retrieval.index import passage_text
 from ragtrain.retrieval.retriever_training import (
+    colbert_triples,
     hard_negative_triples,
+    random_negative_triples,
     search,
     train_biencoder,
     train_colbert,
@@ -230,3 +232,148 @@ def test_search_rejects_bad_requests(tmp_path):
         search("colbert", tmp_path, CORPUS, queries, k=3, candidates={"q": {"d99": 1.0}})
     with pytest.raises(ValueError, match="k: expected a positive integer"):
         search("bm25", None, CORPUS, queries, k=0)
+
+
+@pytest.mark.slow
+def test_dense_filter_ranks_with_the_trained_biencoder(biencoder):
+    from ragtrain.retrieval.query_filters import FILTER_DEFAULTS, filter_queries
+
+    out, _ = biencoder
+    params = {**FILTER_DEFAULTS["dense"], "filter": "dense", "rule": "corpus_topk", "k": 1}
+    base, _ = filter_queries(HELD_OUT, CORPUS, params)
+    trained, _ = filter_queries(HELD_OUT, CORPUS, {**params, "retriever": str(out)})
+    # The base encoder cannot tell which code word names which passage; the trained one can,
+    # and its ranks are those of a search with it.
+    run = search("biencoder", out, CORPUS, HELD_QUERIES, k=12)
+    for record in trained:
+        assert (
+            record["filters"]["dense_rank"] == list(run[record["id"]]).index(record["doc_id"]) + 1
+        )
+    assert sum(r["kept"] for r in trained) >= 10 > sum(r["kept"] for r in base) + 4
+
+
+def test_random_negatives_are_seeded_non_positives_one_per_positive():
+    queries = [
+        *TOPIC_QUERIES,
+        {"id": "a", "doc_id": "d0", "query": "lava ash earth"},
+        {"id": "b", "doc_id": "d4", "query": "lava ash earth"},
+        # Shares no word with any passage: BM25 has no negative for it, a random draw does.
+        {"id": "c", "doc_id": "d1", "query": "xylophone zeppelin"},
+    ]
+    params = {"max_triples": 15, "seed": 3, "negatives": "random"}
+    triples = colbert_triples(queries, CORPUS, params)
+    assert triples == random_negative_triples(queries, CORPUS, params)
+    assert len(triples) == 15  # one triple per (query, positive)
+    assert triples != colbert_triples(queries, CORPUS, {**params, "seed": 4})
+    texts = {passage_text(p): p["id"] for p in CORPUS}
+    positives = {}
+    for q in queries:
+        positives.setdefault(q["query"], set()).add(q["doc_id"])
+    for query, positive, negative in triples:
+        assert texts[positive] in positives[query] and texts[negative] not in positives[query]
+    # Random, not BM25's: over seeds, negatives outside BM25's top 10 turn up.
+    bm25 = search("bm25", None, CORPUS, {q["query"]: q["query"] for q in TOPIC_QUERIES}, k=10)
+    outside = {
+        (query, negative)
+        for seed in range(5)
+        for query, _, negative in colbert_triples(TOPIC_QUERIES, CORPUS, {**params, "seed": seed})
+        if texts[negative] not in bm25[query]
+    }
+    assert outside
+    # `hard` (the default) is the BM25 sampler.
+    hard = {"max_triples": 5, "seed": 3}
+    assert colbert_triples(TOPIC_QUERIES, CORPUS, hard) == hard_negative_triples(
+        TOPIC_QUERIES, CORPUS, hard
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"negatives": "mined"}, r"colbert.negatives: expected one of \['hard', 'random'\]"),
+        ({"similarity": "dot"}, r"colbert.similarity: expected one of \['cosine', 'l2'\]"),
+        ({"embedding_size": 0}, r"colbert.embedding_size: expected a positive integer"),
+    ],
+)
+def test_bad_colbert_options_name_the_key(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        colbert_triples(TOPIC_QUERIES, CORPUS, change)
+    with pytest.raises(ValueError, match=message):
+        train_colbert([("q", "p", "n")], change, tmp_path / "model")
+
+
+def test_l2_score_equals_a_hand_computation_and_skips_padding():
+    import torch
+
+    from ragtrain.retrieval.colbert_scores import l2_maxsim
+
+    query = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    # Two real tokens, then a pad that would match the second query token exactly.
+    doc = torch.tensor([[[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    # Query token 1: distance 0 to d1. Token 2: min(||(0,1)-(1,0)||^2 = 2,
+    # ||(0,1)-(0.6,0.8)||^2 = 0.36 + 0.04) = 0.4. Score: -(0 + 0.4).
+    assert l2_maxsim(query, doc, documents_mask=mask).item() == pytest.approx(-0.4)
+    assert l2_maxsim(query, doc).item() == pytest.approx(0.0)  # the pad, unmasked, wins
+    # A masked query token adds nothing.
+    qmask = torch.tensor([[1, 0]])
+    assert l2_maxsim(query, doc, qmask, mask).item() == pytest.approx(0.0)
+
+
+def test_l2_score_on_unit_vectors_is_an_affine_map_of_maxsim():
+    import torch
+
+    from ragtrain.retrieval.colbert_scores import L2Scores, l2_maxsim
+
+    gen = torch.Generator().manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(3, 4, 8, generator=gen), dim=-1)
+    d = torch.nn.functional.normalize(torch.randn(5, 6, 8, generator=gen), dim=-1)
+    maxsim = torch.einsum("ash,bth->abst", q, d).max(-1).values.sum(-1)
+    # -||q - d||^2 = 2 q.d - 2 per token pair: 2 x MaxSim - 2 x (4 query tokens).
+    torch.testing.assert_close(l2_maxsim(q, d), 2 * maxsim - 2 * 4, atol=1e-5, rtol=0)
+    # As PyLate's contrastive score_metric: groups of N = 2 documents, query-major columns.
+    groups = d[:4].reshape(2, 2, 6, 8)
+    scores = L2Scores()(q, groups, documents_mask=torch.ones(2, 2, 6))
+    assert scores.shape == (3, 4)
+    torch.testing.assert_close(scores, l2_maxsim(q, d[:4]), atol=1e-5, rtol=0)
+
+
+def test_l2_rerank_orders_candidates_of_any_length_best_first():
+    import numpy as np
+
+    from ragtrain.retrieval.colbert_scores import l2_rerank
+
+    query = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    docs = [
+        np.array([[0.6, 0.8]], dtype=np.float32),  # -(0.8 + 0.4)
+        np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=np.float32),  # 0
+        np.array([[1.0, 0.0]], dtype=np.float32),  # -(0 + 2)
+    ]
+    [hits] = l2_rerank([["a", "b", "c"]], [query], [docs])
+    assert [h["id"] for h in hits] == ["b", "a", "c"]
+    assert [h["score"] for h in hits] == pytest.approx([0.0, -1.2, -2.0])
+    assert l2_rerank([[]], [query], [[]]) == [[]]
+
+
+@pytest.mark.slow
+def test_colbert_in_the_seeds_setting_trains_and_reranks_by_l2(tmp_path):
+    params = {"batch_size": 4, "document_length": 40, "query_length": 16, "seed": 1,
+              "max_triples": 8, "negatives": "random", "similarity": "l2",
+              "embedding_size": 64}  # fmt: skip
+    triples = colbert_triples(TOPIC_QUERIES, CORPUS, params)
+    out = tmp_path / "colbert"
+    metrics = train_colbert(triples, params, out)
+    assert (metrics["similarity"], metrics["negatives"], metrics["embedding_size"]) == (
+        "l2", "random", 64,
+    )  # fmt: skip
+    assert json.loads((out / "ragtrain_colbert.json").read_text()) == {"similarity": "l2"}
+    queries = {q["id"]: q["query"] for q in TOPIC_QUERIES}
+    candidates = {
+        f"n{i}": {**{f"d{(i + j) % 12}": float(4 - j) for j in (1, 2, 3)}, f"d{i}": 0.0}
+        for i in range(12)
+    }
+    run = search("colbert", out, CORPUS, queries, k=4, candidates=candidates)
+    # L2 scores: never above 0 (MaxSim's over unit vectors are mostly positive).
+    assert all(s <= 0 for hits in run.values() for s in hits.values())
+    found = [next(iter(run[q["id"]])) == q["doc_id"] for q in TOPIC_QUERIES]
+    assert sum(found) >= 9

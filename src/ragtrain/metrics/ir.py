@@ -6,6 +6,10 @@ twice a grade-1 one), `map_cut.10` and `recall.100` from pytrec_eval, and MRR@10
 id equals the query id is dropped by default (in BEIR's corpora a query can be a document of
 the corpus, and retrieving itself says nothing).
 
+Beside those four, every measure can be asked for at other cutoffs (`cutoffs`: nDCG@k,
+MAP@k, Recall@k and MRR@k for each k, named the same way), as SPTAR reports @1, @3, @5, @10
+and @100.
+
 Two departures from calling pytrec_eval directly, both so that a retriever cannot look
 better by retrieving less:
 - pytrec_eval silently skips a query of the qrels that has no run entry; here such a query
@@ -24,20 +28,19 @@ errors are reported as `file:line: what is wrong`.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, overload
 
 from ragtrain.core.records import RecordError, atomic_path
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
+# The headline measures, always reported (BEIR's).
 MEASURES = ("ndcg@10", "map@10", "recall@100", "mrr@10")
-# Our names -> pytrec_eval's measure (as requested, as reported).
-_TREC = {
-    "ndcg@10": ("ndcg_cut.10", "ndcg_cut_10"),
-    "map@10": ("map_cut.10", "map_cut_10"),
-    "recall@100": ("recall.100", "recall_100"),
-}
-MRR_DEPTH = 10
+# Measures asked for at any cutoff k: our name's stem -> pytrec_eval's measure stem (the
+# measure is requested as `<stem>.<k>` and reported as `<stem>_<k>`); MRR is apart.
+_TREC_STEMS = {"ndcg": "ndcg_cut", "map": "map_cut", "recall": "recall"}
+CUTOFF_MEASURES = (*_TREC_STEMS, "mrr")
 
 Qrels = dict[str, dict[str, int]]
 Run = dict[str, dict[str, float]]
@@ -54,6 +57,7 @@ def evaluate_run(
     run: Run,
     ignore_identical_ids: bool = ...,
     per_query: Literal[False] = ...,
+    cutoffs: Sequence[int] = ...,
 ) -> dict: ...
 
 
@@ -64,6 +68,7 @@ def evaluate_run(
     ignore_identical_ids: bool = ...,
     *,
     per_query: Literal[True],
+    cutoffs: Sequence[int] = ...,
 ) -> tuple[dict, dict[str, dict[str, float]]]: ...
 
 
@@ -72,8 +77,10 @@ def evaluate_run(
     run: Run,
     ignore_identical_ids: bool = True,
     per_query: bool = False,
+    cutoffs: Sequence[int] = (),
 ) -> dict | tuple[dict, dict[str, dict[str, float]]]:
-    """Mean nDCG@10, MAP@10, recall@100 and MRR@10 over the queries of `qrels`, plus `n`.
+    """Mean nDCG@10, MAP@10, recall@100 and MRR@10 over the queries of `qrels`, plus `n`;
+    with `cutoffs`, also nDCG@k, MAP@k, recall@k and MRR@k for each k of them.
 
     With `per_query=True`, also return {query id: {measure: value}} for every query of the
     qrels (unrounded). A query of the qrels without run entry scores 0; a query without any
@@ -81,6 +88,7 @@ def evaluate_run(
     """
     if not qrels:
         raise ValueError("evaluate_run: qrels is empty (no query to evaluate)")
+    names = measure_names(cutoffs)
     # Imported here: qrels and runs are read and written in envs without pytrec_eval.
     import pytrec_eval
 
@@ -93,19 +101,39 @@ def evaluate_run(
         # An empty dict (rather than no entry) makes pytrec_eval score the query 0.
         clean_run[qid] = hits
 
-    measures = {trec for trec, _ in _TREC.values()}
-    scores = pytrec_eval.RelevanceEvaluator(clean_qrels, measures).evaluate(clean_run)
-    cut_run = {qid: dict(ranked(hits)[:MRR_DEPTH]) for qid, hits in clean_run.items()}
-    mrr = pytrec_eval.RelevanceEvaluator(clean_qrels, {"recip_rank"}).evaluate(cut_run)
+    split = [(name, *name.split("@")) for name in names]
+    trec = {n: (_TREC_STEMS[m], int(k)) for n, m, k in split if m != "mrr"}
+    asked = {f"{stem}.{k}" for stem, k in trec.values()}
+    scores = pytrec_eval.RelevanceEvaluator(clean_qrels, asked).evaluate(clean_run)
+    # MRR@k is trec_eval's recip_rank over each query's run cut to its k best hits.
+    mrr = {}
+    for k in sorted({int(k) for _, m, k in split if m == "mrr"}):
+        cut_run = {qid: dict(ranked(hits)[:k]) for qid, hits in clean_run.items()}
+        mrr[k] = pytrec_eval.RelevanceEvaluator(clean_qrels, {"recip_rank"}).evaluate(cut_run)
 
     per: dict[str, dict[str, float]] = {}
     for qid in clean_qrels:
-        row = {name: scores.get(qid, {}).get(key, 0.0) for name, (_, key) in _TREC.items()}
-        row["mrr@10"] = mrr.get(qid, {}).get("recip_rank", 0.0)
+        row = {}
+        for name, measure, k in split:
+            if measure == "mrr":
+                row[name] = mrr[int(k)].get(qid, {}).get("recip_rank", 0.0)
+            else:
+                stem, cut = trec[name]
+                row[name] = scores.get(qid, {}).get(f"{stem}_{cut}", 0.0)
         per[qid] = row
-    means: dict = {m: round(sum(row[m] for row in per.values()) / len(per), 4) for m in MEASURES}
+    means: dict = {m: round(sum(row[m] for row in per.values()) / len(per), 4) for m in names}
     means["n"] = len(per)
     return (means, per) if per_query else means
+
+
+def measure_names(cutoffs: Sequence[int] = ()) -> list[str]:
+    """The headline measures, then each measure at each of `cutoffs` not already among them
+    (by measure, then cutoff)."""
+    for k in cutoffs:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"cutoffs: expected positive integers, got {k!r}")
+    extra = [f"{m}@{k}" for m in CUTOFF_MEASURES for k in sorted(set(cutoffs))]
+    return [*MEASURES, *(name for name in extra if name not in MEASURES)]
 
 
 def _check_qrels(qrels: Qrels) -> Qrels:

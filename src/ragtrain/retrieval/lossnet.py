@@ -21,6 +21,13 @@ trusted. Steps:
 
 With "mse" the prediction is in loss units; with "margin" it is a ranking score whose order
 alone means something, so a `threshold` then applies to that score.
+
+`variant: seed` is LossNet as SPTAR describes it instead of ours (the default): the target is
+`max(0, cos(q, d-) - cos(q, d+))` under the retriever, and the net projects q, d+ and d-
+each with its own linear layer to `hidden` (256) units, concatenates the three, and maps
+them to a scalar with a linear layer and a ReLU, trained by MSE on the raw targets. Note the
+whole net is linear in the three embeddings up to that last ReLU: it cannot form the
+query-document products a cosine gap is made of, which is why ours feeds q*d+ and q*d-.
 """
 
 from __future__ import annotations
@@ -32,9 +39,12 @@ from typing import Any
 import numpy as np
 
 from ragtrain.core.seeds import DEFAULT_SEED, stable_seed
+from ragtrain.data.passages import Passages, passages_with_ids, rows_of, skipping
 from ragtrain.retrieval.index import bm25_top, encode, load_encoder, passage_text, resolve_encoder
 
 LOSSNET_DEFAULTS: dict[str, Any] = {
+    # `ours` (features with products, contrastive-loss target) or `seed` (SPTAR's)
+    "variant": "ours",
     "encoder": "all-MiniLM-L6-v2",
     "objective": "mse",
     "hidden": 256,
@@ -55,6 +65,7 @@ LOSSNET_DEFAULTS: dict[str, Any] = {
     # run the encoder's own code (a hub model with custom code): only when turned on
     "trust_remote_code": False,
 }
+VARIANTS = ("ours", "seed")
 OBJECTIVES = ("mse", "margin")
 KEEP_MODES = ("top_fraction", "threshold")
 # MarginRankingLoss margin on predicted-loss differences, as in Yoo & Kweon (2019).
@@ -64,6 +75,12 @@ RANKING_MARGIN = 1.0
 def check_params(params: dict) -> dict:
     """Defaults filled in; a ValueError naming the key for a bad value."""
     p = {**LOSSNET_DEFAULTS, **params}
+    if p["variant"] not in VARIANTS:
+        raise ValueError(f"lossnet: variant must be one of {VARIANTS}, got {p['variant']!r}")
+    if p["variant"] == "seed" and p["objective"] != "mse":
+        raise ValueError(
+            f"lossnet: objective must be 'mse' with variant 'seed', got {p['objective']!r}"
+        )
     if p["objective"] not in OBJECTIVES:
         raise ValueError(f"lossnet: objective must be one of {OBJECTIVES}, got {p['objective']!r}")
     if p["keep"] not in KEEP_MODES:
@@ -93,26 +110,29 @@ def _is_number(x: object) -> bool:
 
 
 def hard_negatives(
-    queries: list[str], sources: list[str], corpus: list[dict], depth: int, seed: int
+    queries: list[str], sources: list[str], corpus: list[dict] | Passages, depth: int, seed: int
 ) -> list[str]:
     """Per query, the id of the best BM25 passage among the top `depth` that is not its source.
 
     Tokenised like ragtrain.retrieval.index (bm25s, English stopwords). When the top `depth` holds
-    only the source (depth 1), a seeded random other passage stands in.
+    only the source (depth 1), a seeded random other passage stands in. Stored Passages are
+    read by row (the hits and stand-ins only; BM25 over them is built in chunks, bm25_top).
     """
-    if len(corpus) < 2:
+    n = len(corpus)
+    if n < 2:
         raise ValueError("lossnet: the corpus needs at least 2 passages to draw a negative from")
-    ids = [p["id"] for p in corpus]
     if not queries:
         return []
     hits = bm25_top(corpus, queries, depth)
     rng = np.random.default_rng(stable_seed(seed, "lossnet-negatives"))
+    source_rows = rows_of(corpus, sources)
     out = []
     for row, source in zip(hits, sources, strict=True):
-        negative = next((ids[i] for i, _ in row if ids[i] != source), None)
+        negative = next((d for d in (corpus[i]["id"] for i, _ in row) if d != source), None)
         if negative is None:
-            others = [i for i in ids if i != source]
-            negative = others[int(rng.integers(len(others)))]
+            # A draw from the list of the other passages' ids, without the list.
+            skipped = np.array([source_rows[source]] if source in source_rows else [], np.int64)
+            negative = corpus[skipping(int(rng.integers(n - len(skipped))), skipped)]["id"]
         out.append(negative)
     return out
 
@@ -148,9 +168,38 @@ def contrastive_losses(q: np.ndarray, pos: np.ndarray, neg: np.ndarray, scale: f
     return np.logaddexp(0.0, gap)
 
 
-def features(q: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
-    """LossNet input: the three embeddings and the two query-document products."""
-    return np.concatenate([q, pos, neg, q * pos, q * neg], axis=1).astype(np.float32)
+def cosine_gaps(q: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """SPTAR's LossNet target per row of unit vectors: `max(0, q.neg - q.pos)`."""
+    gap = (q * neg).sum(1).astype(np.float64) - (q * pos).sum(1)
+    return np.maximum(gap, 0.0)
+
+
+def features(q: np.ndarray, pos: np.ndarray, neg: np.ndarray, variant: str = "ours") -> np.ndarray:
+    """LossNet input: the three embeddings and the two query-document products (ours), or
+    the three embeddings alone (the seed's)."""
+    parts = [q, pos, neg] if variant == "seed" else [q, pos, neg, q * pos, q * neg]
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def seed_net(dim: int, width: int):
+    """SPTAR's LossNet over [q, d+, d-] rows of 3 x `dim`: a linear projection of each to
+    `width`, concatenated, then a linear layer and a ReLU to a scalar."""
+    import torch
+
+    class SeedLossNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.query = torch.nn.Linear(dim, width)
+            self.positive = torch.nn.Linear(dim, width)
+            self.negative = torch.nn.Linear(dim, width)
+            self.head = torch.nn.Sequential(torch.nn.Linear(3 * width, 1), torch.nn.ReLU())
+
+        def forward(self, x):
+            q, pos, neg = x.split(dim, dim=1)
+            parts = [self.query(q), self.positive(pos), self.negative(neg)]
+            return self.head(torch.cat(parts, dim=1))
+
+    return SeedLossNet()
 
 
 class LossNet:
@@ -175,8 +224,14 @@ def train_lossnet(
             f"got features {feats.shape} and {targets.shape[0]} targets"
         )
     seed = stable_seed(p.get("seed", DEFAULT_SEED), "lossnet-train")
-    # Standardised targets keep the regression well conditioned whatever the loss scale.
-    mean, std = float(targets.mean()), float(targets.std()) or 1.0
+    if p["variant"] == "seed":
+        if feats.shape[1] % 3:
+            raise ValueError(f"lossnet: seed features are [q, d+, d-], got width {feats.shape[1]}")
+        # The seed's ReLU output regresses the raw (non-negative) gaps.
+        mean, std = 0.0, 1.0
+    else:
+        # Standardised targets keep the regression well conditioned whatever the loss scale.
+        mean, std = float(targets.mean()), float(targets.std()) or 1.0
     x = torch.from_numpy(feats)
     y = torch.from_numpy(((targets - mean) / std).astype(np.float32))
     # One thread: batches this small gain nothing from intra-op threads, and on a busy
@@ -187,11 +242,14 @@ def train_lossnet(
         # A private RNG stream: the caller's global torch state is left as it was.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            net = torch.nn.Sequential(
-                torch.nn.Linear(x.shape[1], p["hidden"]),
-                torch.nn.ReLU(),
-                torch.nn.Linear(p["hidden"], 1),
-            )
+            if p["variant"] == "seed":
+                net = seed_net(x.shape[1] // 3, p["hidden"])
+            else:
+                net = torch.nn.Sequential(
+                    torch.nn.Linear(x.shape[1], p["hidden"]),
+                    torch.nn.ReLU(),
+                    torch.nn.Linear(p["hidden"], 1),
+                )
             history = _fit(net, x, y, p)
     finally:
         torch.set_num_threads(threads)
@@ -251,7 +309,7 @@ def predict(model: LossNet, feats: np.ndarray) -> np.ndarray:
 
 def lossnet_filter(
     records: list[dict],
-    corpus: list[dict],
+    corpus: list[dict] | Passages,
     retriever: str,
     params: dict,
     gold: list[dict] | None = None,
@@ -266,7 +324,9 @@ def lossnet_filter(
     p = check_params(params)
     seed = p.get("seed", DEFAULT_SEED)
     gold = gold or []
-    passages = {doc["id"]: doc for doc in corpus}
+    # Only the passages the records name (and, below, their negatives) are read.
+    named = (rec.get("doc_id") for rec in [*records, *gold])
+    passages = passages_with_ids(corpus, (d for d in named if isinstance(d, str)))
     for rec in [*records, *gold]:
         for key in ("id", "doc_id", "query"):
             if key not in rec:
@@ -287,6 +347,7 @@ def lossnet_filter(
         "spearman_holdout": None,
         "train_loss_first": None,
         "train_loss_last": None,
+        "variant": p["variant"],
         "objective": p["objective"],
         "keep": p["keep"],
     }
@@ -314,6 +375,7 @@ def lossnet_filter(
     queries = [r["query"] for r in rows]
     sources = [r["doc_id"] for r in rows]
     negatives = hard_negatives(queries, sources, corpus, p["negatives_depth"], seed)
+    passages |= passages_with_ids(corpus, set(negatives) - set(passages))
 
     doc_ids = sorted(set(sources) | set(negatives))
     doc_texts = [passage_text(passages[d]) for d in doc_ids]
@@ -329,9 +391,11 @@ def lossnet_filter(
     r_docs = encode(retriever_model, [p["passage_prefix"] + t for t in doc_texts], p)
     at = {r: i for i, r in enumerate(wanted)}
     lab_q = r_q[[at[r] for r in labelled]]
-    lab_targets = contrastive_losses(
-        lab_q, r_docs[[src[r] for r in labelled]], r_docs[[neg[r] for r in labelled]], p["scale"]
-    )
+    lab_pos, lab_neg = r_docs[[src[r] for r in labelled]], r_docs[[neg[r] for r in labelled]]
+    if p["variant"] == "seed":
+        lab_targets = cosine_gaps(lab_q, lab_pos, lab_neg)
+    else:
+        lab_targets = contrastive_losses(lab_q, lab_pos, lab_neg, p["scale"])
     target = dict(zip(labelled, lab_targets.tolist(), strict=True))
 
     # Frozen features. When the encoder is the retriever, its vectors are reused; another
@@ -342,7 +406,7 @@ def lossnet_filter(
         encoder = _load(p["encoder"], p)
         q_vec = encode(encoder, queries, p)
         doc_vec = encode(encoder, doc_texts, p)
-    feats = features(q_vec, doc_vec[src], doc_vec[neg])
+    feats = features(q_vec, doc_vec[src], doc_vec[neg], p["variant"])
 
     model, history = train_lossnet(
         feats[train_rows], np.array([target[r] for r in train_rows]), {**p, "seed": seed}

@@ -26,6 +26,15 @@ bm25s index; over a pool it is the same formula computed for the query's words o
 bm25s index scores every word of every document at build time, which makes building one per
 pool slower than rank-bm25 (see `bm25_pool_scorer`).
 
+The dense filter encodes with `encoder`, or with a trained `retriever` (a bi-encoder folder:
+SPTAR's filter ranks with the few-shot DPR trained on the gold pairs), which encodes texts as
+it was trained and is searched: without prefixes. Either rule applies to it.
+
+Over stored passages (a Passages), the rules read what they need: `pool_top1` only the
+pools' passages (tokenised or encoded once each), `corpus_topk` every passage in a stream
+(BM25: an index built in chunks and searched memory-mapped, the in-memory index's scores;
+dense: encoded in blocks, the vectors of all passages held, as over a list).
+
 Dense ranks are exact counts over float32 inner products of unit vectors (cosine). For a rank,
 every document's score is needed, not a top-k list, so the scores are one matrix product per
 block of queries (the computation FAISS IndexFlatIP does, without its top-k selection);
@@ -43,7 +52,17 @@ from numbers import Real
 import numpy as np
 
 from ragtrain.core.seeds import DEFAULT_SEED, stable_seed
-from ragtrain.retrieval.index import encode, load_encoder, passage_text
+from ragtrain.data.passages import Passages, rows_of
+from ragtrain.retrieval.index import (
+    encode,
+    encode_corpus,
+    load_encoder,
+    passage_text,
+    stored_bm25,
+)
+
+# A corpus: passages as a list, or stored ones read by row and id (ragtrain.data.passages).
+Corpus = list[dict] | Passages
 
 FILTER_DEFAULTS: dict[str, dict] = {
     "bm25": {
@@ -64,6 +83,8 @@ FILTER_DEFAULTS: dict[str, dict] = {
         "query_prefix": "",
         "passage_prefix": "",
         "trust_remote_code": False,
+        # A trained bi-encoder's folder that encodes instead of `encoder` (None: `encoder`).
+        "retriever": None,
     },
 }
 RULES = ("pool_top1", "corpus_topk")
@@ -108,6 +129,17 @@ def resolve_params(params: dict) -> dict:
                 raise ValueError(f"dense.{key}: expected a string, got {p[key]!r}")
         if not p["encoder"]:
             raise ValueError("dense.encoder: expected an encoder name or folder, got ''")
+        if p["retriever"] is not None:
+            if not isinstance(p["retriever"], str) or not p["retriever"]:
+                raise ValueError(
+                    f"dense.retriever: expected a model folder, got {p['retriever']!r}"
+                )
+            for key in ("query_prefix", "passage_prefix"):
+                if p[key]:
+                    raise ValueError(
+                        f"dense.{key}: a trained retriever encodes texts as it was trained,"
+                        f" without prefixes; got {p[key]!r}"
+                    )
     return p
 
 
@@ -316,9 +348,13 @@ def dense_corpus_ranks(
     return ranks
 
 
-def _check_inputs(records: list[dict], corpus: list[dict]) -> dict[str, int]:
+def _check_inputs(records: list[dict], corpus: Corpus) -> dict[str, int]:
     position: dict[str, int] = {}
-    for i, p in enumerate(corpus):
+    if isinstance(corpus, Passages):
+        # Checked when stored (string ids, no two alike): only the records' rows are read.
+        ids = (r.get("doc_id") for r in records)
+        position = rows_of(corpus, (d for d in ids if isinstance(d, str)))
+    for i, p in enumerate(corpus if not isinstance(corpus, Passages) else ()):
         if not isinstance(p.get("id"), str) or not isinstance(p.get("text"), str):
             raise ValueError(f"corpus passage {i}: expected string 'id' and 'text', got {p!r:.200}")
         if p["id"] in position:
@@ -340,7 +376,84 @@ def _check_inputs(records: list[dict], corpus: list[dict]) -> dict[str, int]:
     return position
 
 
-def _ranks(p: dict, corpus: list[dict], queries: list[str], sources: list[int]) -> np.ndarray:
+class _RowIds(Sequence):
+    """The ids of stored passages by row, read when asked for (a pool's seed names its
+    source)."""
+
+    def __init__(self, passages: Passages):
+        self.passages = passages
+
+    def __len__(self) -> int:
+        return len(self.passages)
+
+    def __getitem__(self, row):
+        return self.passages[row]["id"]
+
+
+def _pool_rows(sources: list[int], doc_ids: Sequence[str], p: dict) -> np.ndarray:
+    """Every row in some query's pool (sorted): the pools `pool_ranks` draws."""
+    rows = {
+        int(r)
+        for source in set(sources)
+        for r in sample_pool(
+            len(doc_ids), source, p["pool_size"], stable_seed(p["seed"], doc_ids[source])
+        )
+    }
+    return np.array(sorted(rows), dtype=np.int64)
+
+
+def _within(rows: np.ndarray, scorer: PoolScorer) -> PoolScorer:
+    """A scorer over the passages of `rows` (sorted) as one over corpus rows."""
+    return lambda pool, queries: scorer(np.searchsorted(rows, pool), queries)
+
+
+def _stored_ranks(p: dict, corpus: Passages, queries: list[str], sources: list[int]) -> np.ndarray:
+    """`_ranks` over stored passages: a pool rule reads and scores the pools' passages only;
+    `corpus_topk` streams every passage (BM25: an index built in chunks, memory-mapped)."""
+    doc_ids = _RowIds(corpus)
+    if p["rule"] == "corpus_topk":
+        if p["filter"] == "bm25":
+            ranks = np.zeros(len(sources), dtype=np.int64)
+            with stored_bm25(corpus, p) as model:
+                query_tokens = bm25_tokens(queries, p["stopwords"])
+                for i, (tokens, source) in enumerate(zip(query_tokens, sources, strict=True)):
+                    ranks[i] = source_ranks(_bm25s_scores(model, tokens), [source])[0]
+            return ranks
+        model = _dense_model(p)
+        doc_vectors = encode_corpus(model, corpus, p, p["passage_prefix"], encoder=encode)
+        query_vectors = encode(model, [p["query_prefix"] + q for q in queries], p)
+        return dense_corpus_ranks(doc_vectors, query_vectors, sources)
+    rows = _pool_rows(sources, doc_ids, p)
+    passages = [passage_text(d) for first, last in _runs(rows) for d in corpus.span(first, last)]
+    if p["filter"] == "bm25":
+        doc_tokens = bm25_tokens(passages, p["stopwords"])
+        scorer = bm25_pool_scorer(doc_tokens, bm25_tokens(queries, p["stopwords"]), p)
+    else:
+        model = _dense_model(p)
+        doc_vectors = encode(model, [p["passage_prefix"] + t for t in passages], p)
+        query_vectors = encode(model, [p["query_prefix"] + q for q in queries], p)
+        scorer = dense_pool_scorer(doc_vectors, query_vectors)
+    return pool_ranks(sources, doc_ids, _within(rows, scorer), p["pool_size"], p["seed"])
+
+
+def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted rows as (first, last) ranges of consecutive rows (last not included)."""
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    return [(int(run[0]), int(run[-1]) + 1) for run in np.split(rows, breaks) if len(run)]
+
+
+def _dense_model(p: dict):
+    if p["retriever"]:
+        # A trained folder records whether its code may run (no setting given): the
+        # node's setting is about its `encoder`.
+        trained = {k: v for k, v in p.items() if k != "trust_remote_code"}
+        return load_encoder({**trained, "encoder": p["retriever"]})
+    return load_encoder(p)
+
+
+def _ranks(p: dict, corpus: Corpus, queries: list[str], sources: list[int]) -> np.ndarray:
+    if isinstance(corpus, Passages):
+        return _stored_ranks(p, corpus, queries, sources)
     doc_ids = [d["id"] for d in corpus]
     if p["filter"] == "bm25":
         doc_tokens = bm25_tokens([passage_text(d) for d in corpus], p["stopwords"])
@@ -349,7 +462,7 @@ def _ranks(p: dict, corpus: list[dict], queries: list[str], sources: list[int]) 
             return bm25_corpus_ranks(doc_tokens, query_tokens, sources, p)
         scorer = bm25_pool_scorer(doc_tokens, query_tokens, p)
     else:
-        model = load_encoder(p)
+        model = _dense_model(p)
         doc_vectors = encode(model, [p["passage_prefix"] + passage_text(d) for d in corpus], p)
         query_vectors = encode(model, [p["query_prefix"] + q for q in queries], p)
         if p["rule"] == "corpus_topk":
@@ -358,9 +471,7 @@ def _ranks(p: dict, corpus: list[dict], queries: list[str], sources: list[int]) 
     return pool_ranks(sources, doc_ids, scorer, p["pool_size"], p["seed"])
 
 
-def filter_queries(
-    records: list[dict], corpus: list[dict], params: dict
-) -> tuple[list[dict], dict]:
+def filter_queries(records: list[dict], corpus: Corpus, params: dict) -> tuple[list[dict], dict]:
     """Rank each candidate query's source document and keep or drop the query.
 
     params: one of FILTER_DEFAULTS overlaid with the user's, plus "filter" ("bm25" or "dense")

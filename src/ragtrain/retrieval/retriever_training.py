@@ -8,9 +8,18 @@ Two retrievers are trained from the same (query, document) pairs:
   would be scored as a negative of its own query. That sampler makes more (smaller) batches
   than the trainer plans for, so the number of steps is counted from it (see
   `_no_duplicate_steps`); otherwise the last batches would silently go untrained.
-- a late-interaction ColBERT (PyLate) on (query, positive, BM25 hard negative) triples.
-  PLAID indexing (fast-plaid) is not installable beside our torch, so ColBERT reranks the
+- a late-interaction ColBERT (PyLate) on (query, positive, negative) triples, the negative
+  a BM25 hard one or (`negatives: random`, SPTAR's setting) a random passage. PLAID
+  indexing (fast-plaid) is not installable beside our torch, so ColBERT reranks the
   candidates of a first-stage run (BM25 or the bi-encoder) instead of searching the corpus.
+
+ColBERT's similarity: PyLate 1.6 has MaxSim over inner products only (`cosine`: its token
+vectors are unit length). `similarity: l2` is ColBERT's other one (SPTAR's setting):
+-sum over query tokens of the smallest squared L2 distance to a document token, used by the
+training loss and by reranking (`colbert_scores.py`). On unit vectors
+-||q - d||^2 = 2 q.d - 2, so the L2 score is 2 x MaxSim - 2 x (query tokens): the same
+ranking of a query's documents, and in the contrastive loss logits twice as large (the
+constant cancels in the softmax), i.e. MaxSim at temperature 1/2.
 
 Runs are `{query_id: {doc_id: score}}`, best first, the shape pytrec_eval and
 `ragtrain.metrics.ir` read. Models are written with `atomic_dir`: a folder that exists
@@ -26,10 +35,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ragtrain.core.records import UMASK, atomic_dir, write_json
+import numpy as np
+
+from ragtrain.core.records import UMASK, atomic_dir, read_json, write_json
 from ragtrain.core.security import folder_trusts_remote_code, trust_remote_code, write_model_meta
 from ragtrain.core.seeds import DEFAULT_SEED, stable_seed
-from ragtrain.retrieval.index import bm25_top, encode, load_encoder, passage_text, resolve_encoder
+from ragtrain.data.passages import Passages, passages_with_ids, rows_of, skipping
+from ragtrain.retrieval.index import (
+    bm25_top,
+    encode,
+    encode_corpus,
+    load_encoder,
+    passage_text,
+    resolve_encoder,
+)
+
+# A corpus: passages as a list, or stored ones read by row and id (ragtrain.data.passages);
+# only the passages a function needs are read from a Passages.
+Corpus = list[dict] | Passages
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +78,16 @@ COLBERT_DEFAULTS: dict[str, Any] = {
     "candidates_k": 100,
     "document_length": 180,
     "query_length": 32,
+    # the projection's width (PyLate's default, ColBERT's)
+    "embedding_size": 128,
+    "similarity": "cosine",
+    "negatives": "hard",
     "trust_remote_code": False,
 }
+COLBERT_SIMILARITIES = ("cosine", "l2")
+COLBERT_NEGATIVES = ("hard", "random")
+# Written in a trained ColBERT's folder: how reranking must score with it.
+COLBERT_META = "ragtrain_colbert.json"
 SEARCH_KINDS = ("bm25", "biencoder", "colbert")
 ENCODE_BATCH = 64
 RERANK_CHUNK = 256
@@ -74,10 +105,14 @@ def _with_defaults(params: dict, defaults: dict, what: str) -> dict:
     return merged
 
 
-def _save(model, trainer, metrics: dict, out_dir: str | Path, trust: bool) -> None:
-    """The model folder, its trainer state and metrics, appearing at once."""
+def _save(
+    model, trainer, metrics: dict, out_dir: str | Path, trust: bool, extra: dict | None = None
+) -> None:
+    """The model folder, its trainer state, metrics and `extra` JSON files, appearing at once."""
     with atomic_dir(out_dir) as tmp:
         model.save(str(tmp))
+        for name, record in (extra or {}).items():
+            write_json(tmp / name, record)
         # What loading the trained folder may run: the setting its encoder was loaded with.
         write_model_meta(tmp, trust)
         trainer.state.save_to_json(str(tmp / "trainer_state.json"))
@@ -93,14 +128,15 @@ def _readable(folder: Path) -> None:
             path.chmod(0o666 & ~UMASK)
 
 
-def training_pairs(queries: list[dict], corpus: list[dict]) -> list[tuple[str, str]]:
+def training_pairs(queries: list[dict], corpus: Corpus) -> list[tuple[str, str]]:
     """(query text, passage text) for each query record {id, doc_id, query}."""
-    by_id = {p["id"]: p for p in corpus}
-    pairs = []
     for q in queries:
         for field in ("doc_id", "query"):
             if field not in q:
                 raise ValueError(f"query record {q.get('id')!r} has no field {field!r}")
+    by_id = passages_with_ids(corpus, (q["doc_id"] for q in queries))
+    pairs = []
+    for q in queries:
         if q["doc_id"] not in by_id:
             raise ValueError(
                 f"query record {q.get('id')!r}: doc_id {q['doc_id']!r} is not in the corpus"
@@ -239,8 +275,72 @@ def _dev_metrics(model, dev) -> dict:
     return evaluate_run(qrels, _dense_run(model, corpus, queries, k=100))
 
 
+def _colbert_params(params: dict) -> dict:
+    params = _with_defaults(params, COLBERT_DEFAULTS, "colbert")
+    for key, allowed in (("similarity", COLBERT_SIMILARITIES), ("negatives", COLBERT_NEGATIVES)):
+        if params[key] not in allowed:
+            raise ValueError(f"colbert.{key}: expected one of {list(allowed)}, got {params[key]!r}")
+    size = params["embedding_size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"colbert.embedding_size: expected a positive integer, got {size!r}")
+    return params
+
+
+def colbert_triples(
+    queries: list[dict], corpus: Corpus, params: dict
+) -> list[tuple[str, str, str]]:
+    """ColBERT's training triples, with the negatives `params["negatives"]` names."""
+    params = _colbert_params(params)
+    if params["negatives"] == "random":
+        return random_negative_triples(queries, corpus, params)
+    return hard_negative_triples(queries, corpus, params)
+
+
+def _triple_sample(
+    queries: list[dict], corpus: Corpus, params: dict
+) -> tuple[list[dict], dict[str, set], random.Random]:
+    """A seeded sample of at most `max_triples` query records, each query text's positives,
+    and the generator that then draws the negatives."""
+    limit = params["max_triples"]
+    if not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"colbert.max_triples: expected a positive integer, got {limit!r}")
+    if len(corpus) < 2:
+        raise ValueError("colbert: negatives need a corpus of at least 2 passages")
+    training_pairs(queries, corpus)  # validates doc ids
+    rng = random.Random(stable_seed(params["seed"], "colbert-triples"))
+    sample = list(queries) if len(queries) <= limit else rng.sample(list(queries), limit)
+    # Every passage labelled for a query text is a positive, never its negative.
+    positives: dict[str, set] = {}
+    for q in queries:
+        positives.setdefault(q["query"], set()).add(q["doc_id"])
+    return sample, positives, rng
+
+
+def random_negative_triples(
+    queries: list[dict], corpus: Corpus, params: dict
+) -> list[tuple[str, str, str]]:
+    """(query, positive passage, random passage) for a seeded sample of at most
+    `max_triples` query records: one negative per positive, drawn uniformly (seeded) from
+    the passages that are not a positive of the query text, as SPTAR trains ColBERT."""
+    params = _with_defaults(params, COLBERT_DEFAULTS, "colbert")
+    sample, positives, rng = _triple_sample(queries, corpus, params)
+    by_id = passages_with_ids(corpus, (q["doc_id"] for q in sample))
+    triples = []
+    for q in sample:
+        gold = positives[q["query"]]
+        if len(gold) >= len(corpus):
+            continue  # every passage is a positive of this query
+        # Redrawn until not a positive: positives are few, so this ends fast (and reads
+        # no list of all passage ids).
+        negative = corpus[rng.randrange(len(corpus))]
+        while negative["id"] in gold:
+            negative = corpus[rng.randrange(len(corpus))]
+        triples.append((q["query"], passage_text(by_id[q["doc_id"]]), passage_text(negative)))
+    return triples
+
+
 def hard_negative_triples(
-    queries: list[dict], corpus: list[dict], params: dict
+    queries: list[dict], corpus: Corpus, params: dict
 ) -> list[tuple[str, str, str]]:
     """(query, positive passage, BM25 hard negative passage) for a seeded sample of at most
     `max_triples` query records.
@@ -251,35 +351,31 @@ def hard_negative_triples(
     no BM25 match beside its positives gets a random passage instead.
     """
     params = _with_defaults(params, COLBERT_DEFAULTS, "colbert")
-    depth, limit = params["negatives_depth"], params["max_triples"]
+    depth = params["negatives_depth"]
     if not isinstance(depth, int) or depth < 1:
         raise ValueError(f"colbert.negatives_depth: expected a positive integer, got {depth!r}")
-    if not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"colbert.max_triples: expected a positive integer, got {limit!r}")
-    if len(corpus) < 2:
-        raise ValueError("colbert: hard negatives need a corpus of at least 2 passages")
-    training_pairs(queries, corpus)  # validates doc ids
-    rng = random.Random(stable_seed(params["seed"], "colbert-triples"))
-    sample = list(queries) if len(queries) <= limit else rng.sample(list(queries), limit)
-    # Every passage labelled for a query text is a positive, never its negative.
-    positives: dict[str, set] = {}
-    for q in queries:
-        positives.setdefault(q["query"], set()).add(q["doc_id"])
+    sample, positives, rng = _triple_sample(queries, corpus, params)
     # Deep enough that `depth` non-positives remain after dropping a query's positives.
     most = max(len(docs) for docs in positives.values())
+    # An in-memory BM25 over a list; over stored passages, built in chunks (bm25_top).
     ranked = bm25_top(corpus, [q["query"] for q in sample], depth + most)
-    by_id = {p["id"]: p for p in corpus}
+    by_id = passages_with_ids(corpus, (q["doc_id"] for q in sample))
+    # The rows of the positives: a fallback draws among the other rows without a list.
+    gold_rows = rows_of(corpus, {d for docs in positives.values() for d in docs})
     triples, fallbacks = [], 0
     for q, hits in zip(sample, ranked, strict=True):
         gold = positives[q["query"]]
-        pool = [corpus[i]["id"] for i, score in hits if score > 0 and corpus[i]["id"] not in gold]
-        pool = pool[:depth]
-        if not pool:
+        matched = (corpus[i] for i, score in hits if score > 0)
+        pool = [p for p in matched if p["id"] not in gold][:depth]
+        if pool:
+            negative = rng.choice(pool)
+        else:
             fallbacks += 1
-            pool = [p["id"] for p in corpus if p["id"] not in gold]
-            if not pool:
+            # As rng.choice over the list of the other passages: one draw below its length.
+            skipped = np.array(sorted(gold_rows[d] for d in gold), dtype=np.int64)
+            if len(skipped) >= len(corpus):
                 continue  # every passage is a positive of this query
-        negative = by_id[rng.choice(pool)]
+            negative = corpus[skipping(rng.randrange(len(corpus) - len(skipped)), skipped)]
         triples.append((q["query"], passage_text(by_id[q["doc_id"]]), passage_text(negative)))
     if fallbacks:
         log.info("%d of %d queries had no BM25 negative: random ones used", fallbacks, len(sample))
@@ -292,7 +388,9 @@ def train_colbert(triples: list[tuple[str, str, str]], params: dict, out_dir: st
     from datasets import Dataset
     from pylate import losses, models, utils
 
-    params = _with_defaults(params, COLBERT_DEFAULTS, "colbert")
+    from ragtrain.retrieval.colbert_scores import L2Scores
+
+    params = _colbert_params(params)
     if not triples:
         raise ValueError("colbert: no training triples")
     if len(triples) > params["max_triples"]:
@@ -308,6 +406,7 @@ def train_colbert(triples: list[tuple[str, str, str]], params: dict, out_dir: st
         device="cpu",
         query_length=params["query_length"],
         document_length=params["document_length"],
+        embedding_size=params["embedding_size"],
     )
     dataset = Dataset.from_dict(
         {
@@ -320,20 +419,25 @@ def train_colbert(triples: list[tuple[str, str, str]], params: dict, out_dir: st
         args = _training_args(params, tmp_out, dataset)
         trainer, output, seconds = _train(
             model,
-            losses.Contrastive(model=model),
+            # None: PyLate's MaxSim.
+            losses.Contrastive(
+                model=model, score_metric=L2Scores() if params["similarity"] == "l2" else None
+            ),
             dataset,
             args,
             data_collator=utils.ColBERTCollator(tokenize_fn=model.tokenize),
         )
     metrics = _train_metrics(trainer, output, seconds, len(triples), params["epochs"], "triples")
-    _save(model, trainer, metrics, out_dir, trust)
+    metrics |= {k: params[k] for k in ("similarity", "negatives", "embedding_size")}
+    meta = {"similarity": params["similarity"]}
+    _save(model, trainer, metrics, out_dir, trust, extra={COLBERT_META: meta})
     return metrics
 
 
 def search(
     kind: str,
     model_dir: str | Path | None,
-    corpus: list[dict],
+    corpus: Corpus,
     queries: dict[str, str],
     k: int,
     candidates: dict[str, dict[str, float]] | None = None,
@@ -344,12 +448,15 @@ def search(
     the query (score 0) are left out, as a search engine would. "biencoder": exact inner
     product over unit vectors (FAISS IndexFlatIP); model_dir may be a trained folder or an
     encoder name (the untrained baseline). "colbert": rerank `candidates`, a first-stage run.
+    Over stored Passages, BM25 and the bi-encoder read every passage (an index over all of
+    them, built in chunks or encoded in blocks: bm25_top, encode_corpus); ColBERT reads the
+    candidates only.
     """
     if kind not in SEARCH_KINDS:
         raise ValueError(f"search kind: expected one of {list(SEARCH_KINDS)}, got {kind!r}")
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k: expected a positive integer, got {k!r}")
-    if not corpus:
+    if not len(corpus):
         raise ValueError("search: empty corpus")
     if kind == "bm25":
         qids = list(queries)
@@ -369,14 +476,14 @@ def search(
     return _colbert_rerank(model_dir, corpus, queries, k, candidates)
 
 
-def _dense_run(model, corpus: list[dict], queries: dict[str, str], k: int) -> dict:
+def _dense_run(model, corpus: Corpus, queries: dict[str, str], k: int) -> dict:
     import faiss
 
     qids = list(queries)
     if not qids:
         return {}
     params = {"batch_size": ENCODE_BATCH}
-    doc_vectors = encode(model, [passage_text(p) for p in corpus], params)
+    doc_vectors = encode_corpus(model, corpus, params, encoder=encode)
     # Inner product over unit vectors is cosine similarity; exact search.
     index = faiss.IndexFlatIP(doc_vectors.shape[1])
     index.add(doc_vectors)
@@ -395,12 +502,14 @@ def _dense_run(model, corpus: list[dict], queries: dict[str, str], k: int) -> di
 
 def _colbert_rerank(
     model_dir: str | Path,
-    corpus: list[dict],
+    corpus: Corpus,
     queries: dict[str, str],
     k: int,
     candidates: dict[str, dict[str, float]],
 ) -> dict[str, dict[str, float]]:
     from pylate import models, rank
+
+    from ragtrain.retrieval.colbert_scores import l2_rerank
 
     missing = [q for q in queries if q not in candidates]
     if missing:
@@ -408,7 +517,7 @@ def _colbert_rerank(
             f"colbert: {len(missing)} queries have no candidates (first: {missing[0]!r}); "
             "the candidate run must cover every query"
         )
-    by_id = {p["id"]: p for p in corpus}
+    by_id = passages_with_ids(corpus, (d for q in queries for d in candidates[q]))
     unknown = sorted({d for q in queries for d in candidates[q] if d not in by_id}, key=str)
     if unknown:
         raise ValueError(f"colbert: candidate doc ids not in the corpus: {unknown[:5]}")
@@ -421,6 +530,10 @@ def _colbert_rerank(
         model_name_or_path=resolve_encoder(str(model_dir)),
         trust_remote_code=folder_trusts_remote_code(model_dir),
     )
+    # Scored as it was trained (a folder from before the option: MaxSim).
+    meta = Path(model_dir) / COLBERT_META
+    similarity = read_json(meta)["similarity"] if meta.is_file() else "cosine"
+    rerank = l2_rerank if similarity == "l2" else rank.rerank
     # Token embeddings are large (length x 128 floats a passage): hold those of one chunk of
     # queries at a time, each candidate passage encoded once within it.
     for start in range(0, len(qids), RERANK_CHUNK):
@@ -434,7 +547,7 @@ def _colbert_rerank(
             show_progress_bar=False,
         )
         doc_embeddings = dict(zip(unique, vectors, strict=True))
-        reranked = rank.rerank(
+        reranked = rerank(
             documents_ids=doc_ids,
             queries_embeddings=model.encode(
                 [queries[q] for q in chunk],

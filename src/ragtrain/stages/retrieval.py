@@ -7,20 +7,32 @@ from pathlib import Path
 
 from ragtrain.core.records import write_json, write_jsonl
 from ragtrain.core.settings import merge, with_defaults
-from ragtrain.graph.kinds import RETRIEVER_DEFAULTS
-from ragtrain.stages.common import add_stage, log, set_threads, settings_of, trained_retriever
+from ragtrain.graph.kinds import RETRIEVAL_EVAL_DEFAULTS, RETRIEVER_DEFAULTS
+from ragtrain.stages.common import (
+    add_stage,
+    log,
+    peak_rss,
+    set_threads,
+    settings_of,
+    trained_retriever,
+)
+
+# The corpus stage's passages: read by id and row through its tables beside the file (a
+# file without them, e.g. a BEIR corpus.jsonl, is normalised into a temporary copy).
+CORPUS_HELP = "passages (JSONL), with the corpus stage's offsets and id tables beside it"
 
 
 def cmd_index(args) -> None:
-    from ragtrain.core.records import read_jsonl
     from ragtrain.retrieval.index import build_index
 
-    corpus = read_jsonl(args.corpus)
     output = Path(args.output)
     # The workflow's index folder is named after its retriever: errors name the node's key.
     params = with_defaults(args.params, RETRIEVER_DEFAULTS)
-    build_index(corpus, params, output, where=f"retrievers.{output.name}")
-    log.info("index: %s over %d passages", args.params["kind"], len(corpus))
+    # The corpus is read as a stream, its files linked into the index (stored once).
+    n = build_index(
+        args.corpus, params, output, where=f"retrievers.{output.name}", work_root=args.work
+    )
+    log.info("index: %s over %d passages, %s", args.params["kind"], n, peak_rss())
 
 
 def cmd_retrieve(args) -> None:
@@ -44,11 +56,11 @@ def cmd_retrieve(args) -> None:
 def cmd_train_retriever(args) -> None:
     from ragtrain.core.records import atomic_dir
     from ragtrain.data.beir import gold_queries, read_query_records
-    from ragtrain.data.loaders import load_beir_corpus
+    from ragtrain.data.passages import open_corpus
     from ragtrain.retrieval.retriever_training import (
         BIENCODER_DEFAULTS,
         COLBERT_DEFAULTS,
-        hard_negative_triples,
+        colbert_triples,
         train_biencoder,
         train_colbert,
         training_pairs,
@@ -59,18 +71,23 @@ def cmd_train_retriever(args) -> None:
     kind = params.get("kind")
     if kind not in ("biencoder", "colbert"):
         raise ValueError("--params: 'kind' must be biencoder or colbert")
-    corpus = load_beir_corpus(args.corpus)
     gold = gold_queries(args.queries, args.qrels)
     pseudo = [r for path in args.pseudo for r in read_query_records(path) if r.get("kept", True)]
     queries = gold + pseudo
     with atomic_dir(args.output) as tmp:
+        # The pairs' and triples' passages read by id and row (hard negatives: a BM25 over
+        # all passages, built in chunks); the corpus is closed before training.
+        with open_corpus(args.corpus) as corpus:
+            if kind == "biencoder":
+                settings = settings_of(params, BIENCODER_DEFAULTS)
+                data = training_pairs(queries, corpus)
+            else:
+                settings = settings_of(params, COLBERT_DEFAULTS)
+                data = colbert_triples(queries, corpus, settings)
         if kind == "biencoder":
-            settings = settings_of(params, BIENCODER_DEFAULTS)
-            metrics = train_biencoder(training_pairs(queries, corpus), settings, tmp / "model")
+            metrics = train_biencoder(data, settings, tmp / "model")
         else:
-            settings = settings_of(params, COLBERT_DEFAULTS)
-            triples = hard_negative_triples(queries, corpus, settings)
-            metrics = train_colbert(triples, settings, tmp / "model")
+            metrics = train_colbert(data, settings, tmp / "model")
         metrics = {"kind": kind, **metrics, "n_gold": len(gold), "n_pseudo": len(pseudo)}
         write_json(tmp / "metrics.json", metrics)
     log.info("train-retriever (%s): %s", kind, metrics)
@@ -79,17 +96,17 @@ def cmd_train_retriever(args) -> None:
 def cmd_evaluate_retrieval(args) -> None:
     from ragtrain.core.records import read_json
     from ragtrain.data.beir import load_queries
-    from ragtrain.data.loaders import load_beir_corpus
+    from ragtrain.data.passages import open_corpus
     from ragtrain.metrics.ir import evaluate_run, read_qrels, read_run, write_run
     from ragtrain.retrieval.index import Index
     from ragtrain.retrieval.retriever_training import search
 
-    params = args.params
-    split, k = params.get("split", "test"), params.get("k", 100)
+    params = {**RETRIEVAL_EVAL_DEFAULTS, **args.params}
+    split, k = params["split"], params["k"]
     qrels = read_qrels(Path(args.qrels) / f"{split}.tsv")
     texts = {q["id"]: q["query"] for q in load_queries(args.queries) if q["id"] in qrels}
-    corpus = load_beir_corpus(args.corpus)
     if args.index:
+        # The index holds its passages (read by row as the hits need them).
         index = Index(args.index)
         qids = list(texts)
         hits = index.search([texts[q] for q in qids], k)
@@ -103,8 +120,11 @@ def cmd_evaluate_retrieval(args) -> None:
         if kind == "colbert" and not args.candidates:
             raise ValueError("a ColBERT reranks a first-stage run: give --candidates")
         candidates = read_run(args.candidates) if args.candidates else None
-        run = search(kind, trained_retriever(args.model), corpus, texts, k, candidates=candidates)
-    metrics = evaluate_run(qrels, run)
+        # A bi-encoder encodes every passage in blocks; a ColBERT reads its candidates.
+        with open_corpus(args.corpus) as corpus:
+            model = trained_retriever(args.model)
+            run = search(kind, model, corpus, texts, k, candidates=candidates)
+    metrics = evaluate_run(qrels, run, cutoffs=params["cutoffs"])
     write_run(args.run, run)
     write_json(
         args.metrics,
@@ -121,8 +141,16 @@ def register(stages) -> None:
         cmd_index,
         "build a BM25 (bm25s) or dense (sentence-transformers + FAISS) index",
     )
-    p.add_argument("--corpus", required=True)
+    p.add_argument(
+        "--corpus",
+        required=True,
+        help="passages (JSONL), with the corpus stage's offsets and id tables beside it",
+    )
     p.add_argument("--output", required=True, help="index folder")
+    p.add_argument(
+        "--work",
+        help="resumable state (a dense index's encoded shards); default: .<index>.work/ beside it",
+    )
 
     p = add_stage(
         stages,
@@ -141,7 +169,7 @@ def register(stages) -> None:
         cmd_train_retriever,
         "a bi-encoder (in-batch negatives) or ColBERT (PyLate) on gold plus kept pseudo-queries",
     )
-    p.add_argument("--corpus", required=True)
+    p.add_argument("--corpus", required=True, help=CORPUS_HELP)
     p.add_argument("--queries", required=True, help="the task's queries.jsonl")
     p.add_argument("--qrels", required=True, help="the task's qrels folder (train.tsv)")
     p.add_argument("--pseudo", nargs="*", default=[], help="query records (JSONL); kept used")
@@ -152,13 +180,14 @@ def register(stages) -> None:
         stages,
         "evaluate-retrieval",
         cmd_evaluate_retrieval,
-        "rank a task's queries; nDCG@10, MAP@10, Recall@100, MRR@10 (BEIR's way)",
+        "rank a task's queries; nDCG@10, MAP@10, Recall@100, MRR@10 (BEIR's way), and each"
+        " at the entry's `cutoffs`",
     )
     ranker = p.add_mutually_exclusive_group(required=True)
     ranker.add_argument("--index", help="an index folder (BM25 or dense, untrained)")
     ranker.add_argument("--model", help="a trained retriever's folder")
     p.add_argument("--candidates", help="ColBERT: the first-stage run to rerank (TREC)")
-    p.add_argument("--corpus", required=True)
+    p.add_argument("--corpus", required=True, help=CORPUS_HELP)
     p.add_argument("--queries", required=True)
     p.add_argument("--qrels", required=True, help="the task's qrels folder")
     p.add_argument("--run", required=True, help="output run (TREC)")
