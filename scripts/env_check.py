@@ -580,11 +580,16 @@ class Tiny:
             o = out("train", "dev", "stats")
             return ["--part-train", part["train"], "--part-dev", part["dev"], *_options(o)], o
         if stage == "report":
-            o = out("summary", "table", "plot", "training-plot")
+            o = out("summary", "table", "plot", "training-plot", "retriever-pairs-table")
+            ev = self.upstream("evaluate-retrieval")
+            # A retriever against itself: the per-query measures run (pytrec_eval).
+            qrels = f"{self.upstream('task')['qrels']}/test.tsv"
+            pair = dict(dataset="task", split="test", a="bm", b="bm", qrels=qrels)
+            pair.update(run_a=ev["run"], run_b=ev["run"])
             return ["--run", "tiny", "--retrieval", self.upstream("retrieve")["stats"],
-                    "--retrieval-metrics", self.upstream("evaluate-retrieval")["metrics"],
+                    "--retrieval-metrics", ev["metrics"],
                     "--products", self.upstream("sft-data")["stats"],
-                    *_options(o)], o  # fmt: skip
+                    "--retriever-pairs", json.dumps([pair]), *_options(o)], o  # fmt: skip
         raise KeyError(stage)
 
 

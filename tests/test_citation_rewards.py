@@ -385,7 +385,7 @@ def test_nli_optional_for_string_matched_datasets():
 
 def test_holistic_allowed_on_every_source():
     for kind in SOURCE_SETTINGS:
-        given = {"model": "rm", "pattern": ".*", "nli": "n"}
+        given = {"model": "rm", "pattern": ".*", "nli": "n", "retriever": "r1"}
         spec = {k: v for k, v in given.items() if k in SOURCE_SETTINGS[kind]}
         check_specs([{"kind": kind, "holistic": True, **spec}], "r")
     with pytest.raises(ValueError, match=r"r\[0\]\.holistic: expected true or false"):

@@ -115,3 +115,115 @@ def test_pairs_put_a_kept_query_over_a_dropped_one_easy_to_hard():
     assert [p["rejected"][0]["content"] for p in train] == ["bad one", "bad zero"]
     assert "Passage number 1" in train[0]["prompt"][0]["content"]
     assert stats["mean_difficulty_kept"] == 2.0
+
+
+# ---------------------------------------------------------------- RL of the writer
+
+WORDS = ("apple", "banana", "cherry", "plum")
+FRUIT = [
+    {"id": "d0", "title": "", "text": "apple banana"},
+    {"id": "d1", "title": "", "text": "cherry"},
+    {"id": "d2", "title": "", "text": "apple cherry"},
+    {"id": "d3", "title": "", "text": "plum"},
+]
+
+
+def bag_of_words(texts):
+    """Unit vectors of word counts over WORDS: cosine is word overlap (no model)."""
+    import numpy as np
+
+    vectors = np.array([[t.lower().split().count(w) for w in WORDS] for t in texts], float)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms == 0, 1, norms)
+
+
+def test_retrieval_rank_is_the_reciprocal_rank_of_the_source_passage():
+    from ragtrain.training.rewards import RetrievalRank
+
+    source = RetrievalRank.from_embedder(bag_of_words, FRUIT, depth=2)
+    examples = [{"id": "a", "doc_id": "d1"}, {"id": "b", "doc_id": "d2"},
+                {"id": "c", "doc_id": "d1"}, {"id": "d", "doc_id": "d3"}]  # fmt: skip
+    # "cherry" finds d1 first; "apple cherry" (read past its label) d2 first; "apple"
+    # ranks d1 third, below d0 and d2 (beyond depth 2: 0); an empty query scores 0.
+    responses = ["cherry", "Query: apple cherry\nmore", "apple", "  "]
+    assert source.ranks([e["doc_id"] for e in examples], responses) == [1, 1, 3, None]
+    placed = source.score(examples, responses)
+    assert placed == [[(6, 1.0)], [(24, 1.0)], [(5, 0.0)], [(2, 0.0)]]
+    # A tie counts for the query: "banana" scores d0 alone above 0, d1-d3 tie at 0.
+    assert source.ranks(["d3"], ["banana"]) == [2]
+    assert source.score([{"id": "e", "doc_id": "d3"}], ["banana"]) == [[(6, 0.5)]]
+    with pytest.raises(ValueError, match="example 'x' has no `doc_id`"):
+        source.score([{"id": "x"}], ["cherry"])
+    with pytest.raises(ValueError, match="passage 'd9' is not in the corpus"):
+        source.ranks(["d9"], ["cherry"])
+
+
+def test_retrieval_rank_over_a_stored_corpus_equals_the_list(tmp_path, monkeypatch):
+    """The workflow's corpus (Passages: rows by the id table, vectors a block at a time)
+    ranks as the list does, with no dict of every id."""
+    import ragtrain.retrieval.index as index
+    from ragtrain.data.passages import Passages, write_passages
+    from ragtrain.training.rewards import RetrievalRank
+
+    write_passages(tmp_path / "corpus.jsonl", FRUIT)
+    monkeypatch.setattr(index, "ENCODE_BLOCK", 3)  # two blocks of the four passages
+    queries = ["cherry", "apple cherry", "apple", "plum", "banana"]
+    doc_ids = ["d1", "d2", "d1", "d3", "d3"]
+    with Passages(tmp_path / "corpus.jsonl") as stored:
+        source = RetrievalRank.from_embedder(bag_of_words, stored, depth=2)
+        assert source._rows is None
+        assert source.ranks(doc_ids, queries) == [1, 1, 3, 1, 2]
+        assert source.ranks(doc_ids, queries) == RetrievalRank.from_embedder(
+            bag_of_words, FRUIT, depth=2
+        ).ranks(doc_ids, queries)
+        with pytest.raises(ValueError, match="passage 'd9' is not in the corpus"):
+            source.ranks(["d9"], ["cherry"])
+
+
+def test_retrieval_rank_sources_name_their_retriever():
+    from ragtrain.training.rewards import Rewards, check_specs, rank_retrievers
+
+    specs = [{"kind": "retrieval_rank", "retriever": "r1", "weight": 0.5, "depth": 10}]
+    check_specs(specs, "rewards")
+    assert rank_retrievers([*specs, *specs, {"kind": "length"}]) == ["r1"]
+    with pytest.raises(ValueError, match=r"rewards\[0\]\.retriever: a retrieval_rank source"):
+        check_specs([{"kind": "retrieval_rank"}], "rewards")
+    with pytest.raises(ValueError, match=r"\.retriever: no folder given for retriever 'r1'"):
+        Rewards(specs, corpus=FRUIT)
+    with pytest.raises(ValueError, match="needs the corpus its retriever ranks"):
+        Rewards(specs, retrievers={"r1": "/nowhere"})
+
+
+def test_ppo_prompts_over_passages_are_the_unlabelled_sample_pseudo_queries_take(tmp_path):
+    """PPO of the writer (train-rl with --corpus) prompts with the passages that
+    pseudo-queries of the same `docs` and seed write for, minus a dev share."""
+    import argparse
+    import json
+
+    from ragtrain.data.passages import open_corpus
+    from ragtrain.generation.pseudo_query import passage_prompts
+    from ragtrain.stages.training import passage_records
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": p["id"], "title": p["title"],
+                                          "text": p["text"]}) + "\n" for p in CORPUS))  # fmt: skip
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td0\t1\n")
+    args = argparse.Namespace(corpus=str(corpus), qrels=str(tmp_path / "qrels"),
+                              prompt=str(ROOT / "resources/prompts/doc2query.jinja"))  # fmt: skip
+    params = {"docs": 4, "seed": 3, "dev_fraction": 0.25}
+    with open_corpus(corpus) as passages:
+        train, dev = passage_records(args, params, passages)
+        every = passage_records(args, {**params, "docs": None}, passages)
+        with pytest.raises(ValueError, match="--corpus needs --qrels"):
+            passage_records(argparse.Namespace(**{**vars(args), "qrels": None}), params, passages)
+    sample = unlabelled_sample(CORPUS, {"d0"}, 4, seed=3)
+    assert sorted(r["id"] for r in train + dev) == sorted(p["id"] for p in sample)
+    assert len(dev) == 1 and not {r["id"] for r in dev} & {r["id"] for r in train}
+    record = next(r for r in train + dev if r["id"] == sample[0]["id"])
+    assert record == passage_prompts([sample[0]], TEMPLATE)[0]
+    assert record["doc_id"] == record["id"] and record["answers"] == []
+    turn = record["prompt"][-1]
+    assert turn["role"] == "user" and sample[0]["text"] in turn["content"]
+    # docs null: every unlabelled passage.
+    assert sum(map(len, every)) == 5

@@ -35,7 +35,7 @@ from ragtrain.graph.cluster import JOB_KEYS, job_resources, launch_args
 from ragtrain.launch import SCHEDULER_ENV, scheduler_id
 from ragtrain.judges.rules import RULES
 from ragtrain.metrics.paired import RESAMPLES
-from ragtrain.training.rewards import nli_judges, reward_models
+from ragtrain.training.rewards import nli_judges, rank_retrievers, reward_models
 
 PROMPTS = Path(workflow.basedir) / "resources" / "prompts"
 
@@ -187,9 +187,13 @@ def dataset_input(w):
 
 
 def task_input(w):
-    """A retrieval task's source (world entities or a BEIR folder) and its corpus."""
+    """A retrieval task's source (world entities or a BEIR folder) and its corpus (with
+    its tables: the judged passages' ids are looked up in them)."""
     source = CFG["datasets"][w.dataset]
-    inputs = {"corpus": corpus_file(source["corpus"])}
+    inputs = {
+        "corpus": corpus_file(source["corpus"]),
+        "tables": corpus_tables(source["corpus"]),
+    }
     if source.get("world"):
         inputs["entities"] = f"{RESULTS}/worlds/{source['world']}/entities.jsonl"
     else:
@@ -202,17 +206,28 @@ def corpus_file(corpus):
 
 
 def task_files(dataset):
-    """The corpus, queries and qrels folder of a retrieval task (a BEIR dataset)."""
+    """The corpus (with its tables: the stages read passages by id and row), queries and
+    qrels folder of a retrieval task (a BEIR dataset)."""
+    corpus = CFG["datasets"][dataset]["corpus"]
     return {
-        "corpus": corpus_file(CFG["datasets"][dataset]["corpus"]),
+        "corpus": corpus_file(corpus),
+        "tables": corpus_tables(corpus),
         "queries": f"{RESULTS}/data/{dataset}/queries.jsonl",
         "qrels": f"{RESULTS}/data/{dataset}/qrels",
     }
 
 
+def corpus_tables(corpus):
+    """The corpus stage's offsets and id tables beside its corpus.jsonl."""
+    return [
+        f"{RESULTS}/corpus/{corpus}/corpus.{table}.npy" for table in ("offsets", "ids")
+    ]
+
+
 def index_input(w):
+    """A retriever's corpus and its tables (linked into the index: stored once)."""
     corpus = CFG["retrievers"][w.retriever]["corpus"]
-    return f"{RESULTS}/corpus/{corpus}/corpus.jsonl"
+    return {"corpus": corpus_file(corpus), "tables": corpus_tables(corpus)}
 
 
 def model_dir(name):
@@ -341,9 +356,14 @@ def nli_args(names):
 
 
 def reward_inputs(node):
-    """The folders a node's `rewards` sources read: reward models, NLI judges' models."""
+    """The folders a node's `rewards` sources read: reward models, NLI judges' models,
+    the retrievers that rank passages (retrieval_rank)."""
     specs = node.get("rewards", [])
-    return [model_dir(m) for m in reward_models(specs)] + nli_dirs(nli_judges(specs))
+    return (
+        [model_dir(m) for m in reward_models(specs)]
+        + nli_dirs(nli_judges(specs))
+        + [model_dir(r) for r in rank_retrievers(specs)]
+    )
 
 
 def reward_args(node):
@@ -354,9 +374,29 @@ def reward_args(node):
                 f"--reward-model {shlex.quote(f'{m}={model_dir(m)}')}"
                 for m in reward_models(specs)
             ),
+            *(
+                f"--retriever {shlex.quote(f'{r}={model_dir(r)}')}"
+                for r in rank_retrievers(specs)
+            ),
             nli_args(nli_judges(specs)),
         ]
     ).strip()
+
+
+def rl_prompt_inputs(w):
+    """An RL model's prompts: a QA dataset's examples (with its retrieval's documents),
+    or a BEIR task's corpus and qrels (ppo of a query writer over passages)."""
+    node = CFG["models"][w.model]
+    if CFG["datasets"][node["dataset"]]["kind"] == "beir":
+        files = task_files(node["dataset"])
+        return {k: files[k] for k in ("corpus", "tables", "qrels")}
+    return {"examples": examples_path(node["dataset"], node["retrieval"])}
+
+
+def rl_prompt_args(w, input):
+    if "examples" in input.keys():
+        return f"--examples {shlex.quote(input.examples)}"
+    return f"--corpus {shlex.quote(input.corpus)} --qrels {shlex.quote(input.qrels)}"
 
 
 def retriever_models():
@@ -406,6 +446,32 @@ def retrieval_metrics():
         retrieval_eval_file(r, d, s, "metrics.json")
         for r, d, s in RETRIEVAL_EVALUATIONS
     ]
+
+
+def retriever_pairs():
+    """The retriever pairs the report compares (`evaluate_retrieval` entries' `paired`),
+    each with its two run files and its split's qrels (TSV)."""
+    return [
+        {
+            **{k: pair[k] for k in ("dataset", "split", "a", "b")},
+            **{
+                f"run_{side}": retrieval_eval_file(
+                    pair[side], pair["dataset"], pair["split"], "run.trec"
+                )
+                for side in ("a", "b")
+            },
+            "qrels": f"{task_files(pair['dataset'])['qrels']}/{pair['split']}.tsv",
+        }
+        for pair in CFG["retrieval_pairs"]
+    ]
+
+
+def retriever_pair_input():
+    """What the report's retriever pairs read: their run files and tasks' qrels folders."""
+    pairs = retriever_pairs()
+    runs = {pair[f"run_{side}"] for pair in pairs for side in ("a", "b")}
+    qrels = {task_files(pair["dataset"])["qrels"] for pair in pairs}
+    return sorted(runs) + sorted(qrels)
 
 
 def query_files(names):

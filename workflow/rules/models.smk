@@ -111,10 +111,8 @@ rule train_reranker:
 
 rule train_rl:
     input:
+        unpack(rl_prompt_inputs),
         init=lambda w: model_dir(CFG["models"][w.model]["init"]),
-        examples=lambda w: examples_path(
-            CFG["models"][w.model]["dataset"], CFG["models"][w.model]["retrieval"]
-        ),
         prompt=lambda w: prompt_path(CFG["models"][w.model]["prompt"]),
         reward_inputs=lambda w: reward_inputs(CFG["models"][w.model]),
     output:
@@ -133,9 +131,10 @@ rule train_rl:
         work=lambda w: work_root("models", w.model),
         launch=launch,
         reward_args=lambda w: reward_args(CFG["models"][w.model]),
+        prompts=rl_prompt_args,
     shell:
         "python -m ragtrain.launch {params.launch} -- train-rl --params {params.node:q} --init {input.init:q}"
-        " --examples {input.examples:q} --prompt {input.prompt:q} {params.reward_args}"
+        " {params.prompts} --prompt {input.prompt:q} {params.reward_args}"
         " --work {params.work:q} --threads {threads} --output {output:q} > {log:q} 2>&1"
 
 

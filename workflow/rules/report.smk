@@ -7,6 +7,7 @@ rule report:
         retrieval_metrics=retrieval_metrics(),
         retrievers=[model_dir(m) for m in retriever_models()],
         rerankers=[model_dir(m) for m in reranker_models()],
+        retriever_pairs=retriever_pair_input(),
     output:
         summary=report(
             f"{RESULTS}/report/summary.md",
@@ -28,6 +29,11 @@ rule report:
             caption="../report/training.rst",
             category="Training",
         ),
+        retriever_pairs=report(
+            f"{RESULTS}/report/retriever_pairs.csv",
+            caption="../report/retriever_pairs.rst",
+            category="Summary",
+        ),
     log:
         f"{LOGS}/report.log",
     conda:
@@ -36,10 +42,13 @@ rule report:
         run=RUN,
         seed=CFG["seed"],
         resamples=CFG.get("report", {}).get("resamples", RESAMPLES),
+        retriever_pairs=json.dumps(retriever_pairs(), sort_keys=True),
     shell:
         "python -m ragtrain report --run {params.run:q} --seed {params.seed}"
         " --resamples {params.resamples} --metrics {input.metrics:q}"
         " --retrieval {input.retrieval:q} --models {input.models:q}"
         " --products {input.products:q} --retrieval-metrics {input.retrieval_metrics:q}"
         " --retrievers {input.retrievers:q} --rerankers {input.rerankers:q} --summary {output.summary:q} --table {output.table:q}"
-        " --plot {output.plot:q} --training-plot {output.training:q} > {log:q} 2>&1"
+        " --plot {output.plot:q} --training-plot {output.training:q}"
+        " --retriever-pairs {params.retriever_pairs:q}"
+        " --retriever-pairs-table {output.retriever_pairs:q} > {log:q} 2>&1"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 
 from ragtrain.core.records import atomic_path, read_json, read_jsonl
@@ -153,6 +154,15 @@ def load_training(model_dirs: list[str]) -> list[dict]:
 IR_MEASURES = ["ndcg@10", "map@10", "recall@100", "mrr@10"]
 RETRIEVER_COLUMNS = ["retriever", "kind", "dataset", "split", "n_gold", "n_pseudo", *IR_MEASURES]
 CSV_COLUMNS = [*COLUMNS, "retriever", "kind", "split", "n_gold", "n_pseudo", *IR_MEASURES]
+IR_CUTOFF = re.compile(r"(ndcg|map|recall|mrr)@(\d+)")
+
+
+def cutoff_columns(rows: list[dict]) -> list[str]:
+    """The measures at other cutoffs the rows hold (evaluate_retrieval `cutoffs`), by
+    measure then cutoff; the headline ones have their own columns."""
+    found = {k for r in rows for k in r if IR_CUTOFF.fullmatch(k) and k not in IR_MEASURES}
+    order = {m: i for i, m in enumerate(("ndcg", "map", "recall", "mrr"))}
+    return sorted(found, key=lambda k: (order[k.split("@")[0]], int(k.split("@")[1])))
 
 
 def load_retrieval_rows(metric_files: list[str], model_dirs: list[str]) -> list[dict]:
@@ -164,6 +174,77 @@ def load_retrieval_rows(metric_files: list[str], model_dirs: list[str]) -> list[
         info = trained.get(m["retriever"], {})
         rows.append({**m, "n_gold": info.get("n_gold"), "n_pseudo": info.get("n_pseudo")})
     return sorted(rows, key=lambda r: (r["dataset"], r["split"], r["retriever"]))
+
+
+# Retriever pairs: per-query measures compared, the markdown table's and the CSV's columns.
+RETRIEVER_PAIRED_METRICS = ("ndcg@10", "mrr@10")
+RETRIEVER_PAIRED_COLUMNS = ["dataset", "split", "a", "b", "n", "metric", "mean a", "mean b",
+                            "a - b", "95% interval", "p_not_better"]  # fmt: skip
+RETRIEVER_PAIRS_CSV = ["dataset", "split", "a", "b", "n", "metric", "mean_a", "mean_b", "diff",
+                       "low", "high", "p_not_better"]  # fmt: skip
+
+
+def retriever_paired_differences(
+    pairs: list[dict], seed: int, resamples: int = RESAMPLES
+) -> list[dict]:
+    """For each pair {dataset, split, a, b, run_a, run_b, qrels} (an `evaluate_retrieval`
+    entry's `paired`; its two TREC runs and its split's qrels TSV): per-query nDCG@10 and
+    MRR@10 of both (pytrec_eval, as the metrics.json beside each run: every query of the
+    qrels, one without hits scoring 0), and the paired bootstrap difference a - b."""
+    from ragtrain.metrics.ir import evaluate_run, read_qrels, read_run
+
+    qrels_of: dict[str, dict] = {}
+    scores_of: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
+    rows = []
+    for pair in pairs:
+        if pair["qrels"] not in qrels_of:
+            qrels_of[pair["qrels"]] = read_qrels(pair["qrels"])
+        qrels = qrels_of[pair["qrels"]]
+        per = {}
+        for side in ("a", "b"):
+            key = (pair[f"run_{side}"], pair["qrels"])
+            if key not in scores_of:
+                scores_of[key] = evaluate_run(qrels, read_run(key[0]), per_query=True)[1]
+            per[side] = scores_of[key]
+        queries = sorted(per["a"].keys() & per["b"].keys())  # the qrels' queries, both
+        for metric in RETRIEVER_PAIRED_METRICS:
+            a = [per["a"][q][metric] for q in queries]
+            b = [per["b"][q][metric] for q in queries]
+            result = paired_bootstrap(a, b, resamples=resamples, seed=seed)
+            rows.append(
+                {
+                    **{k: pair[k] for k in ("dataset", "split", "a", "b")},
+                    "n": result["n"],
+                    "metric": metric,
+                    "mean_a": round(sum(a) / len(a), 4),
+                    "mean_b": round(sum(b) / len(b), 4),
+                    **{k: result[k] for k in ("diff", "low", "high", "p_not_better")},
+                }
+            )
+    return rows
+
+
+def _retriever_paired_cells(row: dict) -> dict:
+    return {
+        **row,
+        "mean a": row["mean_a"],
+        "mean b": row["mean_b"],
+        "a - b": f"{row['diff']:+.3f}",
+        "95% interval": f"[{row['low']:+.3f}, {row['high']:+.3f}]",
+    }
+
+
+def write_retriever_pairs(rows: list[dict], path: Path) -> None:
+    """The retriever pairs' differences as CSV, one row per pair and measure (a header
+    alone when no entry names pairs)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(
+        buffer, fieldnames=RETRIEVER_PAIRS_CSV, extrasaction="ignore", lineterminator="\n"
+    )
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_path(path) as tmp:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
 
 
 RERANK_COLUMNS = ["retriever", "reranker", "dataset", "first_stage", "k", "first_stage_recall",
@@ -407,10 +488,12 @@ def write_summary(
     resamples: int = RESAMPLES,
     alce: list[str] | None = None,
     rerankers: list[str] | None = None,
+    retriever_paired: list[dict] | None = None,
 ) -> None:
     """summary.md; `alce`: the sections after the paired differences (the ALCE one,
     ragtrain.evaluation.alce_report; the step decisions, steps_report); `rerankers`: the
-    trained rerankers' (`reranker_section`)."""
+    trained rerankers' (`reranker_section`); `retriever_paired`: the retriever pairs'
+    differences (`retriever_paired_differences`)."""
     retrieval_rows, reranked = [], []
     for file in sorted(retrieval_files):
         stats = read_json(file)
@@ -476,6 +559,29 @@ def write_summary(
             " its candidates retriever's top 100.",
             "",
             markdown_table(retrievers, RETRIEVER_COLUMNS),
+            "",
+        ]
+        if cutoffs := cutoff_columns(retrievers):
+            text += [
+                "### Retrievers at cutoffs",
+                "",
+                markdown_table(retrievers, ["retriever", "dataset", "split", *cutoffs]),
+                "",
+            ]
+    if retriever_paired:
+        text += [
+            "### Paired differences between retrievers",
+            "",
+            "The pairs each `evaluate_retrieval` entry names (`paired`): per-query nDCG@10"
+            " and MRR@10 of a and b over the same queries (all of the split's qrels; a query"
+            " without hits scores 0), their means, the mean difference a - b with a paired"
+            f" bootstrap 95% interval ({resamples} resamples of the queries, seeded), and"
+            " `p_not_better`, the share of resamples where a - b is not above 0 (a one-sided"
+            " p-value). Also in retriever_pairs.csv.",
+            "",
+            markdown_table(
+                [_retriever_paired_cells(r) for r in retriever_paired], RETRIEVER_PAIRED_COLUMNS
+            ),
             "",
         ]
     typed = [
@@ -561,7 +667,10 @@ def write_table(rows: list[dict], path: Path) -> None:
     """QA evaluations and retrieval evaluations, one row each (blank where n/a)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(
-        buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n"
+        buffer,
+        fieldnames=[*CSV_COLUMNS, *cutoff_columns(rows)],
+        extrasaction="ignore",
+        lineterminator="\n",
     )
     writer.writeheader()
     writer.writerows(rows)

@@ -5,6 +5,8 @@
 - pseudo-queries: `per_doc` queries written by a fine-tuned LLM for each of a seeded
   sample of `docs` passages that no train query judges (sharded and resumable, like
   self-demonstrations), as query records {id, doc_id, query};
+- passage prompts: the same sample's doc -> query prompts as RL prompt records (PPO of
+  the writer, scored by a reward model on the pairs below and the source's rank);
 - difficulty and preference data: the rank of each query's source passage under the
   round's trained retriever (`difficulty`, 1 = easiest), and, for passages with several
   queries, pairs with the passage as the shared prompt: chosen = a query every filter
@@ -100,6 +102,16 @@ def unlabelled_sample(corpus: list[dict], labelled: set[str], n: int, seed: int)
     n = min(n, len(pool))
     chosen = set(p["id"] for p in random.Random(seed).sample(pool, n))
     return [p for p in pool if p["id"] in chosen]
+
+
+def passage_prompts(passages: list[dict], template: PromptTemplate) -> list[dict]:
+    """Prompt records for RL of the query writer: each passage's doc -> query prompt
+    (the template pseudo-queries are written with), with its id as `doc_id` (what a
+    retrieval reward ranks) and no gold answer."""
+    return [
+        {"id": p["id"], "doc_id": p["id"], "answers": [], "prompt": template.conversation(p)}
+        for p in passages
+    ]
 
 
 _PREFIX = re.compile(r"^\s*(?:query|question|search)\s*:\s*", re.IGNORECASE)

@@ -59,7 +59,7 @@ from ragtrain.graph.kinds import (
 from ragtrain.judges.model import JUDGE_KINDS, check_judge
 from ragtrain.judges.rules import RULES
 from ragtrain.recipes import RECIPES
-from ragtrain.training.rewards import check_specs, reward_models
+from ragtrain.training.rewards import ANSWERLESS_SOURCES, check_specs, reward_models
 from ragtrain.training.toolkit import check_quantization
 
 __all__ = [
@@ -142,7 +142,10 @@ def _filled(config: dict, section: str, name: str, node: dict, kind, source, see
         # The run's experiment trackers, unless the node names its own.
         filled["tracking"] = list(config.get("tracking") or [])
     if kind.name in RL_MODELS:
-        filled.setdefault("prompt", _default_prompt(filled["retrieval"]))
+        # PPO over a BEIR task's passages writes queries: the doc -> query prompt.
+        passages = (config["datasets"].get(filled["dataset"]) or {}).get("kind") == "beir"
+        default = "doc2query" if passages else _default_prompt(filled["retrieval"])
+        filled.setdefault("prompt", default)
     if kind.name in ("self_demos", "segment_beam"):
         filled.setdefault("retrieval", NO_RETRIEVAL)
     if kind.name in ("self_demos", "segment_beam", "reference_sft"):
@@ -184,10 +187,62 @@ def _check_rewards(config: dict) -> None:
             for i, spec in enumerate(node["rewards"]):
                 if spec.get("nli"):
                     _nli_judge(config, f"{key}[{i}].nli", spec["nli"])
+            _check_passage_rewards(config, section, name, node)
         if section == "products":
             for name, node in config[section].items():
                 if node["kind"] == "reward":
                     _reward_model(config, f"products.{name}.model", node["model"])
+
+
+def _over_passages(config: dict, section: str, node: dict) -> bool:
+    """A PPO node whose prompts are a BEIR task's passages (a query writer's RL)."""
+    dataset = config["datasets"].get(node.get("dataset")) or {}
+    return section == "models" and node["kind"] == "ppo" and dataset.get("kind") == "beir"
+
+
+def _check_passage_rewards(config: dict, section: str, name: str, node: dict) -> None:
+    """Passage prompts have no gold answer and a source passage: their rewards read no
+    answer, and only they can be ranked (retrieval_rank) by a retriever of their corpus."""
+    key = f"{section}.{name}"
+    passages = _over_passages(config, section, node)
+    if passages and node.get("retrieval") != NO_RETRIEVAL:
+        raise ConfigError(
+            f"{key}.retrieval", "prompts from a BEIR task's passages retrieve nothing: `none`"
+        )
+    if not passages and node.get("docs") is not None:
+        raise ConfigError(f"{key}.docs", "samples a beir dataset's passages: not for QA prompts")
+    for i, spec in enumerate(node["rewards"]):
+        where = f"{key}.rewards[{i}]"
+        if passages and spec["kind"] not in ANSWERLESS_SOURCES:
+            raise ConfigError(
+                f"{where}.kind",
+                f"{spec['kind']!r} reads gold answers, which a BEIR task's passages lack"
+                f" (sources for passage prompts: {', '.join(ANSWERLESS_SOURCES)})",
+            )
+        if spec["kind"] != "retrieval_rank":
+            continue
+        if not passages:
+            raise ConfigError(
+                f"{where}.kind",
+                "retrieval_rank ranks a prompt's source passage: only a ppo model over a"
+                " beir dataset's passages has one",
+            )
+        ref = spec["retriever"]
+        found = config["models"].get(ref)
+        if found is None or found["kind"] != "biencoder":
+            known = sorted(_retriever_models(config))
+            raise ConfigError(
+                f"{where}.retriever",
+                f"expected a biencoder model, got {ref!r} ({(found or {}).get('kind', 'unknown')};"
+                f" biencoders: {', '.join(known) or 'none'})",
+            )
+        corpus = config["datasets"][node["dataset"]]["corpus"]
+        theirs = config["datasets"][found["dataset"]]["corpus"]
+        if theirs != corpus:
+            raise ConfigError(
+                f"{where}.retriever",
+                f"{ref!r} ranks passages of corpus {theirs!r}, the prompts come from {corpus!r}",
+            )
 
 
 def _nli_judge(config: dict, key: str, name) -> None:
@@ -451,7 +506,7 @@ def _check_tasks(config: dict) -> None:
             wanted = KINDS[("products", node["kind"])].refs["dataset"][1]
             _dataset_kind(config, f"products.{name}.dataset", node["dataset"], wanted[0])
     for name, node in config["models"].items():
-        if node["kind"] in RL_MODELS:
+        if node["kind"] in RL_MODELS and not _over_passages(config, "models", node):
             _dataset_kind(config, f"models.{name}.dataset", node["dataset"], "qa")
         if node["kind"] not in RETRIEVER_MODELS:
             continue
@@ -613,6 +668,7 @@ def prepare(config: dict, prompts_dir: Path | None = None) -> dict:
         if config.get(key):
             expand(config)
     config["retrieval_evaluations"] = _expand_evaluate_retrieval(config)
+    config["retrieval_pairs"] = _retrieval_pairs(config)
     _fill_nodes(config)
     _check_references(config)
     _check_rewards(config)
@@ -780,7 +836,17 @@ def _expand_evaluate_retrieval(config: dict) -> list[dict]:
     """One node per (retriever, dataset, split) of the `evaluate_retrieval` entries."""
     nodes, seen = [], {}
     for i, entry in enumerate(config.get("evaluate_retrieval") or []):
-        entry = {**RETRIEVAL_EVAL_DEFAULTS, **entry}
+        # The default cutoffs stop at the run's depth; cutoffs given must not pass it.
+        depth = entry.get("k", RETRIEVAL_EVAL_DEFAULTS["k"])
+        default = [c for c in RETRIEVAL_EVAL_DEFAULTS["cutoffs"] if c <= depth]
+        entry = {**RETRIEVAL_EVAL_DEFAULTS, "cutoffs": default, **entry}
+        # A measure at a rank past the run's depth would count passages never retrieved.
+        beyond = [c for c in entry["cutoffs"] if c > entry["k"]]
+        if beyond:
+            raise ConfigError(
+                f"evaluate_retrieval[{i}].cutoffs",
+                f"{beyond} beyond k ({entry['k']}): the run holds k passages per query",
+            )
         for name in entry["retrievers"]:
             if name not in config["retrievers"] and name not in config["models"]:
                 known = ", ".join(sorted([*config["retrievers"], *config["models"]]))
@@ -803,9 +869,40 @@ def _expand_evaluate_retrieval(config: dict) -> list[dict]:
                     "dataset": entry["dataset"],
                     "split": entry["split"],
                     "k": entry["k"],
+                    "cutoffs": sorted(entry["cutoffs"]),
                 }
             )
     return nodes
+
+
+def _retrieval_pairs(config: dict) -> list[dict]:
+    """The retriever pairs the report compares (each `evaluate_retrieval` entry's
+    `paired`): {key, dataset, split, a, b}, a and b among the entry's `retrievers`."""
+    pairs = []
+    for i, entry in enumerate(config.get("evaluate_retrieval") or []):
+        seen: dict[frozenset, int] = {}
+        for j, pair in enumerate(entry.get("paired") or []):
+            key = f"evaluate_retrieval[{i}].paired[{j}]"
+            if not isinstance(pair, list | tuple) or len(pair) != 2:
+                raise ConfigError(key, f"expected a pair of retriever names, got {pair!r}")
+            for name in pair:
+                if name not in entry["retrievers"]:
+                    raise ConfigError(
+                        key,
+                        f"{name!r} is not among the entry's retrievers"
+                        f" ({', '.join(map(str, entry['retrievers']))})",
+                    )
+            a, b = pair
+            if a == b:
+                raise ConfigError(key, f"compares {a!r} with itself")
+            if frozenset(pair) in seen:
+                raise ConfigError(
+                    key, f"compares {a} and {b} again (already paired[{seen[frozenset(pair)]}])"
+                )
+            seen[frozenset(pair)] = j
+            split = entry.get("split", RETRIEVAL_EVAL_DEFAULTS["split"])
+            pairs.append({"key": key, "dataset": entry["dataset"], "split": split, "a": a, "b": b})
+    return pairs
 
 
 # --------------------------------------------------------------------------- before the graph

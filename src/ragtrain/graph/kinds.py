@@ -365,9 +365,17 @@ def _kinds() -> list[Kind]:
         Kind(
             "models", "ppo", "PPO with per-token rewards (ours): LoRA policy, value head,"
             " KL to the init model",
-            defaults={**PPO_DEFAULTS, **RL_PROMPTS},
-            docs=PPO_DOCS,
-            required=("init", "dataset"), refs=rl_refs,
+            defaults={**PPO_DEFAULTS, **RL_PROMPTS, "docs": None},
+            docs={**PPO_DOCS,
+                  "dataset": "a QA dataset (its questions are the prompts), or a `beir`"
+                  " dataset: its unlabelled passages are the prompts (a doc -> query"
+                  " writer's RL; `prompt` then defaults to `doc2query`, `retrieval` is"
+                  " `none`, and the rewards read no gold answer)",
+                  "docs": "`beir` dataset: passages sampled as prompts, the sample"
+                  " `pseudo_queries` of the same `docs` and `seed` write for (null: every"
+                  " unlabelled passage)"},
+            required=("init", "dataset"),
+            refs={**rl_refs, "dataset": ("datasets", ("qa", "beir"))},
             stage="train-rl", rule="train_rl", job="train", launched=True, refused=INHERITED,
         ),
         *(
@@ -439,8 +447,14 @@ def _kinds() -> list[Kind]:
                 **{k: ENCODER_DOCS[k] for k in ("encoder", "trust_remote_code")},
                 "epochs": "passes over the triples", "batch_size": "triples per batch",
                 "learning_rate": "peak learning rate",
-                "max_triples": "(query, positive, BM25 hard negative) triples, a seeded sample",
+                "max_triples": "(query, positive, negative) triples, a seeded sample",
+                "negatives": "`hard` (a seeded pick from BM25's top `negatives_depth`) or"
+                " `random` (a seeded random passage, SPTAR's): one per positive",
                 "negatives_depth": "the hard negative comes from BM25's top this many",
+                "embedding_size": "width of the token vectors (the projection on the encoder)",
+                "similarity": "`cosine` (PyLate's MaxSim over unit vectors) or `l2` (ColBERT's"
+                " negative squared L2, SPTAR's), in training and reranking; on unit vectors l2"
+                " ranks as cosine, with the loss's logits doubled",
                 "candidates": "the retriever or biencoder model whose run it reranks",
                 "candidates_k": "candidates reranked per query",
                 "document_length": "tokens per passage", "query_length": "tokens per query",
@@ -584,29 +598,38 @@ def _kinds() -> list[Kind]:
                 "products", f"query_filter.{flt}", summary, defaults=defaults, docs=docs,
                 required=("from", "filter"),
                 refs={"from": ("products", ("pseudo_queries", "query_filter")),
-                      **({"retriever": ("models", ("biencoder",))} if flt == "lossnet"
+                      **({"retriever": ("models", ("biencoder",))} if flt != "bm25"
                          else {})},
                 stage="query-filter", rule="query_filter",
             )
             for flt, summary, defaults, docs in (
                 ("bm25", "keeps queries whose source passage BM25 ranks high",
                  FILTER_DEFAULTS["bm25"], {**FILTER_DOCS, **BM25_DOCS}),
-                ("dense", "keeps queries whose source passage a dense encoder ranks high",
-                 FILTER_DEFAULTS["dense"], {**FILTER_DOCS, **ENCODER_DOCS}),
+                ("dense", "keeps queries whose source passage a dense encoder (or a trained"
+                 " bi-encoder) ranks high",
+                 FILTER_DEFAULTS["dense"],
+                 {**FILTER_DOCS, **ENCODER_DOCS,
+                  "retriever": "a `biencoder` that ranks instead of `encoder` (SPTAR's: the"
+                  " few-shot one trained on the gold pairs); it encodes without prefixes"
+                  " (null: the untrained `encoder`)"}),
                 ("lossnet", "keeps the queries with the highest predicted retriever loss",
                  {**LOSSNET_DEFAULTS, "retriever": None},
                  {"from": FILTER_DOCS["from"], "filter": FILTER_DOCS["filter"],
                   **ENCODER_DOCS,
                   "encoder": "the frozen encoder of LossNet's features",
+                  "variant": "`ours` ([q, d+, d-, q*d+, q*d-] -> MLP, the contrastive loss as"
+                  " target) or `seed` (SPTAR's: q, d+, d- each linearly projected to `hidden`,"
+                  " concatenated, a linear layer and ReLU; MSE to max(0, cos(q, d-) - cos(q,"
+                  " d+)); needs `objective: mse`)",
                   "retriever": "a `biencoder`: the current retriever, whose contrastive loss"
                   " is the target (null: the untrained `encoder`)",
                   "objective": "`mse` (regression on the loss) or `margin` (ranking)",
-                  "hidden": "MLP width", "epochs": "MLP epochs",
+                  "hidden": "MLP width (`seed`: each projection's)", "epochs": "MLP epochs",
                   "learning_rate": "MLP learning rate",
                   "labelled_fraction": "share of candidates whose true loss is computed",
                   "holdout_fraction": "share of those held out (Spearman)",
                   "negatives_depth": "hard negative from BM25's top this many",
-                  "scale": "the contrastive loss's scale",
+                  "scale": "the contrastive loss's scale (`ours`)",
                   "keep": "`top_fraction` or `threshold` of predicted losses",
                   "top_fraction": "share kept", "threshold": "loss at or above which kept",
                   "seed": FILTER_DOCS["seed"]}),
@@ -940,4 +963,6 @@ LAUNCHED_KINDS = names_of("models", launched=True)
 GENERATING_PRODUCTS = names_of("products", generates=True)
 DEEPSPEED_KINDS = {n: k.deepspeed for n, k in kinds_of("models").items() if k.deepspeed}
 EVALUATE_DEFAULTS: dict[str, Any] = {"prompt": "rag", "closed_book_prompt": "closed_book"}
-RETRIEVAL_EVAL_DEFAULTS: dict[str, Any] = {"split": "test", "k": 100}
+# `cutoffs`: besides the headline nDCG@10, MAP@10, Recall@100 and MRR@10, each of those
+# measures at these ranks (SPTAR's @1, @3, @5, @10, @100).
+RETRIEVAL_EVAL_DEFAULTS: dict[str, Any] = {"split": "test", "k": 100, "cutoffs": [1, 3, 5, 10, 100]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ragtrain.core.records import write_json, write_jsonl
@@ -49,7 +50,9 @@ def cmd_report(args) -> None:
         load_training,
         paired_differences,
         reranker_section,
+        retriever_paired_differences,
         write_plot,
+        write_retriever_pairs,
         write_summary,
         write_table,
         write_training_plot,
@@ -63,6 +66,11 @@ def cmd_report(args) -> None:
     write_plot(rows or retrievers, Path(args.plot))
     write_training_plot(args.models, Path(args.training_plot))
     paired = paired_differences(args.metrics, args.seed, args.resamples)
+    retriever_paired = retriever_paired_differences(
+        json.loads(args.retriever_pairs), args.seed, args.resamples
+    )
+    if args.retriever_pairs_table:
+        write_retriever_pairs(retriever_paired, Path(args.retriever_pairs_table))
     write_summary(
         rows,
         args.retrieval,
@@ -78,6 +86,7 @@ def cmd_report(args) -> None:
             *steps_section(args.metrics, args.seed, args.resamples),
         ],
         reranker_section(args.rerankers),
+        retriever_paired,
     )
 
 
@@ -114,6 +123,13 @@ def register(stages) -> None:
     p.add_argument("--retrieval", nargs="*", default=[], help="retrieval stats.json files")
     p.add_argument("--models", nargs="*", default=[], help="trained model folders")
     p.add_argument("--products", nargs="*", default=[], help="product stats.json files")
+    p.add_argument(
+        "--retriever-pairs",
+        default="[]",
+        help="JSON: the retriever pairs to compare, each {dataset, split, a, b, run_a, run_b,"
+        " qrels} (their TREC runs and the split's qrels TSV)",
+    )
+    p.add_argument("--retriever-pairs-table", help="the retriever pairs' differences (CSV)")
     p.add_argument("--summary", required=True)
     p.add_argument("--table", required=True)
     p.add_argument("--plot", required=True)

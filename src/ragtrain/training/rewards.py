@@ -12,6 +12,7 @@ Sources are configured as a list, e.g.
       - {kind: correctness}                       # 1 for the right response, else 0
       - {kind: length, max_words: 12, per_word: 0.05}
       - {kind: reward_model, model: rm, weight: 0.5}
+      - {kind: retrieval_rank, retriever: r1}     # 1/rank of the query's source passage
 
 and combined by weight. A later source kind only has to implement `score`.
 
@@ -43,6 +44,7 @@ from ragtrain.data.citations import (
     remove_citations,
     segments,
 )
+from ragtrain.data.passages import Passages
 from ragtrain.generation.judge import is_right
 from ragtrain.judges.rules import label
 from ragtrain.metrics.alce import (
@@ -136,6 +138,80 @@ class RewardModelScore:
     def score(self, examples, responses):
         values = self.scorer.score([e["prompt"] for e in examples], list(responses))
         return [[(len(text), v)] for text, v in zip(responses, values, strict=True)]
+
+
+class RetrievalRank:
+    """How well a written query finds its source passage: 1/rank of the example's
+    `doc_id` among all passages of the corpus under a trained bi-encoder (exact cosine),
+    0 beyond rank `depth` or for an empty query. For a query writer whose prompt is a
+    passage (PPO over a BEIR task's passages); the query is read as pseudo-queries are
+    (first line, no `Query:` label)."""
+
+    name = "retrieval_rank"
+    # `retriever` names a biencoder model node; the stage passes its folder and the corpus.
+    settings = ("retriever", "depth", "batch_size")
+
+    def __init__(
+        self, model_dir: str, corpus: list[dict] | Passages, depth: int = 100, batch_size: int = 64
+    ):
+        from ragtrain.retrieval.index import encode, load_encoder
+
+        model = load_encoder({"encoder": str(Path(model_dir) / "model")})
+        self._setup(lambda texts: encode(model, texts, {"batch_size": batch_size}), corpus, depth)
+
+    @classmethod
+    def from_embedder(cls, embed, corpus: list[dict] | Passages, depth: int = 100) -> RetrievalRank:
+        """With any `embed(texts) -> unit vectors` (a test's, another encoder's)."""
+        source = cls.__new__(cls)
+        source._setup(embed, corpus, depth)
+        return source
+
+    def _setup(self, embed, corpus: list[dict] | Passages, depth: int) -> None:
+        from ragtrain.retrieval.index import encode_corpus
+
+        if not len(corpus):
+            raise ValueError("retrieval_rank: no corpus given")
+        self.embed, self.depth, self.corpus = embed, depth, corpus
+        # A stored corpus's rows are found by its id table; a list's by one dict.
+        stored = isinstance(corpus, Passages)
+        self._rows = None if stored else {p["id"]: i for i, p in enumerate(corpus)}
+        # The passages once, a block at a time: every rollout batch is ranked against them.
+        self.passages = encode_corpus(None, corpus, {}, encoder=lambda _, texts, __: embed(texts))
+
+    def _row(self, doc_id: str) -> int:
+        try:
+            return self.corpus.row_of(doc_id) if self._rows is None else self._rows[doc_id]
+        except KeyError:
+            raise ValueError(f"retrieval_rank: passage {doc_id!r} is not in the corpus") from None
+
+    def ranks(self, doc_ids: Sequence[str], queries: Sequence[str]) -> list[int | None]:
+        """The rank of each source passage (1 = first; None for an empty query)."""
+        from ragtrain.generation.pseudo_query import clean_query
+
+        texts = [clean_query(q) for q in queries]
+        asked = [i for i, t in enumerate(texts) if t]
+        out: list[int | None] = [None] * len(texts)
+        if not asked:
+            return out
+        scores = self.embed([texts[i] for i in asked]) @ self.passages.T
+        for row, i in zip(scores, asked, strict=True):
+            source = row[self._row(doc_ids[i])]
+            # Ties count in the query's favour: rank 1 + passages scored strictly higher.
+            out[i] = 1 + int((row > source).sum())
+        return out
+
+    def score(self, examples, responses):
+        for example in examples:
+            if "doc_id" not in example:
+                raise ValueError(
+                    f"{self.name}: example {_example_id(example)} has no `doc_id` (its prompt"
+                    " must be a passage: PPO over a BEIR task's passages)"
+                )
+        ranks = self.ranks([e["doc_id"] for e in examples], responses)
+        return [
+            [(len(text), 1.0 / rank if rank is not None and rank <= self.depth else 0.0)]
+            for text, rank in zip(responses, ranks, strict=True)
+        ]
 
 
 # --- Citation rewards (Huang et al. 2024) -------------------------------------------
@@ -384,6 +460,7 @@ SOURCES = {
         LengthPenalty,
         FormatPenalty,
         RewardModelScore,
+        RetrievalRank,
         CitationRecall,
         CitationPrecision,
         AlceCorrectness,
@@ -410,6 +487,8 @@ def check_specs(specs, key: str) -> None:
             raise ValueError(f"{where}: unknown setting {unknown[0]!r} (takes {sorted(allowed)})")
         if spec["kind"] == "reward_model" and not spec.get("model"):
             raise ValueError(f"{where}.model: a reward_model source names a trained reward model")
+        if spec["kind"] == "retrieval_rank" and not spec.get("retriever"):
+            raise ValueError(f"{where}.retriever: a retrieval_rank source names a biencoder model")
         if spec["kind"] == "format" and not spec.get("pattern"):
             raise ValueError(f"{where}.pattern: a format source needs a pattern")
         if not isinstance(spec.get("weight", 1.0), int | float):
@@ -449,6 +528,15 @@ def reward_models(specs: list[dict]) -> list[str]:
     return [s["model"] for s in specs if s["kind"] == "reward_model"]
 
 
+def rank_retrievers(specs: list[dict]) -> list[str]:
+    """The retriever (biencoder model) names the retrieval_rank sources use, each once."""
+    return list(dict.fromkeys(s["retriever"] for s in specs if s["kind"] == "retrieval_rank"))
+
+
+# Sources that read no gold answer: what a prompt without one (a passage) can be scored by.
+ANSWERLESS_SOURCES = ("length", "format", "reward_model", "retrieval_rank")
+
+
 def nli_judges(specs: list[dict]) -> list[str]:
     """The NLI judge names the sources use, each once (rule inputs)."""
     return list(dict.fromkeys(s["nli"] for s in specs if s.get("nli")))
@@ -462,13 +550,18 @@ class Rewards:
         specs: list[dict],
         model_dirs: dict[str, str] | None = None,
         nli: dict[str, Entailment] | None = None,
+        retrievers: dict[str, str] | None = None,
+        corpus: list[dict] | None = None,
     ):
         """`model_dirs`: reward model name -> its folder; `nli`: NLI judge name -> its
-        `Entailment` (ragtrain.judges.nli), for the sources that name one."""
+        `Entailment` (ragtrain.judges.nli), for the sources that name one; `retrievers`:
+        biencoder name -> its folder, and `corpus`, the passages they rank
+        (retrieval_rank)."""
         check_specs(specs, "rewards")
+        ranking = {"retrievers": retrievers or {}, "corpus": corpus}
         self.sources: list[tuple[RewardSource, float]] = []
         for i, spec in enumerate(specs):
-            source = _build(spec, f"rewards[{i}]", model_dirs or {}, nli or {})
+            source = _build(spec, f"rewards[{i}]", model_dirs or {}, nli or {}, ranking)
             if spec.get("holistic"):
                 source = Holistic(source)
             self.sources.append((source, float(spec.get("weight", 1.0))))
@@ -517,10 +610,21 @@ class Rewards:
         }
 
 
-def _build(spec: dict, where: str, model_dirs: dict, nli: dict) -> RewardSource:
-    """One source from its (checked) spec; named reward models and NLI judges resolved."""
+def _build(
+    spec: dict, where: str, model_dirs: dict, nli: dict, ranking: dict | None = None
+) -> RewardSource:
+    """One source from its (checked) spec; named reward models, NLI judges and
+    retrievers resolved."""
     settings = {k: v for k, v in spec.items() if k not in ("kind", "weight", "holistic")}
     kind = spec["kind"]
+    if kind == "retrieval_rank":
+        ranking = ranking or {}
+        retriever = settings.pop("retriever")
+        if retriever not in ranking.get("retrievers", {}):
+            raise ValueError(f"{where}.retriever: no folder given for retriever {retriever!r}")
+        if not ranking.get("corpus"):
+            raise ValueError(f"{where}: retrieval_rank needs the corpus its retriever ranks")
+        return RetrievalRank(ranking["retrievers"][retriever], ranking["corpus"], **settings)
     if kind == "reward_model":
         model = settings.pop("model")
         if model not in model_dirs:
