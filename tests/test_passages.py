@@ -108,3 +108,11 @@ def test_an_index_stores_its_passages_once(tmp_path):
     assert isinstance(index.corpus, Passages) and index.corpus.by_id("d9") == PASSAGES[9]
     [(row, _), *_] = index.search(["passage 9"], 3)[0]
     assert index.corpus[row]["id"] in {p["id"] for p in PASSAGES if "passage" in p["text"]}
+
+
+@pytest.mark.parametrize("record", [{"title": "t", "text": "no id"}, {"id": 7, "text": "int"}])
+def test_a_passage_without_a_string_id_is_named_and_nothing_is_written(tmp_path, record):
+    good = {"id": "a", "title": "", "text": "fine"}
+    with pytest.raises(ValueError, match=r"corpus\.jsonl: passage 2 needs a string `id`"):
+        write_passages(tmp_path / "corpus.jsonl", [good, record])
+    assert not list(tmp_path.iterdir())

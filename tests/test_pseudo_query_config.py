@@ -252,6 +252,8 @@ def test_rl_settings_choose_the_rewards_and_the_filter_combinations():
         ({"reward_model": {"data": "x"}}, "pseudo_query.rl.reward_model.data", "unknown key"),
         ({"retrieval_reward": "yes"}, "pseudo_query.rl.retrieval_reward", "a weight or null"),
         ({"combinations": [["nli"]]}, "pseudo_query.rl.combinations[0]", "unknown filter"),
+        ({"ppo": {"docs": 5}}, "pseudo_query.rl.ppo.docs", "set pseudo_query.queries.docs"),
+        ({"ppo": {"seed": 5}}, "pseudo_query.rl.ppo.seed", "the passages the SFT writer wrote"),
     ],
 )
 def test_bad_rl_block_names_the_key(rl, key, message):

@@ -18,7 +18,8 @@ from tests.conftest import E2E_CORES, ROOT, assert_upstream_up_to_date, snakemak
 # The CPU configs; those under config/paper/ name data files a dry run needs, and each
 # has its own dry-run test that provides them (tests/test_self_demos_recipe.py).
 CONFIGS = sorted((ROOT / "config").glob("*.yaml"))
-# tests/tiny.yaml's models trained beside DPO (TRL's KTO, ORPO, SimPO), from the base model.
+# tests/tiny.yaml's models trained beside DPO (TRL's KTO), from the base model; ORPO and
+# SimPO train in tests/test_preference_methods.py.
 PREFERENCE_MODELS = ("kto",)
 
 

@@ -161,7 +161,11 @@ def write_passages(path: str | Path, passages: Iterable[dict[str, Any]]) -> int:
         tmp_offsets = stack.enter_context(atomic_path(offsets_path, suffix=".npy"))
         tmp_ids = stack.enter_context(atomic_path(ids_path, suffix=".npy"))
         with tmp.open("wb") as f:
-            for p in passages:
+            for row, p in enumerate(passages):
+                if not isinstance(p.get("id"), str):
+                    raise ValueError(
+                        f"{path}: passage {row + 1} needs a string `id`, got {p.get('id')!r}"
+                    )
                 line = (json.dumps(p, ensure_ascii=False) + "\n").encode("utf-8")
                 f.write(line)
                 offsets.append(offsets[-1] + len(line))

@@ -249,6 +249,13 @@ def _rl_settings(block: dict) -> dict | None:
     ppo_keys = dict.fromkeys(KINDS[("models", "ppo")].keys - made, 0)
     rm_keys = dict.fromkeys(KINDS[("models", "reward_model")].keys - made, 0)
     known_keys("pseudo_query.rl.ppo", rl["ppo"], ppo_keys)
+    for key in ("docs", "seed"):  # they pick PPO's passages: the writer's own sample
+        if key in rl["ppo"]:
+            raise ConfigError(
+                f"pseudo_query.rl.ppo.{key}",
+                "PPO's prompts are the passages the SFT writer wrote for: set"
+                f" pseudo_query.queries.{key} instead",
+            )
     known_keys("pseudo_query.rl.reward_model", rl["reward_model"], rm_keys)
     weight = rl["retrieval_reward"]
     if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int | float)):

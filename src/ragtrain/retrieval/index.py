@@ -511,7 +511,8 @@ def check_dense_index(settings: dict, n: int, dim: int, where: str = "dense inde
             )
 
 
-# Keys that change no passage vector: a rerun with other FAISS settings keeps the shards.
+# Keys that change no passage vector: a killed job's rerun with other FAISS settings keeps
+# its shards (the key stays conservative: query-side keys still start over).
 _NOT_ENCODING = {"k", "seed", *DENSE_INDEX_DEFAULTS} - {"embedding_dtype"}
 
 
@@ -764,6 +765,15 @@ class Index:
         else:
             self._faiss = load_faiss(self.dir, self.params)
             self._encoder = None  # loaded at the first search
+
+    def close(self) -> None:
+        self.corpus.close()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def search(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
         """Top-k (passage position, score) per query, best first."""

@@ -103,6 +103,8 @@ def cmd_evaluate_retrieval(args) -> None:
 
     params = {**RETRIEVAL_EVAL_DEFAULTS, **args.params}
     split, k = params["split"], params["k"]
+    if "cutoffs" not in args.params:  # as the config does: the defaults stop at the depth
+        params["cutoffs"] = [c for c in RETRIEVAL_EVAL_DEFAULTS["cutoffs"] if c <= k]
     qrels = read_qrels(Path(args.qrels) / f"{split}.tsv")
     texts = {q["id"]: q["query"] for q in load_queries(args.queries) if q["id"] in qrels}
     if args.index:
