@@ -239,7 +239,7 @@ def link_passages(source: str | Path, folder: Path) -> Passages:
     gets them written in `folder`."""
     source, target = Path(source), folder / "corpus.jsonl"
     pairs = [(source, target)]
-    if all(p.exists() for p in table_paths(source)):
+    if has_tables(source):
         pairs += list(zip(table_paths(source), table_paths(target), strict=True))
     for src, dst in pairs:
         try:
@@ -283,9 +283,9 @@ def open_corpus(path: str | Path) -> Iterator[Passages]:
 def passages_with_ids(corpus: Sequence[dict] | Passages, ids: Iterable[str]) -> dict[str, dict]:
     """{id: passage} for those of `ids` that are in the corpus (the others left out): by
     the id table of a Passages, in one pass over a list."""
+    if isinstance(corpus, Passages):  # each found row read once
+        return {pid: corpus[row] for pid, row in rows_of(corpus, ids).items()}
     wanted = set(ids)
-    if isinstance(corpus, Passages):
-        return {pid: corpus.by_id(pid) for pid in sorted(wanted) if pid in corpus}
     return {p["id"]: p for p in corpus if p["id"] in wanted}
 
 

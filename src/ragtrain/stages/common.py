@@ -25,6 +25,10 @@ PARAMS_HELP = (
 )
 
 
+# The corpus stage's passages: read by id and row through its tables beside the file (a
+# file without them, e.g. a BEIR corpus.jsonl, is normalised into a temporary copy).
+CORPUS_HELP = "passages (JSONL), with the corpus stage's offsets and id tables beside it"
+
 JUDGE_HELP = (
     "a model judge's node as JSON, with its `name` and raw-output `cache` file; without,"
     " the string rules"

@@ -13,11 +13,17 @@ from pathlib import Path
 from ragtrain.core.records import write_json, write_jsonl
 from ragtrain.core.settings import merge
 from ragtrain.graph.kinds import PRODUCT_DEFAULTS
-from ragtrain.stages.common import add_stage, generation, log, settings_of, trained_retriever
+from ragtrain.stages.common import (
+    CORPUS_HELP,
+    add_stage,
+    generation,
+    log,
+    settings_of,
+    trained_retriever,
+)
 
 # The corpus stage's passages: read by id and row through its tables beside the file (a
 # file without them, e.g. a BEIR corpus.jsonl, is normalised into a temporary copy).
-CORPUS_HELP = "passages (JSONL), with the corpus stage's offsets and id tables beside it"
 
 
 def cmd_pseudo_queries(args) -> None:

@@ -9,6 +9,7 @@ from ragtrain.core.records import write_json, write_jsonl
 from ragtrain.core.settings import merge, with_defaults
 from ragtrain.graph.kinds import RETRIEVAL_EVAL_DEFAULTS, RETRIEVER_DEFAULTS
 from ragtrain.stages.common import (
+    CORPUS_HELP,
     add_stage,
     log,
     peak_rss,
@@ -16,10 +17,6 @@ from ragtrain.stages.common import (
     settings_of,
     trained_retriever,
 )
-
-# The corpus stage's passages: read by id and row through its tables beside the file (a
-# file without them, e.g. a BEIR corpus.jsonl, is normalised into a temporary copy).
-CORPUS_HELP = "passages (JSONL), with the corpus stage's offsets and id tables beside it"
 
 
 def cmd_index(args) -> None:
